@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests and benchmarks talk to (Debian packages), when they are missing.
+# Needs root (CI runs as root). Prints what it installs; fails loudly when it cannot.
+set -euo pipefail
+
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
+if [ "${1:-}" = "--bench" ]; then
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v wrk >/dev/null || need+=(wrk)
+fi
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing peers: ${need[*]} — install them (apt-get install ${need[*]}) or run this as root" >&2
+  exit 1
+fi
+echo "installing peers: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,44 @@
+//! The command line: what each subcommand accepts (DESIGN.md "Command line" is the contract).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// nixcache: one verified, persistent Nix binary cache for every machine on the LAN.
+#[derive(Debug, Parser)]
+#[command(name = "nixcache", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the cache daemon.
+    Serve(ServeArgs),
+}
+
+/// Flags of `nixcache serve`. Each overrides the environment and the config file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see config/nixcache.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on [default: 0.0.0.0:37515].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Folder for the index and the NAR files [default: $STATE_DIRECTORY or ./nixcache-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Upstream binary cache, in priority order; repeat for several. Replaces the configured list.
+    #[arg(long = "upstream", value_name = "URL")]
+    pub upstreams: Vec<String>,
+    /// Size cap of the NAR store, e.g. 20GiB, 500M [default: 20GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Check the configuration, print it resolved, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}

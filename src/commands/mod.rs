@@ -1,0 +1,3 @@
+//! The subcommands' glue: turn parsed arguments into work.
+
+pub mod serve;

@@ -1,0 +1,52 @@
+//! `nixcache serve`: resolve the configuration, open the data folder, bind, serve until a signal.
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::cli::ServeArgs;
+use crate::config::Config;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(&args, &|k| std::env::var(k).ok())?;
+    if args.check_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let listen = config.listen;
+    let app = App::open(config)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data_dir = %app.config.data_dir.display(),
+        upstreams = ?app.config.upstreams,
+        "nixcache serving"
+    );
+    let token = app.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    crate::server::run(listener, app).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

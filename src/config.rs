@@ -1,0 +1,486 @@
+//! Configuration: the TOML file, the environment and the flags, merged into one checked [`Config`].
+//!
+//! Precedence is flag > environment > file > default. Every problem names the key (or variable or flag)
+//! it came from, so a bad value stops start-up with a message the user can act on.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// The port nixcache listens on unless told otherwise (the one nixcache-oci used).
+pub const DEFAULT_PORT: u16 = 37515;
+/// The listen address unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:37515";
+/// The upstream cache used when none is configured.
+pub const DEFAULT_UPSTREAM: &str = "https://cache.nixos.org";
+/// The data folder when neither a flag, a variable, a config key nor `$STATE_DIRECTORY` names one.
+pub const DEFAULT_DATA_DIR: &str = "./nixcache-data";
+/// The NAR store's size cap unless told otherwise.
+pub const DEFAULT_MAX_SIZE: &str = "20GiB";
+/// `Priority:` in `/nix-cache-info` (lower is preferred by clients; cache.nixos.org says 40).
+pub const DEFAULT_PRIORITY: u32 = 30;
+/// How long "absent everywhere" is remembered, in seconds.
+pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 60;
+/// How long one upstream narinfo request may take, in seconds.
+pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 10;
+/// How long a NAR download may go without receiving a byte, in seconds.
+pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
+
+/// Errors that stop start-up; each names where the bad value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said (it names the key and the line).
+        message: String,
+    },
+    /// A value was read but makes no sense.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Where it came from: `--listen`, `NIXCACHE_PORT`, `max_size in FILE`, ...
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The config file as written: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `ADDR:PORT` to listen on.
+    pub listen: Option<String>,
+    /// Folder for the index and NAR files.
+    pub data_dir: Option<PathBuf>,
+    /// Size cap of the NAR store (`20GiB`, `500M`, or a number of bytes).
+    pub max_size: Option<SizeValue>,
+    /// `Priority:` announced in `/nix-cache-info`.
+    pub priority: Option<u32>,
+    /// Seconds a "not found anywhere" answer is remembered.
+    pub negative_ttl: Option<u64>,
+    /// Seconds one upstream narinfo request may take.
+    pub upstream_timeout: Option<u64>,
+    /// Seconds a NAR download may stall before it is abandoned.
+    pub stall_timeout: Option<u64>,
+    /// Upstream caches, most preferred first.
+    pub upstreams: Option<Vec<String>>,
+}
+
+/// A size written either as a number of bytes or as a string with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// Plain bytes.
+    Bytes(u64),
+    /// `"20GiB"`, `"500M"`, ...
+    Text(String),
+}
+
+/// The resolved configuration the daemon runs with. Plain data: no runtime handles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Socket address to bind.
+    pub listen: SocketAddr,
+    /// Folder holding `index.redb`, `nar/` and `tmp/`.
+    pub data_dir: PathBuf,
+    /// Size cap of the NAR store in bytes.
+    pub max_size: u64,
+    /// `Priority:` in `/nix-cache-info`.
+    pub priority: u32,
+    /// How long a negative entry lives.
+    pub negative_ttl: Duration,
+    /// Time limit of one upstream narinfo request.
+    pub upstream_timeout: Duration,
+    /// Time a NAR download may go without a byte.
+    pub stall_timeout: Duration,
+    /// Upstream cache base URLs, most preferred first (each ends with `/`).
+    pub upstreams: Vec<String>,
+}
+
+impl Config {
+    /// Merges flags, environment (read through `env`) and the config file (named by `--config`) over the defaults.
+    pub fn resolve(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (file, file_name) = match &args.config {
+            Some(path) => (read_file(path)?, path.display().to_string()),
+            None => (FileConfig::default(), String::new()),
+        };
+        let in_file = |key: &str| format!("{key} in {file_name}");
+        let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+        let listen = if let Some(flag) = &args.listen {
+            parse_listen(flag, None).map_err(|m| invalid("--listen", m))?
+        } else {
+            let base = match &file.listen {
+                Some(v) => parse_listen(v, None).map_err(|m| invalid(&in_file("listen"), m))?,
+                None => DEFAULT_LISTEN
+                    .parse()
+                    .expect("default listen address parses"),
+            };
+            let port = match env_nonempty("NIXCACHE_PORT") {
+                Some(p) => Some(p.trim().parse::<u16>().map_err(|_| {
+                    invalid("NIXCACHE_PORT", format!("{p:?} is not a port number"))
+                })?),
+                None => None,
+            };
+            match env_nonempty("NIXCACHE_LISTEN") {
+                Some(v) => parse_listen(&v, Some(port.unwrap_or(base.port())))
+                    .map_err(|m| invalid("NIXCACHE_LISTEN", m))?,
+                None => SocketAddr::new(base.ip(), port.unwrap_or(base.port())),
+            }
+        };
+
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| env_nonempty("NIXCACHE_DATA_DIR").map(PathBuf::from))
+            .or_else(|| file.data_dir.clone())
+            .or_else(|| {
+                // systemd may list several folders separated by ':'; the first is ours.
+                env_nonempty("STATE_DIRECTORY").and_then(|v| v.split(':').next().map(PathBuf::from))
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+        let max_size = match (&args.max_size, &file.max_size) {
+            (Some(flag), _) => parse_size(flag).map_err(|m| invalid("--max-size", m))?,
+            (None, Some(SizeValue::Bytes(n))) => *n,
+            (None, Some(SizeValue::Text(t))) => {
+                parse_size(t).map_err(|m| invalid(&in_file("max_size"), m))?
+            }
+            (None, None) => parse_size(DEFAULT_MAX_SIZE).expect("default size parses"),
+        };
+        if max_size == 0 {
+            return Err(invalid("max_size", "must be larger than 0".into()));
+        }
+
+        let upstreams: Vec<(String, String)> = if !args.upstreams.is_empty() {
+            args.upstreams
+                .iter()
+                .map(|u| ("--upstream".to_string(), u.clone()))
+                .collect()
+        } else if let Some(v) = env("NIXCACHE_UPSTREAM") {
+            // Set but empty means "no upstream" (a cache serving only what it has).
+            v.split_whitespace()
+                .map(|u| ("NIXCACHE_UPSTREAM".to_string(), u.to_string()))
+                .collect()
+        } else if let Some(list) = &file.upstreams {
+            list.iter()
+                .map(|u| (in_file("upstreams"), u.clone()))
+                .collect()
+        } else {
+            vec![("default upstream".to_string(), DEFAULT_UPSTREAM.to_string())]
+        };
+        let mut checked = Vec::with_capacity(upstreams.len());
+        for (origin, url) in upstreams {
+            let url = normalize_upstream(&url).map_err(|m| invalid(&origin, m))?;
+            if checked.contains(&url) {
+                return Err(invalid(&origin, format!("{url} is listed twice")));
+            }
+            checked.push(url);
+        }
+
+        let secs = |v: Option<u64>, key: &str, default: u64| -> Result<Duration, ConfigError> {
+            match v {
+                Some(0) => Err(invalid(&in_file(key), "must be at least 1 second".into())),
+                Some(n) => Ok(Duration::from_secs(n)),
+                None => Ok(Duration::from_secs(default)),
+            }
+        };
+        Ok(Config {
+            listen,
+            data_dir,
+            max_size,
+            priority: file.priority.unwrap_or(DEFAULT_PRIORITY),
+            negative_ttl: secs(file.negative_ttl, "negative_ttl", DEFAULT_NEGATIVE_TTL_SECS)?,
+            upstream_timeout: secs(
+                file.upstream_timeout,
+                "upstream_timeout",
+                DEFAULT_UPSTREAM_TIMEOUT_SECS,
+            )?,
+            stall_timeout: secs(
+                file.stall_timeout,
+                "stall_timeout",
+                DEFAULT_STALL_TIMEOUT_SECS,
+            )?,
+            upstreams: checked,
+        })
+    }
+}
+
+fn invalid(origin: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_string(),
+        message,
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses `ADDR:PORT`, or a bare address when `default_port` is given (nixcache-oci's `NIXCACHE_LISTEN=0.0.0.0`).
+fn parse_listen(value: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
+    let value = value.trim();
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some(port) = default_port {
+        let bare = value.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+    }
+    Err(format!(
+        "{value:?} is not an ADDRESS:PORT such as 0.0.0.0:37515 or [::]:37515"
+    ))
+}
+
+/// Parses a size: bytes, or a number with K/M/G/T (powers of 1024, also written KiB...) or KB/MB/GB/TB (powers of 1000).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size such as 20GiB or 500M"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{value:?}: unknown unit {unit:?} (use K, M, G, T, KiB..., KB...)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+/// Checks an upstream URL (http or https, no query or fragment) and gives it a trailing `/`.
+fn normalize_upstream(url: &str) -> Result<String, String> {
+    let parsed =
+        reqwest::Url::parse(url.trim()).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{url:?}: only http and https upstreams are supported"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() || parsed.host_str().is_none() {
+        return Err(format!(
+            "{url:?}: give a plain base URL without query or fragment"
+        ));
+    }
+    let mut s = parsed.to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(args: ServeArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(&args, &|k| env.get(k).cloned())
+    }
+
+    fn file_args(text: &str) -> (tempfile::TempDir, ServeArgs) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nixcache.toml");
+        std::fs::write(&path, text).expect("write config");
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        (dir, args)
+    }
+
+    #[test]
+    fn defaults_need_no_setup() {
+        let c = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:37515".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./nixcache-data"));
+        assert_eq!(c.upstreams, vec!["https://cache.nixos.org/".to_string()]);
+        assert_eq!(c.max_size, 20 << 30);
+        assert_eq!(c.priority, 30);
+        assert_eq!(c.negative_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn state_directory_is_the_systemd_default() {
+        let c = resolve(
+            ServeArgs::default(),
+            &[("STATE_DIRECTORY", "/var/lib/nixcache:/x")],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/nixcache"));
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let (_d, mut args) = file_args(
+            "listen = \"127.0.0.1:1000\"\ndata_dir = \"/file\"\nupstreams = [\"http://file.example\"]\nmax_size = 1000\n",
+        );
+        let c = resolve(args.clone(), &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/file"));
+        assert_eq!(c.upstreams, vec!["http://file.example/".to_string()]);
+        assert_eq!(c.max_size, 1000);
+
+        let env = [
+            ("NIXCACHE_LISTEN", "127.0.0.2"),
+            ("NIXCACHE_PORT", "2000"),
+            ("NIXCACHE_DATA_DIR", "/env"),
+            (
+                "NIXCACHE_UPSTREAM",
+                "http://a.example https://b.example/cache",
+            ),
+        ];
+        let c = resolve(args.clone(), &env).unwrap();
+        assert_eq!(c.listen, "127.0.0.2:2000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/env"));
+        assert_eq!(
+            c.upstreams,
+            vec![
+                "http://a.example/".to_string(),
+                "https://b.example/cache/".to_string()
+            ]
+        );
+
+        args.listen = Some("[::1]:3000".into());
+        args.data_dir = Some("/flag".into());
+        args.upstreams = vec!["http://flag.example".into()];
+        args.max_size = Some("1MiB".into());
+        let c = resolve(args, &env).unwrap();
+        assert_eq!(c.listen, "[::1]:3000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        assert_eq!(c.upstreams, vec!["http://flag.example/".to_string()]);
+        assert_eq!(c.max_size, 1 << 20);
+    }
+
+    #[test]
+    fn port_alone_keeps_the_file_address() {
+        let (_d, args) = file_args("listen = \"127.0.0.1:1000\"\n");
+        let c = resolve(args, &[("NIXCACHE_PORT", "2000")]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2000".parse().unwrap());
+    }
+
+    #[test]
+    fn empty_upstream_variable_means_none() {
+        let c = resolve(ServeArgs::default(), &[("NIXCACHE_UPSTREAM", "")]).unwrap();
+        assert!(c.upstreams.is_empty());
+    }
+
+    #[test]
+    fn errors_name_their_origin() {
+        let (_d, args) = file_args("listen = \"0.0.0.0:1\"\nmax_sise = \"1G\"\n");
+        let e = resolve(args, &[]).unwrap_err().to_string();
+        assert!(e.contains("max_sise"), "{e}");
+
+        let (_d, args) = file_args("max_size = \"12 parsecs\"\n");
+        let e = resolve(args, &[]).unwrap_err().to_string();
+        assert!(e.contains("max_size in"), "{e}");
+
+        let e = resolve(ServeArgs::default(), &[("NIXCACHE_PORT", "http")]).unwrap_err();
+        assert!(e.to_string().starts_with("NIXCACHE_PORT"), "{e}");
+
+        let args = ServeArgs {
+            listen: Some("localhost".into()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--listen")
+        );
+
+        let args = ServeArgs {
+            upstreams: vec!["ftp://x".into()],
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--upstream")
+        );
+
+        let (_d, args) = file_args("negative_ttl = 0\n");
+        assert!(
+            resolve(args, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("negative_ttl")
+        );
+    }
+
+    #[test]
+    fn shipped_config_file_states_the_defaults() {
+        let args = ServeArgs {
+            config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nixcache.toml").into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(args, &[]).unwrap(),
+            resolve(ServeArgs::default(), &[]).unwrap()
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("512", Some(512)),
+            ("1K", Some(1024)),
+            ("20GiB", Some(20 << 30)),
+            ("20 G", Some(20 << 30)),
+            ("3MB", Some(3_000_000)),
+            ("1t", Some(1 << 40)),
+            ("", None),
+            ("G", None),
+            ("1.5G", None),
+            ("-1", None),
+            ("99999999999T", None),
+        ] {
+            assert_eq!(parse_size(text).ok(), want, "{text:?}");
+        }
+    }
+}

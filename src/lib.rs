@@ -1,0 +1,16 @@
+//! nixcache: a LAN cache appliance for Nix — one verified, persistent binary cache for every machine
+//! on the network. The binary (`main.rs`) only parses arguments; everything lives here so that tests can
+//! drive it.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod fill;
+pub mod housekeeping;
+pub mod index;
+pub mod lookup;
+pub mod nix;
+pub mod server;
+pub mod sources;
+pub mod store;

@@ -1,0 +1,98 @@
+//! Answering a narinfo request: the index, then the negative cache, then every source at once; what a
+//! source answers is validated, rewritten to this appliance's canonical NAR URL and recorded.
+
+use std::sync::Arc;
+
+use crate::app::{App, unix_now};
+use crate::index::{IndexError, NarRecord};
+use crate::nix::nar_name::NarName;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::store_path::StoreHash;
+use crate::sources::{Lookup, SourceError};
+
+/// Why a narinfo could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// No source has it, and at least one could not be asked.
+    #[error("upstream: {0}")]
+    Source(#[from] SourceError),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A blocking task failed.
+    #[error("task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The narinfo text to serve for `hash`, or `None` when it is absent everywhere.
+pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
+    let a = app.clone();
+    let known = tokio::task::spawn_blocking(move || -> Result<_, IndexError> {
+        if let Some(text) = a.index.narinfo(&hash)? {
+            return Ok(Some(Some(text)));
+        }
+        if a.index.is_negative(&hash, unix_now())? {
+            return Ok(Some(None));
+        }
+        Ok(None)
+    })
+    .await??;
+    if let Some(answer) = known {
+        return Ok(answer);
+    }
+    match app.sources.lookup(&hash).await {
+        Lookup::Found {
+            source,
+            narinfo,
+            nar_url,
+        } => {
+            let source_url = app.sources.all()[source].url().to_string();
+            let a = app.clone();
+            let text = tokio::task::spawn_blocking(move || {
+                record(&a, hash, *narinfo, source_url, nar_url)
+            })
+            .await??;
+            Ok(Some(text))
+        }
+        Lookup::Absent => {
+            let a = app.clone();
+            let until = unix_now() + app.config.negative_ttl.as_secs();
+            tokio::task::spawn_blocking(move || a.index.record_negative(&hash, until)).await??;
+            Ok(None)
+        }
+        Lookup::Failed(e) => Err(e.into()),
+    }
+}
+
+/// Rewrites `narinfo` to point at this appliance's content-addressed NAR URL and records both.
+fn record(
+    app: &App,
+    hash: StoreHash,
+    mut narinfo: NarInfo,
+    source: String,
+    nar_url: String,
+) -> Result<String, IndexError> {
+    // Sources hand us only narinfos for which this is Some (see `Upstream::narinfo`).
+    let Some((file_hash, file_size)) = narinfo.file_hash_or_nar() else {
+        return Err(IndexError::Corrupt("narinfo without a file hash".into()));
+    };
+    let name = NarName {
+        file_hash,
+        compression: narinfo.compression,
+    };
+    narinfo.url = name.url_path();
+    narinfo.file_hash = Some(file_hash);
+    narinfo.file_size = file_size;
+    let text = narinfo.to_text();
+    let record = NarRecord {
+        compression: narinfo.compression.as_str().to_string(),
+        file_size,
+        nar_hash: narinfo.nar_hash.to_string(),
+        nar_size: narinfo.nar_size,
+        source,
+        url: nar_url,
+    };
+    app.index
+        .record_narinfo(&hash, unix_now(), &text, &file_hash, &record)?;
+    Ok(text)
+}

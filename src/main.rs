@@ -1,0 +1,20 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use nixcache::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("NIXCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => nixcache::commands::serve::serve(args).await,
+        }
+    })
+}

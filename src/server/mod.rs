@@ -1,0 +1,150 @@
+//! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
+
+pub mod error;
+pub mod nar;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::app::App;
+use crate::index::IndexStats;
+use crate::nix::store_path::StoreHash;
+use crate::sources::HealthSnapshot;
+use error::ApiError;
+
+/// How long in-flight requests may finish after shutdown was asked for.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// All routes of the appliance.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/nix-cache-info", get(cache_info))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/_status", get(status))
+        .route("/nar/{name}", get(nar::get_nar))
+        .route("/{file}", get(narinfo))
+        .fallback(|| async { ApiError::NotFound("not found") })
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Serves `listener` until `app.shutdown` is cancelled, then drains for at most [`DRAIN_TIMEOUT`] and
+/// stops the background tasks. The caller binds the socket (tests pass a port-0 listener).
+pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    let housekeeping = tokio::spawn(crate::housekeeping::run(app.clone()));
+    let shutdown = app.shutdown.clone();
+    let serve = axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let drained = async {
+        app.shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        () = drained => {
+            tracing::warn!("requests still running after the drain time-out; closing them");
+            Ok(())
+        }
+    };
+    app.shutdown.cancel();
+    if let Err(e) = housekeeping.await {
+        tracing::error!(error = %e, "housekeeping task failed");
+    }
+    result
+}
+
+async fn cache_info(State(app): State<Arc<App>>) -> Response {
+    let body = format!(
+        "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+        crate::nix::STORE_DIR,
+        app.config.priority
+    );
+    text(body, "text/x-nix-cache-info")
+}
+
+fn text(body: String, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// `/<hash>.narinfo`. The hash is checked before anything is looked up.
+async fn narinfo(
+    State(app): State<Arc<App>>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(hash) = file.strip_suffix(".narinfo") else {
+        return Err(ApiError::NotFound("not found"));
+    };
+    let hash: StoreHash = hash
+        .parse()
+        .map_err(|_| ApiError::BadRequest("invalid store hash"))?;
+    match crate::lookup::narinfo(&app, hash).await? {
+        Some(body) => Ok(text(body, "text/x-nix-narinfo")),
+        None => Err(ApiError::NotFound("not in any cache")),
+    }
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    uptime_secs: u64,
+    index: IndexStats,
+    store: StoreStatus,
+    fills_in_flight: usize,
+    upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Serialize)]
+struct StoreStatus {
+    bytes: u64,
+    max_bytes: u64,
+    nars: u64,
+}
+
+#[derive(Serialize)]
+struct UpstreamStatus {
+    url: String,
+    priority: usize,
+    #[serde(flatten)]
+    health: HealthSnapshot,
+}
+
+async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
+    let a = app.clone();
+    let index = tokio::task::spawn_blocking(move || a.index.stats()).await??;
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: app.started.elapsed().as_secs(),
+        store: StoreStatus {
+            bytes: index.store_bytes,
+            max_bytes: app.config.max_size,
+            nars: index.nars_stored,
+        },
+        index,
+        fills_in_flight: app.fills.in_flight(),
+        upstreams: app
+            .sources
+            .all()
+            .iter()
+            .enumerate()
+            .map(|(i, u)| UpstreamStatus {
+                url: u.url().to_string(),
+                priority: i,
+                health: u.health().snapshot(),
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,232 @@
+//! Where NARs and narinfos come from when the index does not have them: upstream HTTP caches.
+//!
+//! Each source can be down without slowing the others: every request has a time limit, and a source that
+//! keeps failing is backed off (answered as "unavailable" at once) until its back-off expires.
+
+pub mod upstream;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+
+use crate::nix::narinfo::NarInfo;
+use crate::nix::store_path::StoreHash;
+pub use upstream::Upstream;
+
+/// Why a source could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// It did not answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// It failed recently and is being left alone for a while.
+    #[error("backed off after repeated failures")]
+    BackedOff,
+    /// It answered with an unexpected status.
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    /// The connection or transfer failed.
+    #[error("request failed: {0}")]
+    Http(#[source] reqwest::Error),
+    /// The body was larger than allowed.
+    #[error("answer too large")]
+    TooLarge,
+}
+
+impl SourceError {
+    /// Whether this is a time-out (504) rather than another failure (502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SourceError::Timeout)
+    }
+}
+
+/// A source's answer to "do you have this narinfo".
+#[derive(Debug)]
+pub enum NarinfoAnswer {
+    /// It has it, valid; `nar_url` is the absolute URL of its file.
+    Found {
+        /// The parsed, validated narinfo.
+        narinfo: Box<NarInfo>,
+        /// Absolute URL of the NAR file at the source.
+        nar_url: String,
+    },
+    /// It says it does not have it.
+    Absent,
+    /// It answered something unusable (logged with the reason); treated as absent from this source.
+    Rejected(String),
+}
+
+/// The outcome of asking every source.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The best-priority source that has it.
+    Found {
+        /// Index of the source in priority order.
+        source: usize,
+        /// The narinfo.
+        narinfo: Box<NarInfo>,
+        /// Absolute URL of its NAR file.
+        nar_url: String,
+    },
+    /// Every source answered and none has it: safe to answer 404.
+    Absent,
+    /// No source has it, and at least one could not answer: not safe to say 404.
+    Failed(SourceError),
+}
+
+/// Health bookkeeping of one source: consecutive failures and the back-off they earned.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    consecutive_failures: u32,
+    backed_off_until: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// What `/_status` shows of a source's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthSnapshot {
+    /// No failure since the last success.
+    pub healthy: bool,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Seconds until the source is asked again, when backed off.
+    pub backed_off_secs: Option<u64>,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// Failures in a row before a source is backed off.
+const FAILURES_BEFORE_BACKOFF: u32 = 3;
+/// The longest back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Health {
+    /// `Err(BackedOff)` while the source is backed off.
+    pub fn check(&self) -> Result<(), SourceError> {
+        let state = self.state.lock().map_err(|_| SourceError::BackedOff)?;
+        match state.backed_off_until {
+            Some(until) if Instant::now() < until => Err(SourceError::BackedOff),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a success: the source is healthy again.
+    pub fn success(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.consecutive_failures = 0;
+            state.backed_off_until = None;
+        }
+    }
+
+    /// Records a failure; from the third in a row the source is backed off 1 s, 2 s, 4 s ... up to 60 s.
+    pub fn failure(&self, error: &SourceError) {
+        if let Ok(mut state) = self.state.lock() {
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            state.last_error = Some(error.to_string());
+            if state.consecutive_failures >= FAILURES_BEFORE_BACKOFF {
+                let exp = (state.consecutive_failures - FAILURES_BEFORE_BACKOFF).min(6);
+                let backoff = Duration::from_secs(1 << exp).min(MAX_BACKOFF);
+                state.backed_off_until = Some(Instant::now() + backoff);
+            }
+        }
+    }
+
+    /// A snapshot for `/_status`.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let Ok(state) = self.state.lock() else {
+            return HealthSnapshot {
+                healthy: false,
+                consecutive_failures: 0,
+                backed_off_secs: None,
+                last_error: None,
+            };
+        };
+        let now = Instant::now();
+        HealthSnapshot {
+            healthy: state.consecutive_failures == 0,
+            consecutive_failures: state.consecutive_failures,
+            backed_off_secs: state
+                .backed_off_until
+                .filter(|u| *u > now)
+                .map(|u| (u - now).as_secs() + 1),
+            last_error: state.last_error.clone(),
+        }
+    }
+}
+
+/// The configured sources, most preferred first.
+pub struct Sources {
+    upstreams: Vec<Upstream>,
+}
+
+impl Sources {
+    /// Wraps the sources; their order is their priority.
+    pub fn new(upstreams: Vec<Upstream>) -> Sources {
+        Sources { upstreams }
+    }
+
+    /// All sources in priority order.
+    pub fn all(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// The source with this base URL (as recorded in the index).
+    pub fn by_url(&self, url: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.url() == url)
+    }
+
+    /// Asks every source at once; returns as soon as the best-priority hit is certain.
+    pub async fn lookup(&self, hash: &StoreHash) -> Lookup {
+        let mut pending: FuturesUnordered<_> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| async move { (i, u.narinfo(hash).await) })
+            .collect();
+        let mut answers: Vec<Option<Result<NarinfoAnswer, SourceError>>> =
+            (0..self.upstreams.len()).map(|_| None).collect();
+        while let Some((i, answer)) = pending.next().await {
+            answers[i] = Some(answer);
+            // The first source, in priority order, that is not a known miss decides, once it has answered.
+            for (j, slot) in answers.iter_mut().enumerate() {
+                match slot {
+                    None => break,
+                    Some(Ok(NarinfoAnswer::Found { .. })) => {
+                        if let Some(Ok(NarinfoAnswer::Found { narinfo, nar_url })) = slot.take() {
+                            return Lookup::Found {
+                                source: j,
+                                narinfo,
+                                nar_url,
+                            };
+                        }
+                    }
+                    Some(_) => continue,
+                }
+            }
+        }
+        let mut failure = None;
+        for answer in answers.into_iter().flatten() {
+            if let Err(e) = answer {
+                // A time-out anywhere makes the whole answer a 504 only if nothing else failed harder.
+                if failure
+                    .as_ref()
+                    .is_none_or(|f: &SourceError| f.is_timeout())
+                {
+                    failure = Some(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Lookup::Failed(e),
+            None => Lookup::Absent,
+        }
+    }
+}

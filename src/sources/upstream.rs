@@ -1,0 +1,158 @@
+//! An upstream HTTP binary cache (cache.nixos.org, another nixcache, a `nix copy --to file://` folder
+//! behind any web server), asked per request.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{StatusCode, Url};
+
+use super::{Health, NarinfoAnswer, SourceError};
+use crate::nix::narinfo::{MAX_NARINFO_BYTES, NarInfo};
+use crate::nix::store_path::StoreHash;
+
+/// One upstream cache.
+pub struct Upstream {
+    url: String,
+    base: Url,
+    client: reqwest::Client,
+    timeout: Duration,
+    health: Health,
+}
+
+fn http_error(e: reqwest::Error) -> SourceError {
+    if e.is_timeout() {
+        SourceError::Timeout
+    } else {
+        SourceError::Http(e)
+    }
+}
+
+impl Upstream {
+    /// An upstream at `url` (a base URL ending in `/`, as [`crate::config::Config`] makes them).
+    pub fn new(url: &str, client: reqwest::Client, timeout: Duration) -> Result<Upstream, String> {
+        let base = Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        Ok(Upstream {
+            url: url.to_string(),
+            base,
+            client,
+            timeout,
+            health: Health::default(),
+        })
+    }
+
+    /// The base URL, which also names the source in the index and in `/_status`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Its health.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Asks for the narinfo of `hash`, validated strictly, within the time limit.
+    pub async fn narinfo(&self, hash: &StoreHash) -> Result<NarinfoAnswer, SourceError> {
+        self.health.check()?;
+        let result = tokio::time::timeout(self.timeout, self.fetch_narinfo(hash))
+            .await
+            .unwrap_or(Err(SourceError::Timeout));
+        match &result {
+            Ok(NarinfoAnswer::Rejected(reason)) => {
+                tracing::warn!(source = %self.url, hash = %hash, reason = %reason, "upstream narinfo rejected");
+                self.health.success();
+            }
+            Ok(_) => self.health.success(),
+            Err(e) => {
+                tracing::warn!(source = %self.url, hash = %hash, error = %e, "upstream narinfo request failed");
+                self.health.failure(e);
+            }
+        }
+        result
+    }
+
+    async fn fetch_narinfo(&self, hash: &StoreHash) -> Result<NarinfoAnswer, SourceError> {
+        let url = self
+            .base
+            .join(&format!("{hash}.narinfo"))
+            .map_err(|_| SourceError::Status(0))?;
+        let response = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(http_error)?;
+        match response.status() {
+            StatusCode::OK => {}
+            // What Nix itself reads as "absent".
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN | StatusCode::GONE => {
+                return Ok(NarinfoAnswer::Absent);
+            }
+            other => return Err(SourceError::Status(other.as_u16())),
+        }
+        let body = read_capped(response, MAX_NARINFO_BYTES).await?;
+        let Ok(text) = String::from_utf8(body) else {
+            return Ok(NarinfoAnswer::Rejected("narinfo is not UTF-8".into()));
+        };
+        let narinfo = match NarInfo::parse(&text) {
+            Ok(n) => n,
+            Err(e) => return Ok(NarinfoAnswer::Rejected(format!("invalid narinfo: {e}"))),
+        };
+        if narinfo.store_path.hash != *hash {
+            return Ok(NarinfoAnswer::Rejected(format!(
+                "StorePath {} does not match the requested hash",
+                narinfo.store_path
+            )));
+        }
+        if narinfo.file_hash_or_nar().is_none() {
+            return Ok(NarinfoAnswer::Rejected(
+                "compressed NAR without FileHash cannot be stored content-addressed".into(),
+            ));
+        }
+        // RFC 3986 resolution against the narinfo's own URL: relative, absolute, other folder, query.
+        let nar_url = match url.join(&narinfo.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => {
+                return Ok(NarinfoAnswer::Rejected(format!(
+                    "NAR URL {:?} is not an http(s) URL",
+                    narinfo.url
+                )));
+            }
+        };
+        Ok(NarinfoAnswer::Found {
+            narinfo: Box::new(narinfo),
+            nar_url: nar_url.to_string(),
+        })
+    }
+
+    /// Starts the download of a NAR file: the response once its status is 200 (within the time limit).
+    pub async fn get_nar(&self, url: &str) -> Result<reqwest::Response, SourceError> {
+        let result = match tokio::time::timeout(self.timeout, self.client.get(url).send()).await {
+            Err(_) => Err(SourceError::Timeout),
+            Ok(Err(e)) => Err(http_error(e)),
+            Ok(Ok(r)) if r.status() == StatusCode::OK => Ok(r),
+            Ok(Ok(r)) => Err(SourceError::Status(r.status().as_u16())),
+        };
+        match &result {
+            Ok(_) => self.health.success(),
+            Err(e) => self.health.failure(e),
+        }
+        result
+    }
+}
+
+/// Reads a whole body, failing as soon as it grows past `cap` bytes.
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, SourceError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(SourceError::TooLarge);
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(http_error)?;
+        if body.len() + chunk.len() > cap {
+            return Err(SourceError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,131 @@
+//! The NAR store: compressed NAR files on disk, content-addressed by FileHash, outside redb.
+//!
+//! A file appears under its final name only after it was verified and made durable:
+//! temp file in `tmp/` (same filesystem) → write → `sync_all` → rename → fsync the folder → index row.
+//! `tmp/` is emptied at start, so a crash mid-download leaves nothing behind.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::nix::nar_name::NarName;
+
+/// Failures of the store, with the path involved (logged, never shown to clients).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The folder of NAR files.
+#[derive(Debug)]
+pub struct NarStore {
+    nar_dir: PathBuf,
+    tmp_dir: PathBuf,
+    next_temp: AtomicU64,
+}
+
+impl NarStore {
+    /// Opens the store under `data_dir`, creating its folders, emptying `tmp/` and checking it is writable.
+    pub fn open(data_dir: &Path) -> Result<NarStore, StoreError> {
+        let nar_dir = data_dir.join("nar");
+        let tmp_dir = data_dir.join("tmp");
+        for dir in [&nar_dir, &tmp_dir] {
+            std::fs::create_dir_all(dir).map_err(io_err("create folder", dir))?;
+        }
+        for entry in std::fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {
+            let path = entry.map_err(io_err("list", &tmp_dir))?.path();
+            std::fs::remove_file(&path).map_err(io_err("remove leftover temp file", &path))?;
+        }
+        let probe = tmp_dir.join("write-probe");
+        File::create(&probe).map_err(io_err("write to", &tmp_dir))?;
+        std::fs::remove_file(&probe).map_err(io_err("remove", &probe))?;
+        Ok(NarStore {
+            nar_dir,
+            tmp_dir,
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
+    /// Where the file of `name` lives: `nar/<first two chars>/<name>`.
+    pub fn path(&self, name: &NarName) -> PathBuf {
+        let file = name.to_string();
+        self.nar_dir.join(&file[..2]).join(file)
+    }
+
+    /// Creates a new temp file for `name`, readable and writable, removed when the guard drops.
+    pub fn temp_file(&self, name: &NarName) -> Result<(TempGuard, File), StoreError> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp_dir.join(format!("{name}.{n}"));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create temp file", &path))?;
+        Ok((TempGuard { path: Some(path) }, file))
+    }
+
+    /// Makes a verified temp file durable under its final name. The index row is the caller's next step.
+    pub fn commit(&self, temp: TempGuard, file: &File, name: &NarName) -> Result<(), StoreError> {
+        let Some(temp_path) = temp.path.as_deref() else {
+            return Ok(());
+        };
+        file.sync_all().map_err(io_err("sync", temp_path))?;
+        let target = self.path(name);
+        let dir = target.parent().unwrap_or(&self.nar_dir);
+        std::fs::create_dir_all(dir).map_err(io_err("create folder", dir))?;
+        std::fs::rename(temp_path, &target).map_err(io_err("rename into", &target))?;
+        temp.disarm();
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync folder", dir))?;
+        Ok(())
+    }
+
+    /// Removes a stored file (eviction). A missing file is not an error.
+    pub fn remove(&self, name: &NarName) -> Result<(), StoreError> {
+        let path = self.path(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Removes its temp file when dropped, unless the file was committed.
+#[derive(Debug)]
+pub struct TempGuard {
+    path: Option<PathBuf>,
+}
+
+impl TempGuard {
+    fn disarm(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

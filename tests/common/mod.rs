@@ -1,0 +1,410 @@
+//! Shared test fixtures: a real Nix client making real binary caches, a static upstream that can count
+//! requests and inject faults, and an in-process nixcache on a port-0 listener.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as AxPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use nixcache::app::App;
+use nixcache::config::Config;
+
+/// Fails loudly when a peer is missing: the README's test command installs them all.
+pub fn require(program: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{program}` is missing: install Debian package `{package}` or run ./scripts/test.sh, which installs every peer"
+    );
+}
+
+/// A private Nix environment (HOME, XDG cache, config) under one folder, as recipes/PEERS.md runs Nix.
+pub struct NixEnv {
+    pub dir: PathBuf,
+}
+
+impl NixEnv {
+    pub fn new(dir: &Path) -> NixEnv {
+        require("nix-store", "nix-bin");
+        for d in ["home", "xdg"] {
+            std::fs::create_dir_all(dir.join(d)).expect("create nix env folders");
+        }
+        NixEnv {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A command with the private environment and a fresh cache folder (Nix caches lookups there).
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        let xdg = self
+            .dir
+            .join(format!("xdg-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        c.env("HOME", self.dir.join("home"))
+            .env("XDG_CACHE_HOME", xdg)
+            .env(
+                "NIX_CONFIG",
+                "experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\n\
+                 extra-sandbox-paths = /bin /usr /lib /lib64\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n\
+                 connect-timeout = 5\n",
+            );
+        c
+    }
+
+    /// Runs a command and returns its stdout; panics with stderr on failure.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = self
+            .cmd(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs a command and returns whether it succeeded, and its stderr.
+    pub fn try_run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        let out = self
+            .cmd(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Input-addressed paths built by the real Nix client and published to real binary cache folders.
+pub struct Fixture {
+    pub nix: NixEnv,
+    /// The top path; its closure is `closure`.
+    pub top: String,
+    /// Every path of the closure of `top`.
+    pub closure: Vec<String>,
+    /// A path with a 4 MiB random file (big enough that a download takes many chunks).
+    pub big: String,
+    /// `nix copy --to file://` folders by compression: "xz", "zstd", "none".
+    pub caches: HashMap<&'static str, PathBuf>,
+    /// The key the caches are signed with (`name:base64`).
+    pub public_key: String,
+    pub secret_key_file: PathBuf,
+    /// The store the paths were built in.
+    pub store: PathBuf,
+}
+
+const FIXTURE_NIX: &str = r#"
+let
+  sh = args: name: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" args ]; };
+  dep = sh "echo dep > $out" "dep";
+  mid = sh "/bin/mkdir $out; echo ${dep} > $out/dep; echo mid > $out/data" "mid";
+  top = sh "echo ${mid} ${dep} > $out" "top";
+  big = sh "/usr/bin/head -c 4194304 /dev/urandom > $out" "big";
+in { inherit top big; }
+"#;
+
+/// The fixture, built once per test binary.
+pub fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(build_fixture)
+}
+
+fn build_fixture() -> Fixture {
+    let dir = tempfile::Builder::new()
+        .prefix("nixcache-fixture-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let nix = NixEnv::new(&dir);
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).expect("keys folder");
+    let sk = keys.join("sk");
+    let pk = keys.join("pk");
+    nix.run(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key",
+            "upstream-test-1",
+            sk.to_str().unwrap(),
+            pk.to_str().unwrap(),
+        ],
+    );
+    let expr = dir.join("fixture.nix");
+    std::fs::write(&expr, FIXTURE_NIX).expect("write fixture.nix");
+    let store = dir.join("store");
+    let out = nix.run(
+        "nix-build",
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            expr.to_str().unwrap(),
+            "--no-out-link",
+        ],
+    );
+    let outs: Vec<String> = out.lines().map(str::to_string).collect();
+    let (big, top) = (outs[0].clone(), outs[1].clone());
+    let closure: Vec<String> = nix
+        .run(
+            "nix-store",
+            &["--store", store.to_str().unwrap(), "-qR", &top],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut caches = HashMap::new();
+    for compression in ["xz", "zstd", "none"] {
+        let cache = dir.join(format!("cache-{compression}"));
+        let to = format!(
+            "file://{}?compression={compression}&secret-key={}",
+            cache.display(),
+            sk.display()
+        );
+        nix.run(
+            "nix",
+            &[
+                "copy",
+                "--store",
+                store.to_str().unwrap(),
+                "--to",
+                &to,
+                &top,
+                &big,
+            ],
+        );
+        caches.insert(compression, cache);
+    }
+    Fixture {
+        top,
+        closure,
+        big,
+        caches,
+        public_key: std::fs::read_to_string(&pk)
+            .expect("read pk")
+            .trim()
+            .to_string(),
+        secret_key_file: sk,
+        store,
+        nix,
+    }
+}
+
+/// The 32-char hash part of a store path.
+pub fn hash_of(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// What a [`TestUpstream`] does to its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Serve files as they are.
+    None,
+    /// Flip one byte in the middle of every NAR.
+    CorruptNar,
+    /// Send only half of every NAR, as a well-formed chunked body (looks complete on the wire).
+    TruncateNar,
+    /// Answer 500 to everything.
+    ServerError,
+    /// Never answer.
+    Stall,
+    /// Send NARs slowly (64 KiB every 20 ms), so concurrent clients overlap.
+    SlowNar,
+}
+
+/// A static file server over a binary cache folder, written in the test so it can count requests and
+/// inject faults no real server produces (corrupt, truncated, stalled bodies).
+pub struct TestUpstream {
+    pub url: String,
+    pub narinfo_requests: Arc<AtomicUsize>,
+    pub nar_requests: Arc<AtomicUsize>,
+    fault: Arc<Mutex<Fault>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct UpstreamState {
+    root: PathBuf,
+    narinfo_requests: Arc<AtomicUsize>,
+    nar_requests: Arc<AtomicUsize>,
+    fault: Arc<Mutex<Fault>>,
+}
+
+impl TestUpstream {
+    pub async fn start(root: &Path) -> TestUpstream {
+        let state = UpstreamState {
+            root: root.to_path_buf(),
+            narinfo_requests: Arc::default(),
+            nar_requests: Arc::default(),
+            fault: Arc::new(Mutex::new(Fault::None)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = axum::Router::new()
+            .route("/{*path}", axum::routing::get(serve_upstream))
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        TestUpstream {
+            url,
+            narinfo_requests: state.narinfo_requests,
+            nar_requests: state.nar_requests,
+            fault: state.fault,
+            task,
+        }
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    pub fn narinfos(&self) -> usize {
+        self.narinfo_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn nars(&self) -> usize {
+        self.nar_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_upstream(State(s): State<UpstreamState>, AxPath(path): AxPath<String>) -> Response {
+    let is_nar = path.starts_with("nar/");
+    if path.ends_with(".narinfo") {
+        s.narinfo_requests.fetch_add(1, Ordering::SeqCst);
+    } else if is_nar {
+        s.nar_requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let fault = *s.fault.lock().unwrap();
+    match fault {
+        Fault::ServerError => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Fault::Stall => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        _ => {}
+    }
+    if path.contains("..") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let Ok(mut bytes) = tokio::fs::read(s.root.join(&path)).await else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !is_nar {
+        return bytes.into_response();
+    }
+    match fault {
+        Fault::CorruptNar => {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            bytes.into_response()
+        }
+        Fault::TruncateNar => {
+            bytes.truncate(bytes.len() / 2);
+            let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+            Body::from_stream(stream).into_response()
+        }
+        Fault::SlowNar => {
+            let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+            let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+                let chunk = it.next()?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((Ok::<_, std::io::Error>(chunk), it))
+            });
+            Body::from_stream(stream).into_response()
+        }
+        _ => bytes.into_response(),
+    }
+}
+
+/// An in-process nixcache on a port-0 listener.
+pub struct Nixcache {
+    pub url: String,
+    pub app: Arc<App>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A configuration for tests: loopback, short time-outs, the given upstreams.
+pub fn test_config(data_dir: &Path, upstreams: &[&str]) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        max_size: 1 << 30,
+        priority: 30,
+        negative_ttl: Duration::from_secs(60),
+        upstream_timeout: Duration::from_secs(2),
+        stall_timeout: Duration::from_secs(2),
+        upstreams: upstreams.iter().map(|u| format!("{u}/")).collect(),
+    }
+}
+
+impl Nixcache {
+    pub async fn start(config: Config) -> Nixcache {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind nixcache");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = App::open(config).expect("open app");
+        let task = tokio::spawn(nixcache::server::run(listener, app.clone()));
+        Nixcache { url, app, task }
+    }
+
+    /// Shuts down cleanly and waits until the index is closed.
+    pub async fn stop(self) {
+        self.app.shutdown.cancel();
+        self.task.await.expect("join").expect("server result");
+        let app = self.app;
+        // The index closes when the last handle goes; wait for background fills to let go.
+        for _ in 0..100 {
+            if Arc::strong_count(&app) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("nixcache still referenced after shutdown");
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let body = reqwest::get(format!("{}/_status", self.url))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).expect("status is JSON")
+    }
+}
+
+/// sha256 of bytes as `sha256:<nix32>`.
+pub fn nix_sha256(bytes: &[u8]) -> String {
+    nixcache::nix::hash::Sha256Hash::digest(bytes).to_string()
+}
+
+/// The value of `key` in a narinfo text.
+pub fn field<'a>(narinfo: &'a str, key: &str) -> Option<&'a str> {
+    narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
+}

@@ -1,0 +1,444 @@
+//! The serving path against an upstream serving real binary caches made by the real Nix client.
+//!
+//! The upstream is a static file server written in the test (`common::TestUpstream`) so that it can count
+//! requests and produce faults no real server would (corrupt, truncated, stalled bodies).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+
+fn narinfo_path(cache: &std::path::Path, store_path: &str) -> std::path::PathBuf {
+    cache.join(format!("{}.narinfo", hash_of(store_path)))
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::get(url).await.expect("request")
+}
+
+/// Fetches the narinfo of `path` through nixcache and returns (text, NAR URL relative to the cache).
+async fn narinfo(cache: &Nixcache, path: &str) -> (String, String) {
+    let r = get(&format!("{}/{}.narinfo", cache.url, hash_of(path))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/x-nix-narinfo");
+    let text = r.text().await.unwrap();
+    let url = field(&text, "URL").expect("URL").to_string();
+    (text, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn narinfo_and_nar_fill_once_then_from_disk() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+
+    let (text, url) = narinfo(&cache, &fx.top).await;
+    let original = std::fs::read_to_string(narinfo_path(&fx.caches["xz"], &fx.top)).unwrap();
+    // Everything signed is kept; the URL is the canonical content-addressed one.
+    for key in [
+        "StorePath",
+        "NarHash",
+        "NarSize",
+        "References",
+        "Sig",
+        "FileHash",
+        "FileSize",
+    ] {
+        assert_eq!(field(&text, key), field(&original, key), "{key}");
+    }
+    let file_hash = field(&text, "FileHash").unwrap();
+    assert_eq!(url, format!("nar/{}.nar.xz", &file_hash["sha256:".len()..]));
+
+    // Second lookup: from the index.
+    narinfo(&cache, &fx.top).await;
+    assert_eq!(up.narinfos(), 1);
+
+    let nar = get(&format!("{}/{url}", cache.url)).await;
+    assert_eq!(nar.status(), StatusCode::OK);
+    assert!(nar.headers().get("content-encoding").is_none());
+    let bytes = nar.bytes().await.unwrap();
+    assert_eq!(nix_sha256(&bytes), file_hash);
+    let upstream_file =
+        std::fs::read(fx.caches["xz"].join(field(&original, "URL").unwrap())).unwrap();
+    assert_eq!(bytes.as_ref(), upstream_file.as_slice());
+    assert_eq!(up.nars(), 1);
+
+    // From disk now: same bytes, no upstream request, Content-Length and ranges.
+    let again = get(&format!("{}/{url}", cache.url)).await;
+    assert_eq!(again.headers()["accept-ranges"], "bytes");
+    assert_eq!(again.content_length(), Some(bytes.len() as u64));
+    assert_eq!(again.bytes().await.unwrap(), bytes);
+    assert_eq!(up.nars(), 1);
+
+    let client = reqwest::Client::new();
+    let part = client
+        .get(format!("{}/{url}", cache.url))
+        .header("Range", "bytes=10-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 10-{}/{}", bytes.len() - 1, bytes.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), bytes.slice(10..));
+    let past = client
+        .get(format!("{}/{url}", cache.url))
+        .header("Range", format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+    let status = cache.status().await;
+    assert_eq!(status["store"]["nars"], 1);
+    assert_eq!(status["store"]["bytes"], bytes.len() as u64);
+    assert_eq!(status["index"]["narinfos"], 1);
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_answers_like_get_without_body() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["zstd"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let client = reqwest::Client::new();
+    let (text, url) = narinfo(&cache, &fx.big).await;
+    for path in [
+        "/nix-cache-info".to_string(),
+        format!("/{}.narinfo", hash_of(&fx.big)),
+        format!("/{}.narinfo", "0".repeat(32)),
+        format!("/{url}"),
+        "/_status".to_string(),
+    ] {
+        let head = client
+            .head(format!("{}{path}", cache.url))
+            .send()
+            .await
+            .unwrap();
+        let get = client
+            .get(format!("{}{path}", cache.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), get.status(), "{path}");
+        assert_eq!(
+            head.headers().get("content-type"),
+            get.headers().get("content-type"),
+            "{path}"
+        );
+        if path != "/_status" {
+            assert_eq!(
+                head.headers().get("content-length"),
+                get.headers().get("content-length"),
+                "{path}"
+            );
+        }
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    // HEAD on a NAR that was not stored yet must not start a download.
+    assert_eq!(up.nars(), 1, "only the GET above fetched the NAR");
+    assert_eq!(field(&text, "Compression"), Some("zstd"));
+    let info = get(&format!("{}/nix-cache-info", cache.url)).await;
+    assert_eq!(info.headers()["content-type"], "text/x-nix-cache-info");
+    assert_eq!(
+        info.text().await.unwrap(),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
+    );
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_are_4xx_and_touch_nothing() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let good = "1".repeat(52);
+    for (path, want) in [
+        ("/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo", 400),
+        ("/short.narinfo", 400),
+        ("/ABCDEFGHIJKLMNOPQRSTUVWXYZ012345.narinfo", 400),
+        ("/nar/..%2f..%2fetc%2fpasswd", 400),
+        ("/nar/%2e%2e", 404), // the client already resolves it to "/"
+        (
+            &format!("/nar/{good}.nar.xz%2f..%2f..%2findex.redb") as &str,
+            400,
+        ),
+        (&format!("/nar/{good}.nar.exe"), 400),
+        (&format!("/nar/{good}.nar.xz"), 404),
+        ("/nar/../index.redb", 404),
+        ("/index.redb", 404),
+    ] {
+        let r = get(&format!("{}{path}", cache.url)).await;
+        assert_eq!(r.status().as_u16(), want, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains(data.path().to_str().unwrap()),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!(
+        up.narinfos() + up.nars(),
+        0,
+        "no upstream request for malformed input"
+    );
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absent_everywhere_is_404_and_remembered() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let missing = format!("{}/{}.narinfo", cache.url, "2".repeat(32));
+    assert_eq!(get(&missing).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(get(&missing).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        up.narinfos(),
+        1,
+        "the second 404 comes from the negative entry"
+    );
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failure_is_502_or_504_never_404() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let url = format!("{}/{}.narinfo", cache.url, hash_of(&fx.top));
+
+    up.set_fault(Fault::ServerError);
+    assert_eq!(get(&url).await.status(), StatusCode::BAD_GATEWAY);
+    up.set_fault(Fault::Stall);
+    assert_eq!(get(&url).await.status(), StatusCode::GATEWAY_TIMEOUT);
+    // Failures are not remembered as absence: once the upstream is back, the path is served.
+    up.set_fault(Fault::None);
+    assert_eq!(get(&url).await.status(), StatusCode::OK);
+    assert_eq!(up.narinfos(), 3);
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_upstream_is_backed_off() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    up.set_fault(Fault::Stall);
+    for i in 0..3 {
+        let url = format!("{}/{}.narinfo", cache.url, i.to_string().repeat(32));
+        assert_eq!(get(&url).await.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    // Backed off: answered at once, without asking the upstream.
+    let started = Instant::now();
+    let url = format!("{}/{}.narinfo", cache.url, "3".repeat(32));
+    assert_eq!(get(&url).await.status(), StatusCode::BAD_GATEWAY);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(up.narinfos(), 3);
+    let status = cache.status().await;
+    assert_eq!(status["upstreams"][0]["healthy"], false);
+    assert_eq!(status["upstreams"][0]["consecutive_failures"], 3);
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_nar_is_never_stored_and_the_client_sees_a_failure() {
+    let fx = fixture();
+    for fault in [Fault::CorruptNar, Fault::TruncateNar] {
+        let up = TestUpstream::start(&fx.caches["xz"]).await;
+        let data = tempfile::tempdir().unwrap();
+        let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+        let (text, url) = narinfo(&cache, &fx.big).await;
+        up.set_fault(fault);
+        let response = get(&format!("{}/{url}", cache.url)).await;
+        // Headers may already be out; the body must not arrive complete.
+        assert!(
+            response.bytes().await.is_err(),
+            "{fault:?}: the transfer must fail"
+        );
+        let status = cache.status().await;
+        assert_eq!(status["store"]["nars"], 0, "{fault:?}");
+        let leftovers = std::fs::read_dir(data.path().join("tmp")).unwrap().count();
+        assert_eq!(leftovers, 0, "{fault:?}: temp file removed");
+
+        up.set_fault(Fault::None);
+        let bytes = get(&format!("{}/{url}", cache.url))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(nix_sha256(&bytes), field(&text, "FileHash").unwrap());
+        assert_eq!(up.nars(), 2, "{fault:?}: fetched again after the failure");
+        cache.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_clients_share_one_download_and_stream_early() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["none"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let (text, url) = narinfo(&cache, &fx.big).await;
+    up.set_fault(Fault::SlowNar);
+    let url = Arc::new(format!("{}/{url}", cache.url));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut response = reqwest::get(url.as_str()).await.unwrap();
+                let first = response.chunk().await.unwrap().unwrap();
+                let first_at = Instant::now();
+                let mut body = first.to_vec();
+                while let Some(c) = response.chunk().await.unwrap() {
+                    body.extend_from_slice(&c);
+                }
+                (first_at, Instant::now(), body)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in clients {
+        results.push(c.await.unwrap());
+    }
+    assert_eq!(up.nars(), 1, "8 clients, one upstream download");
+    let want = field(&text, "FileHash").unwrap();
+    for (first, done, body) in &results {
+        assert_eq!(nix_sha256(body), want);
+        assert_eq!(body, &results[0].2);
+        // 64 chunks at 20 ms: the first byte comes long before the end.
+        assert!(
+            *first < *done - Duration::from_millis(300),
+            "streamed, not buffered"
+        );
+    }
+    assert!(started.elapsed() > Duration::from_millis(600));
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_does_not_break_the_fill() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["none"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let (_, url) = narinfo(&cache, &fx.big).await;
+    up.set_fault(Fault::SlowNar);
+    let url = format!("{}/{url}", cache.url);
+    let mut quitter = get(&url).await;
+    quitter.chunk().await.unwrap();
+    drop(quitter);
+    let bytes = get(&url).await.bytes().await.unwrap();
+    let want = std::fs::read_to_string(narinfo_path(&fx.caches["none"], &fx.big)).unwrap();
+    assert_eq!(nix_sha256(&bytes), field(&want, "NarHash").unwrap());
+    assert_eq!(up.nars(), 1);
+    // Stored.
+    for _ in 0..50 {
+        if cache.status().await["store"]["nars"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cache.status().await["store"]["nars"], 1);
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_with_upstream_gone_serves_the_same_bytes() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let mut before = Vec::new();
+    for path in fx.closure.iter().chain([&fx.big]) {
+        let (text, url) = narinfo(&cache, path).await;
+        let nar = get(&format!("{}/{url}", cache.url))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        before.push((path.clone(), text, nar));
+    }
+    cache.stop().await;
+    up.stop();
+
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    for (path, text, nar) in &before {
+        let (again, url) = narinfo(&cache, path).await;
+        assert_eq!(&again, text);
+        let bytes = get(&format!("{}/{url}", cache.url))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&bytes, nar);
+    }
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_recently_used_nars_are_evicted_over_the_cap() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["none"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let big_info = std::fs::read_to_string(narinfo_path(&fx.caches["none"], &fx.big)).unwrap();
+    let big_size: u64 = field(&big_info, "NarSize").unwrap().parse().unwrap();
+    let mut config = test_config(data.path(), &[&up.url]);
+    config.max_size = big_size + 100; // the big NAR fits, not with the small ones beside it
+    let cache = Nixcache::start(config).await;
+    let (_, big) = narinfo(&cache, &fx.big).await;
+    get(&format!("{}/{big}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // access times have one-second resolution
+    let mut small = Vec::new();
+    for path in &fx.closure {
+        let (_, url) = narinfo(&cache, path).await;
+        get(&format!("{}/{url}", cache.url))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        small.push(url);
+    }
+    let mut status = cache.status().await;
+    for _ in 0..50 {
+        if status["store"]["nars"] == fx.closure.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = cache.status().await;
+    }
+    assert_eq!(status["store"]["nars"], fx.closure.len(), "{status}");
+    assert!(status["store"]["bytes"].as_u64().unwrap() < big_size);
+    // The small ones, used last, stay; the big one, least recently used, went.
+    let before = up.nars();
+    for url in &small {
+        get(&format!("{}/{url}", cache.url))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+    }
+    assert_eq!(up.nars(), before, "recent NARs are still on disk");
+    get(&format!("{}/{big}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(up.nars(), before + 1, "the evicted NAR is fetched again");
+    cache.stop().await;
+}
