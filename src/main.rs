@@ -10,6 +10,7 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("NIXCACHE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

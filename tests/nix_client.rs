@@ -1,0 +1,182 @@
+//! End to end with the real Nix client (Debian nix-bin): a fresh store substitutes a whole closure through
+//! nixcache, whose upstream is a real HTTP server (Python's http.server) over a real binary cache folder;
+//! then the upstream is stopped, nixcache restarted, and a third fresh store substitutes the same closure.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+/// `python3 -m http.server` on port 0 over `dir`; returns the child and its URL.
+fn http_server(dir: &std::path::Path) -> (Child, String) {
+    require("python3", "python3");
+    let mut child = Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 http.server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read http.server banner");
+    // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+    let port = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .unwrap_or_else(|| panic!("unexpected http.server banner {line:?}"));
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+fn stop(mut child: Child) {
+    child.kill().expect("kill http.server");
+    child.wait().expect("wait http.server");
+}
+
+fn closure_in(fx: &Fixture, store: &std::path::Path) -> Vec<String> {
+    let mut paths: Vec<String> = fx
+        .nix
+        .run(
+            "nix-store",
+            &["--store", store.to_str().unwrap(), "-qR", &fx.top],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    paths.sort();
+    paths
+}
+
+async fn substitute_through_nixcache(compression: &str) {
+    let fx = fixture();
+    let mut want = fx.closure.clone();
+    want.sort();
+    let work = tempfile::tempdir().unwrap();
+    let (server, upstream) = http_server(&fx.caches[compression]);
+    let data = work.path().join("data");
+    let cache = Nixcache::start(test_config(&data, &[&upstream])).await;
+
+    // nix copy --from: HEAD and GET narinfos, then the NARs.
+    let store_b = work.path().join("storeB");
+    let url = cache.url.clone();
+    let (ok, err) = fx.nix.try_run(
+        "nix",
+        &[
+            "copy",
+            "--store",
+            store_b.to_str().unwrap(),
+            "--from",
+            &url,
+            "--option",
+            "trusted-public-keys",
+            &fx.public_key,
+            &fx.top,
+        ],
+    );
+    assert!(ok, "nix copy --from nixcache ({compression}) failed: {err}");
+    assert_eq!(closure_in(fx, &store_b), want);
+    fx.nix.run(
+        "nix-store",
+        &[
+            "--store",
+            store_b.to_str().unwrap(),
+            "--verify-path",
+            &fx.top,
+        ],
+    );
+
+    // nix-store -r with nixcache as the only substituter.
+    let store_c = work.path().join("storeC");
+    let (ok, err) = fx.nix.try_run(
+        "nix-store",
+        &[
+            "--store",
+            store_c.to_str().unwrap(),
+            "-r",
+            &fx.top,
+            "--option",
+            "substituters",
+            &url,
+            "--option",
+            "trusted-public-keys",
+            &fx.public_key,
+        ],
+    );
+    assert!(
+        ok,
+        "nix-store -r through nixcache ({compression}) failed: {err}"
+    );
+    assert_eq!(closure_in(fx, &store_c), want);
+
+    // Upstream gone, nixcache restarted: the same closure is still served.
+    stop(server);
+    cache.stop().await;
+    let cache = Nixcache::start(test_config(&data, &[&upstream])).await;
+    let store_d = work.path().join("storeD");
+    let (ok, err) = fx.nix.try_run(
+        "nix-store",
+        &[
+            "--store",
+            store_d.to_str().unwrap(),
+            "-r",
+            &fx.top,
+            "--option",
+            "substituters",
+            &cache.url,
+            "--option",
+            "trusted-public-keys",
+            &fx.public_key,
+        ],
+    );
+    assert!(
+        ok,
+        "offline restart ({compression}): nix-store -r failed: {err}"
+    );
+    assert_eq!(closure_in(fx, &store_d), want);
+
+    // A client that trusts another key refuses the paths (signatures pass through untouched).
+    let store_e = work.path().join("storeE");
+    let (ok, err) = fx.nix.try_run(
+        "nix-store",
+        &[
+            "--store",
+            store_e.to_str().unwrap(),
+            "-r",
+            &fx.top,
+            "--option",
+            "substituters",
+            &cache.url,
+            "--option",
+            "trusted-public-keys",
+            "other-1:5rnq0hZ4PLN7sHfLaiZ8JRtCvSMPRRHDOO3nRySrEXo=",
+        ],
+    );
+    assert!(!ok, "a client trusting another key must refuse the paths");
+    assert!(
+        err.contains("is not signed by any of the keys"),
+        "refused for the signature: {err}"
+    );
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_substitutes_xz_closure_and_again_offline_after_restart() {
+    substitute_through_nixcache("xz").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_substitutes_zstd_closure_and_again_offline_after_restart() {
+    substitute_through_nixcache("zstd").await;
+}
