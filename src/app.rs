@@ -56,8 +56,10 @@ pub struct App {
     pub fills: Fills,
     /// When it started, for `/_status`.
     pub started: Instant,
-    /// Cancelled when the appliance shuts down; every background task watches it.
+    /// Cancelled when shutdown begins: no new connections, in-flight requests drain.
     pub shutdown: CancellationToken,
+    /// Cancelled when draining is over: downloads still running are abandoned (nothing is stored).
+    pub stopped: CancellationToken,
 }
 
 impl App {
@@ -94,6 +96,7 @@ impl App {
             fills: Fills::new(MAX_CONCURRENT_FILLS),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            stopped: CancellationToken::new(),
         }))
     }
 }

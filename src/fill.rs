@@ -157,7 +157,7 @@ impl Fills {
         tokio::spawn(async move {
             let outcome = tokio::select! {
                 r = run_fill(&app, &name, &record, guard, file, &tx) => r,
-                () = app.shutdown.cancelled() => Err(FillError::ShuttingDown),
+                () = app.stopped.cancelled() => Err(FillError::ShuttingDown),
             };
             let progress = match outcome {
                 Ok(size) => {

@@ -19,7 +19,7 @@ pub async fn run(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = app.shutdown.cancelled() => break,
+            () = app.stopped.cancelled() => break,
         }
         let a = app.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -57,6 +57,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
         }
     };
     app.shutdown.cancel();
+    app.stopped.cancel();
     if let Err(e) = housekeeping.await {
         tracing::error!(error = %e, "housekeeping task failed");
     }

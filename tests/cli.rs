@@ -1,0 +1,225 @@
+//! The `nixcache` binary as users run it: configuration errors, clean shutdown on SIGTERM, and a
+//! `kill -9` in the middle of a download.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+fn nixcache() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nixcache"));
+    c.env_remove("NIXCACHE_LISTEN")
+        .env_remove("NIXCACHE_PORT")
+        .env_remove("NIXCACHE_UPSTREAM")
+        .env_remove("NIXCACHE_DATA_DIR")
+        .env_remove("STATE_DIRECTORY");
+    c
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = nixcache().args(args).output().expect("run nixcache");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "{args:?}: {err:?} should name {needle:?}"
+    );
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_culprit() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.toml");
+    std::fs::write(&conf, "listen = \"0.0.0.0:1\"\nmax_sise = \"1G\"\n").unwrap();
+    fails_with(&["serve", "--config", conf.to_str().unwrap()], "max_sise");
+    std::fs::write(&conf, "priority = \"high\"\n").unwrap();
+    fails_with(&["serve", "--config", conf.to_str().unwrap()], "priority");
+    fails_with(
+        &["serve", "--max-size", "lots", "--check-config"],
+        "--max-size",
+    );
+    fails_with(
+        &["serve", "--listen", "nowhere", "--check-config"],
+        "--listen",
+    );
+    fails_with(
+        &["serve", "--config", "/nonexistent/nixcache.toml"],
+        "/nonexistent/nixcache.toml",
+    );
+
+    // A data folder that cannot be created: its parent is a regular file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let data = file.join("data");
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        data.to_str().unwrap(),
+    );
+}
+
+#[test]
+fn shipped_config_file_is_accepted() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/config/nixcache.toml");
+    let out = nixcache()
+        .args(["serve", "--config", conf, "--check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("37515"));
+}
+
+/// Starts the binary and returns it with the address it logged, and its stderr lines.
+fn start(data: &std::path::Path, upstream: &str) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = nixcache()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nixcache");
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nixcache did not log its address");
+        };
+        if let Some(rest) = line.split("listen=").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_string();
+            return (child, format!("http://{addr}"), rx);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_closes_the_index() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["none"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, url, logs) = start(data.path(), &up.url);
+    let text = reqwest::get(format!("{url}/{}.narinfo", hash_of(&fx.big)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let nar = field(&text, "URL").unwrap().to_string();
+    // A slow download is in flight when SIGTERM arrives: it is allowed to finish.
+    up.set_fault(Fault::SlowNar);
+    let download = tokio::spawn(async move {
+        reqwest::get(format!("{url}/{nar}"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let body = download
+        .await
+        .unwrap()
+        .expect("in-flight download completes");
+    assert_eq!(nix_sha256(&body), field(&text, "FileHash").unwrap());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit: {status:?}");
+    let logged: Vec<String> = logs.try_iter().collect();
+    assert!(logged.iter().any(|l| l.contains("stopped")), "{logged:?}");
+    // The index is closed (its lock released) and reopens.
+    nixcache::index::Index::open(&data.path().join("index.redb")).expect("reopen index");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_download_leaves_only_verified_data() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["none"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, url, _logs) = start(data.path(), &up.url);
+    let text = reqwest::get(format!("{url}/{}.narinfo", hash_of(&fx.big)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let nar = field(&text, "URL").unwrap().to_string();
+    up.set_fault(Fault::SlowNar);
+    let mut response = reqwest::get(format!("{url}/{nar}")).await.unwrap();
+    response.chunk().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        response.bytes().await.is_err(),
+        "the client sees the transfer break"
+    );
+    assert!(
+        std::fs::read_dir(data.path().join("tmp")).unwrap().count() > 0,
+        "a partial temp file is what a crash leaves"
+    );
+
+    up.set_fault(Fault::None);
+    let (mut child, url, _logs) = start(data.path(), &up.url);
+    assert_eq!(
+        std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
+        0,
+        "cleaned at start"
+    );
+    let status: serde_json::Value = serde_json::from_slice(
+        &reqwest::get(format!("{url}/_status"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["store"]["nars"], 0, "nothing unverified was kept");
+    // The narinfo survived the crash (committed durably) and the NAR is fetched and verified again.
+    assert_eq!(status["index"]["narinfos"], 1);
+    let bytes = reqwest::get(format!("{url}/{nar}"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(nix_sha256(&bytes), field(&text, "FileHash").unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
