@@ -442,3 +442,82 @@ async fn least_recently_used_nars_are_evicted_over_the_cap() {
     assert_eq!(up.nars(), before + 1, "the evicted NAR is fetched again");
     cache.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_upstream_nar_url_shape_becomes_the_canonical_url() {
+    let fx = fixture();
+    for shape in [
+        Fault::AbsoluteNarUrl,
+        Fault::OtherFolderNarUrl,
+        Fault::QueryNarUrl,
+    ] {
+        let up = TestUpstream::start(&fx.caches["xz"]).await;
+        up.set_fault(shape);
+        let data = tempfile::tempdir().unwrap();
+        let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+        let (text, url) = narinfo(&cache, &fx.top).await;
+        let file_hash = field(&text, "FileHash").unwrap();
+        assert_eq!(
+            url,
+            format!("nar/{}.nar.xz", &file_hash["sha256:".len()..]),
+            "{shape:?}"
+        );
+        let bytes = get(&format!("{}/{url}", cache.url))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(nix_sha256(&bytes), file_hash, "{shape:?}");
+        assert_eq!(up.nars(), 1, "{shape:?}");
+        cache.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn best_priority_hit_wins_and_a_failed_upstream_does_not_hide_another() {
+    let fx = fixture();
+    let data = tempfile::tempdir().unwrap();
+    // The second upstream serves a copy of the zstd cache that lacks `mid`.
+    let copy = data.path().join("zstd-copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&fx.caches["zstd"])
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let mid = fx.closure.iter().find(|p| p.ends_with("-mid")).unwrap();
+    std::fs::remove_file(copy.join(format!("{}.narinfo", hash_of(mid)))).unwrap();
+    let first = TestUpstream::start(&fx.caches["xz"]).await;
+    let second = TestUpstream::start(&copy).await;
+    let cache = Nixcache::start(test_config(data.path(), &[&first.url, &second.url])).await;
+
+    // Both have it: the first listed wins (even if the second answered first).
+    first.set_fault(Fault::SlowNar); // narinfos are not slowed; ordering must not depend on timing
+    let (text, _) = narinfo(&cache, &fx.top).await;
+    assert_eq!(field(&text, "Compression"), Some("xz"));
+    assert_eq!(
+        (first.narinfos(), second.narinfos()),
+        (1, 1),
+        "both asked at once"
+    );
+
+    // The first is failing: the second's copy is served, not a 502.
+    first.set_fault(Fault::ServerError);
+    let (text, url) = narinfo(&cache, &fx.big).await;
+    assert_eq!(field(&text, "Compression"), Some("zstd"));
+    let bytes = get(&format!("{}/{url}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(nix_sha256(&bytes), field(&text, "FileHash").unwrap());
+    assert_eq!(second.nars(), 1);
+    assert_eq!(first.nars(), 0);
+
+    // The first has it and the second does not: the first's answer.
+    first.set_fault(Fault::None);
+    let (text, _) = narinfo(&cache, mid).await;
+    assert_eq!(field(&text, "Compression"), Some("xz"));
+    cache.stop().await;
+}

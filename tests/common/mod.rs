@@ -227,6 +227,12 @@ pub enum Fault {
     Stall,
     /// Send NARs slowly (64 KiB every 20 ms), so concurrent clients overlap.
     SlowNar,
+    /// Narinfo URLs made absolute (`http://host/nar/...`).
+    AbsoluteNarUrl,
+    /// Narinfo URLs in another folder, from the root (`/files/nar/...`; `/files/` serves the same folder).
+    OtherFolderNarUrl,
+    /// Narinfo URLs with a query string (`nar/...?hash=...`, as harmonia writes them).
+    QueryNarUrl,
 }
 
 /// A static file server over a binary cache folder, written in the test so it can count requests and
@@ -241,6 +247,7 @@ pub struct TestUpstream {
 
 #[derive(Clone)]
 struct UpstreamState {
+    url: String,
     root: PathBuf,
     narinfo_requests: Arc<AtomicUsize>,
     nar_requests: Arc<AtomicUsize>,
@@ -249,16 +256,17 @@ struct UpstreamState {
 
 impl TestUpstream {
     pub async fn start(root: &Path) -> TestUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = UpstreamState {
+            url: url.clone(),
             root: root.to_path_buf(),
             narinfo_requests: Arc::default(),
             nar_requests: Arc::default(),
             fault: Arc::new(Mutex::new(Fault::None)),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let router = axum::Router::new()
             .route("/{*path}", axum::routing::get(serve_upstream))
             .with_state(state.clone());
@@ -292,6 +300,7 @@ impl TestUpstream {
 }
 
 async fn serve_upstream(State(s): State<UpstreamState>, AxPath(path): AxPath<String>) -> Response {
+    let path = path.strip_prefix("files/").unwrap_or(&path).to_string();
     let is_nar = path.starts_with("nar/");
     if path.ends_with(".narinfo") {
         s.narinfo_requests.fetch_add(1, Ordering::SeqCst);
@@ -313,7 +322,20 @@ async fn serve_upstream(State(s): State<UpstreamState>, AxPath(path): AxPath<Str
         return StatusCode::NOT_FOUND.into_response();
     };
     if !is_nar {
-        return bytes.into_response();
+        let text = String::from_utf8_lossy(&bytes);
+        let rewritten = match fault {
+            Fault::AbsoluteNarUrl => text.replace("URL: nar/", &format!("URL: {}/nar/", s.url)),
+            Fault::OtherFolderNarUrl => text.replace("URL: nar/", "URL: /files/nar/"),
+            Fault::QueryNarUrl => text
+                .lines()
+                .map(|l| match l.strip_prefix("URL: ") {
+                    Some(u) => format!("URL: {u}?hash=abc\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect(),
+            _ => return bytes.into_response(),
+        };
+        return rewritten.into_response();
     }
     match fault {
         Fault::CorruptNar => {
