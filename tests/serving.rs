@@ -492,7 +492,7 @@ async fn best_priority_hit_wins_and_a_failed_upstream_does_not_hide_another() {
     let second = TestUpstream::start(&copy).await;
     let cache = Nixcache::start(test_config(data.path(), &[&first.url, &second.url])).await;
 
-    // Both have it: the first listed wins (even if the second answered first).
+    // Both have it: the first listed wins.
     first.set_fault(Fault::SlowNar); // narinfos are not slowed; ordering must not depend on timing
     let (text, _) = narinfo(&cache, &fx.top).await;
     assert_eq!(field(&text, "Compression"), Some("xz"));
