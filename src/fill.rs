@@ -75,6 +75,8 @@ pub enum FillError {
 /// How far a fill got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
+    /// Waiting for a download slot or for the source's response headers.
+    Connecting,
     /// Downloading; this many bytes are in the temp file.
     Running {
         /// Bytes written so far.
@@ -145,7 +147,7 @@ impl Fills {
         }
         let (guard, file) = app.store.temp_file(&name)?;
         let file = Arc::new(file);
-        let (tx, rx) = watch::channel(Progress::Running { written: 0 });
+        let (tx, rx) = watch::channel(Progress::Connecting);
         let fill = Arc::new(Fill {
             file: file.clone(),
             progress: rx,
@@ -207,6 +209,7 @@ async fn run_fill(
     {
         return Err(FillError::Size { expected, got });
     }
+    tx.send_replace(Progress::Running { written: 0 });
     let mut body = response.bytes_stream();
     let stall = app.config.stall_timeout;
     let mut hasher = Sha256::new();
@@ -288,6 +291,21 @@ async fn run_fill(
     Ok(written)
 }
 
+impl Fill {
+    /// Waits until the source answered: `false` when the fill failed before sending anything, so the
+    /// client can get a proper 502 instead of a 200 that breaks off.
+    pub async fn started(&self) -> bool {
+        let mut progress = self.progress.clone();
+        match progress
+            .wait_for(|p| !matches!(p, Progress::Connecting))
+            .await
+        {
+            Ok(p) => !matches!(*p, Progress::Failed),
+            Err(_) => false,
+        }
+    }
+}
+
 /// The bytes of `fill` from `start` on, as they become available and safe to send.
 pub fn reader(fill: Arc<Fill>, start: u64) -> impl Stream<Item = io::Result<Bytes>> + Send {
     let progress = fill.progress.clone();
@@ -297,6 +315,7 @@ pub fn reader(fill: Arc<Fill>, start: u64) -> impl Stream<Item = io::Result<Byte
             let (limit, done) = match *progress.borrow_and_update() {
                 // The last byte waits for the verdict: a client must not hold a complete body
                 // before the hash said it is the right one.
+                Progress::Connecting => (0, false),
                 Progress::Running { written } => (written.saturating_sub(1), false),
                 Progress::Done { size } => (size, true),
                 Progress::Failed => {

@@ -225,6 +225,19 @@ async fn upstream_failure_is_502_or_504_never_404() {
     up.set_fault(Fault::None);
     assert_eq!(get(&url).await.status(), StatusCode::OK);
     assert_eq!(up.narinfos(), 3);
+
+    // A NAR whose download fails before its first byte is a 502, not a 200 that breaks off.
+    let (_, nar) = narinfo(&cache, &fx.top).await;
+    up.set_fault(Fault::ServerError);
+    assert_eq!(
+        get(&format!("{}/{nar}", cache.url)).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+    up.set_fault(Fault::None);
+    assert_eq!(
+        get(&format!("{}/{nar}", cache.url)).await.status(),
+        StatusCode::OK
+    );
     cache.stop().await;
 }
 

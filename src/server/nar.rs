@@ -16,6 +16,7 @@ use super::error::ApiError;
 use crate::app::{App, unix_now};
 use crate::fill::{self, Fills, Joined};
 use crate::nix::nar_name::NarName;
+use crate::sources::SourceError;
 
 /// Bytes per read when sending a stored file (large reads matter for throughput, see DESIGN.md).
 const SEND_CHUNK: usize = 1 << 20;
@@ -88,7 +89,12 @@ pub async fn get_nar(
         Joined::Stored => serve_file(&app, &name, range)
             .await?
             .ok_or_else(|| ApiError::Internal("stored NAR vanished".into())),
-        Joined::Fill(fill) => Ok(serve_fill(fill, range)),
+        Joined::Fill(fill) => {
+            if !fill.started().await {
+                return Err(ApiError::Upstream(SourceError::NarDownload));
+            }
+            Ok(serve_fill(fill, range))
+        }
     }
 }
 

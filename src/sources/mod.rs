@@ -34,6 +34,9 @@ pub enum SourceError {
     /// The body was larger than allowed.
     #[error("answer too large")]
     TooLarge,
+    /// A NAR download failed before its first byte (the fill logged why).
+    #[error("NAR download failed")]
+    NarDownload,
 }
 
 impl SourceError {
