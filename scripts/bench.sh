@@ -2,12 +2,13 @@
 # Benchmark: nixcache serving cache hits from its own disk, against nginx serving the same files from a
 # `nix copy --to file://` folder, on the same machine, in the same run, back to back.
 #
-#   scripts/bench.sh                        # full run: 256 MiB NAR, 10 s per measurement
-#   BENCH_NAR_MIB=16 BENCH_SECS=3 scripts/bench.sh   # quick run
+#   scripts/bench.sh                                  # full run: 256 MiB NAR, 10 s per measurement, 3 rounds
+#   BENCH_NAR_MIB=16 BENCH_SECS=3 BENCH_ROUNDS=1 scripts/bench.sh   # quick run
 #
-# Prints a Markdown table (stdout) with the ratios nixcache/nginx; progress and raw wrk output go to
-# stderr. Exits non-zero when a step fails, never because of the figures. Loopback only. Everything lives
-# in a temp folder removed at exit, and every process started here is ended by its PID.
+# Prints a Markdown table (stdout): per measure the median over the rounds for nginx and nixcache, the ratio
+# nixcache/nginx of the medians and of each round; progress and raw wrk output go to stderr.
+# Exits non-zero when a step fails, never because of the figures. Loopback only. Everything lives in a
+# temp folder removed at exit, and every process started here is ended by its PID.
 # See docs/benchmarks.md for what is measured and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,13 @@ ROOT=$PWD
 
 NAR_MIB=${BENCH_NAR_MIB:-256}
 SECS=${BENCH_SECS:-10}
-case "$NAR_MIB$SECS" in *[!0-9]*) echo "BENCH_NAR_MIB and BENCH_SECS must be whole numbers" >&2; exit 2 ;; esac
+ROUNDS=${BENCH_ROUNDS:-3}
+for v in "$NAR_MIB" "$SECS" "$ROUNDS"; do
+  case "$v" in
+    '' | *[!0-9]* | 0*) echo "bench: BENCH_NAR_MIB, BENCH_SECS and BENCH_ROUNDS must be whole numbers > 0" >&2; exit 2 ;;
+  esac
+done
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -74,6 +81,7 @@ done
 # The field of a narinfo (file or stdin).
 field() { sed -n "s/^$1: //p" "${2:--}" | head -n1; }
 NGINX_NAR_URL=$(field URL "$W/cache/$BIG_HASH.narinfo")
+NGINX_SMALL_NAR_URL=$(field URL "$W/cache/$SMALL_HASH.narinfo")
 NAR_FILE_HASH=$(field FileHash "$W/cache/$BIG_HASH.narinfo")
 NAR_SIZE=$(field FileSize "$W/cache/$BIG_HASH.narinfo")
 log "cache folder: $SMALL_HASH.narinfo, $BIG_HASH.narinfo, $NGINX_NAR_URL ($NAR_SIZE bytes)"
@@ -174,35 +182,49 @@ fi
 UPSTREAM_BEFORE=$(wc -l < "$W/nginx/upstream.log")
 
 # ---------------------------------------------------------------------------------------------------
-# 4. Measurements, each pair back to back.
+# 4. Measurements: each pair back to back, BENCH_ROUNDS rounds, the order within a pair alternating.
 NOTES=()
 # run_wrk NAME THREADS CONNS URL: runs wrk, keeps its output in $W/wrk-NAME.txt, echoes it to stderr.
 run_wrk() {
-  local name=$1 t=$2 c=$3 url=$4 out="$W/wrk-$1.txt"
-  log "wrk -t$t -c$c -d${SECS}s $url"
+  local name=$1 t=$2 c=$3 url=$4 out="$W/wrk-$1.txt" errs
+  log "$name: wrk -t$t -c$c -d${SECS}s $url"
   wrk -t"$t" -c"$c" -d"${SECS}s" --timeout 120s "$url" > "$out"
   sed 's/^/    /' "$out" >&2
-  local errs
   errs=$(grep -E '^ *(Socket errors|Non-2xx)' "$out" | tr -s ' ' | tr '\n' ';' || true)
   [ -z "$errs" ] || NOTES+=("wrk $name: ${errs%;}")
 }
-rps() { awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$W/wrk-$1.txt"; }
-# wrk prints binary units (1 MB = 2^20 bytes); this gives decimal MB/s (10^6 bytes per second).
-mbps() {
-  awk '/^Transfer\/sec:/ {
-    v = $2; n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    m = 1
-    if (u == "KB") m = 2^10; else if (u == "MB") m = 2^20; else if (u == "GB") m = 2^30; else if (u == "TB") m = 2^40
-    printf "%.0f", n * m / 1e6
-  }' "$W/wrk-$1.txt"
+# figure KIND NAME: requests/s (rps) or decimal MB/s (mbps; wrk prints binary units, 1 MB = 2^20 bytes).
+figure() {
+  awk -v kind="$1" '
+    kind == "rps" && /^Requests\/sec:/ { printf "%.0f", $2 }
+    kind == "mbps" && /^Transfer\/sec:/ {
+      v = $2; n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+      m = 1
+      if (u == "KB") m = 2^10; else if (u == "MB") m = 2^20; else if (u == "GB") m = 2^30; else if (u == "TB") m = 2^40
+      printf "%.0f", n * m / 1e6
+    }' "$W/wrk-$2.txt"
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a <= 0) print "n/a"; else if (b / a < 0.1) printf "%.3f", b / a; else printf "%.2f", b / a }'; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-run_wrk narinfo-nginx 2 32 "$NGINX/$SMALL_HASH.narinfo"
-run_wrk narinfo-nixcache 2 32 "$NIXCACHE/$SMALL_HASH.narinfo"
-run_wrk nar1-nginx 1 1 "$NGINX/$NGINX_NAR_URL"
-run_wrk nar1-nixcache 1 1 "$NIXCACHE/$NIXCACHE_NAR_URL"
-run_wrk nar16-nginx 2 16 "$NGINX/$NGINX_NAR_URL"
-run_wrk nar16-nixcache 2 16 "$NIXCACHE/$NIXCACHE_NAR_URL"
+# smallnar: the small path's NAR (~140 bytes) one after another on one kept-alive connection, the way Nix
+# fetches the many small NARs of a closure; it shows per-response latency (e.g. Nagle/delayed-ACK stalls).
+MEASURES=(narinfo smallnar nar1 nar16)
+declare -A ARGS=([narinfo]="2 32" [smallnar]="1 1" [nar1]="1 1" [nar16]="2 16")
+declare -A URL_NGINX=([narinfo]="$NGINX/$SMALL_HASH.narinfo" [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL"
+  [nar1]="$NGINX/$NGINX_NAR_URL" [nar16]="$NGINX/$NGINX_NAR_URL")
+declare -A URL_NIXCACHE=([narinfo]="$NIXCACHE/$SMALL_HASH.narinfo" [smallnar]="$NIXCACHE/$SMALL_NAR_URL"
+  [nar1]="$NIXCACHE/$NIXCACHE_NAR_URL" [nar16]="$NIXCACHE/$NIXCACHE_NAR_URL")
+for r in $(seq 1 "$ROUNDS"); do
+  for m in "${MEASURES[@]}"; do
+    if [ $((r % 2)) -eq 1 ]; then order="nginx nixcache"; else order="nixcache nginx"; fi
+    for server in $order; do
+      if [ "$server" = nginx ]; then url=${URL_NGINX[$m]}; else url=${URL_NIXCACHE[$m]}; fi
+      # shellcheck disable=SC2086 # ARGS holds "threads conns"
+      run_wrk "$m-$server-$r" ${ARGS[$m]} "$url"
+    done
+  done
+done
 
 # ---------------------------------------------------------------------------------------------------
 # 5. What nixcache did meanwhile: upstream requests after warming (expected none), warnings, memory.
@@ -222,22 +244,32 @@ fills=$(status_field '["fills_in_flight"]')
 [ "$fills" -eq 0 ] || NOTES+=("nixcache had $fills fills in flight after the run (expected 0)")
 rss=$(awk '/^VmHWM:/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$NIXCACHE_PID/status" 2>/dev/null || echo "?")
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "n/a" }'; }
-row() { # label nginx nixcache
-  printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"
+# row MEASURE KIND LABEL: medians over the rounds, their ratio, and the ratio of each round.
+row() {
+  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=()
+  for r in $(seq 1 "$ROUNDS"); do
+    a=$(figure "$kind" "$m-nginx-$r")
+    b=$(figure "$kind" "$m-nixcache-$r")
+    ng+=("$a") nx+=("$b") per+=("$(ratio "$a" "$b")")
+  done
+  a=$(echo "${ng[*]}" | median)
+  b=$(echo "${nx[*]}" | median)
+  printf '| %s | %s | %s | %s | %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}"
 }
 rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)
 
 echo
-echo "| measure | nginx | nixcache | ratio (nixcache/nginx) |"
-echo "|---|---:|---:|---:|"
-row "narinfo hits, \`-t2 -c32\` (requests/s)" "$(rps narinfo-nginx)" "$(rps narinfo-nixcache)"
-row "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)" "$(mbps nar1-nginx)" "$(mbps nar1-nixcache)"
-row "$NAR_MIB MiB NAR, 16 connections \`-t2 -c16\` (MB/s)" "$(mbps nar16-nginx)" "$(mbps nar16-nixcache)"
+echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round |"
+echo "|---|---:|---:|---:|---:|"
+row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
+row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
+row nar1 mbps "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)"
+row nar16 mbps "$NAR_MIB MiB NAR, 16 connections \`-t2 -c16\` (MB/s)"
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); git: $rev; nproc: $(nproc); CPU: $cpu; kernel: $(uname -r)"
-echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto; $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); ${SECS} s per measurement; loopback"
+echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //') (worker_processes auto, sendfile on); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); ${SECS} s per measurement; rounds: $ROUNDS; loopback"
+echo "- load average before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- nixcache peak RSS: $rss; upstream requests after warming: $upstream_during"
 for n in "${NOTES[@]}"; do
   echo "- note: $n"

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 
 use crate::app::{App, unix_now};
@@ -24,6 +23,7 @@ use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
 use crate::sources::SourceError;
 use crate::store::StoreError;
+use crate::verify::{Expected, NarVerifier, VerifyError};
 
 /// Bytes gathered from the network before one write (and one hand-off to the blocking pool).
 const WRITE_BATCH: usize = 1 << 20;
@@ -47,17 +47,15 @@ pub enum FillError {
     Size {
         /// FileSize.
         expected: u64,
-        /// What arrived (so far).
+        /// What the source announced.
         got: u64,
     },
-    /// The body's sha256 is not the FileHash.
-    #[error("hash mismatch: expected {expected}, got {got}")]
-    Hash {
-        /// FileHash.
-        expected: Sha256Hash,
-        /// What arrived.
-        got: Sha256Hash,
-    },
+    /// The file or the NAR inside does not match the narinfo.
+    #[error("verification failed: {0}")]
+    Verify(#[from] VerifyError),
+    /// The NAR record is not usable (an index written by a broken version).
+    #[error("bad NAR record: {0}")]
+    Record(String),
     /// Writing or committing the file failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -212,7 +210,7 @@ async fn run_fill(
     tx.send_replace(Progress::Running { written: 0 });
     let mut body = response.bytes_stream();
     let stall = app.config.stall_timeout;
-    let mut hasher = Sha256::new();
+    let mut verifier = NarVerifier::new(expected(name, record)?)?;
     let mut written = 0u64;
     let mut ended = false;
     while !ended {
@@ -239,48 +237,27 @@ async fn run_fill(
                 None => break,
             }
         }
-        if let Some(expected) = record.file_size
-            && written + len as u64 > expected
-        {
-            return Err(FillError::Size {
-                expected,
-                got: written + len as u64,
-            });
-        }
+        // Verifying (hashing, decompressing) and writing happen off the async threads.
         let f = file.clone();
         let offset = written;
-        hasher = tokio::task::spawn_blocking(move || -> io::Result<Sha256> {
+        verifier = tokio::task::spawn_blocking(move || -> Result<NarVerifier, FillError> {
             let mut at = offset;
             for chunk in &batch {
-                hasher.update(chunk);
+                verifier.update(chunk)?;
                 f.write_all_at(chunk, at)?;
                 at += chunk.len() as u64;
             }
-            Ok(hasher)
+            Ok(verifier)
         })
         .await
         .map_err(io::Error::other)??;
         written += len as u64;
         tx.send_replace(Progress::Running { written });
     }
-    if let Some(expected) = record.file_size
-        && written != expected
-    {
-        return Err(FillError::Size {
-            expected,
-            got: written,
-        });
-    }
-    let got = Sha256Hash(hasher.finalize().into());
-    if got != name.file_hash {
-        return Err(FillError::Hash {
-            expected: name.file_hash,
-            got,
-        });
-    }
     let app2 = app.clone();
     let name2 = *name;
     tokio::task::spawn_blocking(move || -> Result<(), FillError> {
+        verifier.finish()?;
         app2.store.commit(guard, &file, &name2)?;
         app2.index
             .commit_nar(&name2.file_hash, written, unix_now())?;
@@ -304,6 +281,19 @@ impl Fill {
             Err(_) => false,
         }
     }
+}
+
+/// What the file of `record` must be, from the signed narinfo fields recorded with it.
+fn expected(name: &NarName, record: &NarRecord) -> Result<Expected, FillError> {
+    let nar_hash = Sha256Hash::parse(&record.nar_hash)
+        .map_err(|e| FillError::Record(format!("NarHash {:?}: {e}", record.nar_hash)))?;
+    Ok(Expected {
+        compression: name.compression,
+        file_hash: name.file_hash,
+        file_size: record.file_size,
+        nar_hash,
+        nar_size: record.nar_size,
+    })
 }
 
 /// The bytes of `fill` from `start` on, as they become available and safe to send.

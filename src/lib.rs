@@ -14,3 +14,4 @@ pub mod nix;
 pub mod server;
 pub mod sources;
 pub mod store;
+pub mod verify;

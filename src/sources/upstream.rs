@@ -103,6 +103,12 @@ impl Upstream {
                 narinfo.store_path
             )));
         }
+        if !crate::verify::supported(narinfo.compression) {
+            return Ok(NarinfoAnswer::Rejected(format!(
+                "compression {} cannot be verified here",
+                narinfo.compression.as_str()
+            )));
+        }
         if narinfo.file_hash_or_nar().is_none() {
             return Ok(NarinfoAnswer::Rejected(
                 "compressed NAR without FileHash cannot be stored content-addressed".into(),
