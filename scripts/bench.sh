@@ -126,8 +126,13 @@ nginx -p "$W/nginx" -e "$W/nginx/error.log" -c "$W/nginx/nginx.conf" &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 
+# The bench narinfos are signed with the bench key: trust it where nixcache checks upstream signatures.
+TRUST=()
+if "$BIN" serve --help 2>/dev/null | grep -q -- '--trusted-key'; then
+  TRUST=(--trusted-key "$(cat "$W/keys/pk")")
+fi
 NIXCACHE_LOG=info "$BIN" serve --listen "127.0.0.1:$NIXCACHE_PORT" --data-dir "$W/data" \
-  --upstream "http://127.0.0.1:$UPSTREAM_PORT" 2> "$W/nixcache.log" &
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT" "${TRUST[@]}" 2> "$W/nixcache.log" &
 NIXCACHE_PID=$!
 PIDS+=("$NIXCACHE_PID")
 
@@ -149,18 +154,30 @@ NGINX=http://127.0.0.1:$NGINX_PORT
 NIXCACHE=http://127.0.0.1:$NIXCACHE_PORT
 log "nginx on $NGINX (upstream port $UPSTREAM_PORT), nixcache on $NIXCACHE"
 
+# Fails the run with MESSAGE, showing nixcache's log and what it asked upstream.
+die_with_logs() {
+  echo "bench: $*" >&2
+  echo "--- nixcache log (last 20 lines):" >&2
+  tail -n 20 "$W/nixcache.log" >&2 || true
+  echo "--- upstream requests (nginx access log):" >&2
+  tail -n 20 "$W/nginx/upstream.log" >&2 || true
+  exit 1
+}
+# fetch URL [FILE]: GET that must answer 200.
+fetch() { curl -fsS -o "${2:-/dev/null}" "$1" || die_with_logs "GET $1 failed"; }
+
 # ---------------------------------------------------------------------------------------------------
 # 3. Warm nixcache: both narinfos, then both NARs at the URLs its narinfos give, so it serves from disk.
 for h in "$SMALL_HASH" "$BIG_HASH"; do
-  curl -fsS "$NIXCACHE/$h.narinfo" > "$W/nixcache-$h.narinfo"
+  fetch "$NIXCACHE/$h.narinfo" "$W/nixcache-$h.narinfo"
 done
 NIXCACHE_NAR_URL=$(field URL "$W/nixcache-$BIG_HASH.narinfo")
 SMALL_NAR_URL=$(field URL "$W/nixcache-$SMALL_HASH.narinfo")
 [ "$(field FileHash "$W/nixcache-$BIG_HASH.narinfo")" = "$NAR_FILE_HASH" ] \
-  || { echo "bench: nixcache's narinfo has another FileHash" >&2; exit 1; }
+  || die_with_logs "nixcache's narinfo has another FileHash than the cache folder's"
 log "warming nixcache: $NIXCACHE_NAR_URL"
-curl -fsS -o /dev/null "$NIXCACHE/$SMALL_NAR_URL"
-curl -fsS -o /dev/null "$NIXCACHE/$NIXCACHE_NAR_URL"
+fetch "$NIXCACHE/$SMALL_NAR_URL"
+fetch "$NIXCACHE/$NIXCACHE_NAR_URL"
 status_field() { curl -fsS "$NIXCACHE/_status" | python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 stored=0
 for _ in $(seq 1 300); do
@@ -168,7 +185,7 @@ for _ in $(seq 1 300); do
   [ "$stored" -ge 2 ] && break
   sleep 0.1
 done
-[ "$stored" -ge 2 ] || { echo "bench: nixcache stored $stored NARs after warming, expected 2" >&2; cat "$W/nixcache.log" >&2; exit 1; }
+[ "$stored" -ge 2 ] || die_with_logs "nixcache stored $stored NARs after warming, expected 2"
 
 # Same bytes from both (this also pulls both files into the page cache).
 log "checking both serve identical bytes"
@@ -229,7 +246,7 @@ done
 # ---------------------------------------------------------------------------------------------------
 # 5. What nixcache did meanwhile: upstream requests after warming (expected none), warnings, memory.
 UPSTREAM_AFTER=$(wc -l < "$W/nginx/upstream.log")
-kill -0 "$NIXCACHE_PID" 2>/dev/null || { echo "bench: nixcache died during the run" >&2; cat "$W/nixcache.log" >&2; exit 1; }
+kill -0 "$NIXCACHE_PID" 2>/dev/null || die_with_logs "nixcache died during the run"
 upstream_during=$((UPSTREAM_AFTER - UPSTREAM_BEFORE))
 if [ "$upstream_during" -ne 0 ]; then
   NOTES+=("nixcache made $upstream_during upstream requests after warming (expected 0)")

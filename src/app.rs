@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::fill::Fills;
 use crate::index::{Index, IndexError};
-use crate::sources::{Sources, Upstream};
+use crate::nix::signing::{PublicKey, SecretKey};
+use crate::sources::{Sources, Trust, Upstream};
 use crate::store::{NarStore, StoreError};
 
 /// How many NAR downloads run at once; more wait for a slot.
@@ -40,6 +41,14 @@ pub enum StartError {
     /// The HTTP client or an upstream could not be set up.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The signing key file cannot be read or is not a Nix secret key (its content is never shown).
+    #[error("signing key file {path}: {reason}")]
+    SigningKey {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Everything a request handler or background task needs.
@@ -52,6 +61,10 @@ pub struct App {
     pub store: NarStore,
     /// The upstream caches.
     pub sources: Sources,
+    /// The key the appliance signs with, if any.
+    pub signing_key: Option<SecretKey>,
+    /// Its public half as `name:base64`, or empty: recorded with each signed narinfo.
+    pub signer: String,
     /// NAR downloads in progress.
     pub fills: Fills,
     /// When it started, for `/_status`.
@@ -85,14 +98,33 @@ impl App {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, client.clone(), config.upstream_timeout))
+            .map(|u| {
+                let trust = if u.accept_unsigned {
+                    tracing::warn!(source = %u.url, "accepting unsigned narinfos from this source (accept_unsigned)");
+                    Trust::AcceptUnsigned
+                } else {
+                    let keys = u.trusted_keys.iter().map(|k| PublicKey::parse(k));
+                    Trust::Keys(keys.collect::<Result<_, _>>().map_err(|e| e.to_string())?)
+                };
+                Upstream::new(&u.url, client.clone(), config.upstream_timeout, trust)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Upstream)?;
+        let signing_key = match &config.signing_key_file {
+            Some(path) => Some(load_signing_key(path)?),
+            None => None,
+        };
+        let signer = signing_key
+            .as_ref()
+            .map(|k| k.public_key().to_string())
+            .unwrap_or_default();
         Ok(Arc::new(App {
             config,
             index,
             store,
             sources: Sources::new(upstreams),
+            signing_key,
+            signer,
             fills: Fills::new(MAX_CONCURRENT_FILLS),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -107,4 +139,24 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Reads the appliance's secret key, warning when others than its owner may read the file.
+fn load_signing_key(path: &Path) -> Result<SecretKey, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |reason: String| StartError::SigningKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "signing key file is readable by group or others; chmod 600 it"
+        );
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    // The parse error names what is wrong with the format, never the key material.
+    SecretKey::parse(&text).map_err(|e| fail(format!("not a Nix secret key: {e}")))
 }

@@ -29,6 +29,9 @@ pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 60;
 pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 10;
 /// How long a NAR download may go without receiving a byte, in seconds.
 pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
+/// The upstream keys trusted unless told otherwise: cache.nixos.org's.
+pub const DEFAULT_TRUSTED_KEYS: &[&str] =
+    &["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="];
 
 /// Errors that stop start-up; each names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +80,46 @@ pub struct FileConfig {
     pub upstream_timeout: Option<u64>,
     /// Seconds a NAR download may stall before it is abandoned.
     pub stall_timeout: Option<u64>,
-    /// Upstream caches, most preferred first.
-    pub upstreams: Option<Vec<String>>,
+    /// Upstream caches, most preferred first: URLs, or tables with per-source trust.
+    pub upstreams: Option<Vec<UpstreamEntry>>,
+    /// Secret key (Nix format) the appliance signs what it serves with.
+    pub signing_key_file: Option<PathBuf>,
+    /// Public keys (`name:base64`) whose signatures make an upstream narinfo acceptable.
+    pub trusted_keys: Option<Vec<String>>,
+}
+
+/// One `upstreams` element: a URL, or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamEntry {
+    /// Just the URL: the global `trusted_keys` apply.
+    Url(String),
+    /// A URL with its own trust settings.
+    Table(UpstreamTable),
+}
+
+/// An upstream with its own trust settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTable {
+    /// Base URL.
+    pub url: String,
+    /// Keys trusted for this source instead of the global `trusted_keys`.
+    pub trusted_keys: Option<Vec<String>>,
+    /// Accept this source's narinfos without a valid signature (a private publisher without keys).
+    #[serde(default)]
+    pub accept_unsigned: bool,
+}
+
+/// A resolved upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Base URL ending in `/`.
+    pub url: String,
+    /// Keys whose signature makes a narinfo from it acceptable (checked to parse).
+    pub trusted_keys: Vec<String>,
+    /// Narinfos are accepted without a signature: an explicit, visible choice.
+    pub accept_unsigned: bool,
 }
 
 /// A size written either as a number of bytes or as a string with a unit.
@@ -108,8 +149,10 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Time a NAR download may go without a byte.
     pub stall_timeout: Duration,
-    /// Upstream cache base URLs, most preferred first (each ends with `/`).
-    pub upstreams: Vec<String>,
+    /// Upstream caches, most preferred first.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The appliance's secret key file, if it signs.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -170,31 +213,70 @@ impl Config {
             return Err(invalid("max_size", "must be larger than 0".into()));
         }
 
-        let upstreams: Vec<(String, String)> = if !args.upstreams.is_empty() {
-            args.upstreams
+        let global_keys: Vec<(String, String)> = if !args.trusted_keys.is_empty() {
+            args.trusted_keys
                 .iter()
-                .map(|u| ("--upstream".to_string(), u.clone()))
+                .map(|k| ("--trusted-key".to_string(), k.clone()))
                 .collect()
-        } else if let Some(v) = env("NIXCACHE_UPSTREAM") {
-            // Set but empty means "no upstream" (a cache serving only what it has).
-            v.split_whitespace()
-                .map(|u| ("NIXCACHE_UPSTREAM".to_string(), u.to_string()))
-                .collect()
-        } else if let Some(list) = &file.upstreams {
-            list.iter()
-                .map(|u| (in_file("upstreams"), u.clone()))
+        } else if let Some(keys) = &file.trusted_keys {
+            keys.iter()
+                .map(|k| (in_file("trusted_keys"), k.clone()))
                 .collect()
         } else {
-            vec![("default upstream".to_string(), DEFAULT_UPSTREAM.to_string())]
+            DEFAULT_TRUSTED_KEYS
+                .iter()
+                .map(|k| ("default trusted key".to_string(), k.to_string()))
+                .collect()
         };
-        let mut checked = Vec::with_capacity(upstreams.len());
-        for (origin, url) in upstreams {
+        let global_keys = check_keys(global_keys)?;
+
+        let plain = |origin: String, url: &str| (origin, url.to_string(), None, false);
+        let upstreams: Vec<(String, String, Option<Vec<String>>, bool)> =
+            if !args.upstreams.is_empty() {
+                args.upstreams
+                    .iter()
+                    .map(|u| plain("--upstream".into(), u))
+                    .collect()
+            } else if let Some(v) = env("NIXCACHE_UPSTREAM") {
+                // Set but empty means "no upstream" (a cache serving only what it has).
+                v.split_whitespace()
+                    .map(|u| plain("NIXCACHE_UPSTREAM".into(), u))
+                    .collect()
+            } else if let Some(list) = &file.upstreams {
+                list.iter()
+                    .map(|entry| match entry {
+                        UpstreamEntry::Url(u) => plain(in_file("upstreams"), u),
+                        UpstreamEntry::Table(t) => (
+                            in_file("upstreams"),
+                            t.url.clone(),
+                            t.trusted_keys.clone(),
+                            t.accept_unsigned,
+                        ),
+                    })
+                    .collect()
+            } else {
+                vec![plain("default upstream".into(), DEFAULT_UPSTREAM)]
+            };
+        let mut checked: Vec<UpstreamConfig> = Vec::with_capacity(upstreams.len());
+        for (origin, url, keys, accept_unsigned) in upstreams {
             let url = normalize_upstream(&url).map_err(|m| invalid(&origin, m))?;
-            if checked.contains(&url) {
+            if checked.iter().any(|u| u.url == url) {
                 return Err(invalid(&origin, format!("{url} is listed twice")));
             }
-            checked.push(url);
+            let trusted_keys = match keys {
+                Some(keys) => check_keys(keys.into_iter().map(|k| (origin.clone(), k)).collect())?,
+                None => global_keys.clone(),
+            };
+            checked.push(UpstreamConfig {
+                url,
+                trusted_keys,
+                accept_unsigned,
+            });
         }
+        let signing_key_file = args
+            .signing_key_file
+            .clone()
+            .or_else(|| file.signing_key_file.clone());
 
         let secs = |v: Option<u64>, key: &str, default: u64| -> Result<Duration, ConfigError> {
             match v {
@@ -220,6 +302,7 @@ impl Config {
                 DEFAULT_STALL_TIMEOUT_SECS,
             )?,
             upstreams: checked,
+            signing_key_file,
         })
     }
 }
@@ -229,6 +312,23 @@ fn invalid(origin: &str, message: String) -> ConfigError {
         origin: origin.to_string(),
         message,
     }
+}
+
+/// Checks that every key parses as a Nix public key (`name:base64 of 32 bytes`).
+fn check_keys(keys: Vec<(String, String)>) -> Result<Vec<String>, ConfigError> {
+    keys.into_iter()
+        .map(|(origin, key)| {
+            let key = key.trim().to_string();
+            crate::nix::signing::PublicKey::parse(&key)
+                .map(|_| key.clone())
+                .map_err(|e| {
+                    invalid(
+                        &origin,
+                        format!("{key:?} is not a public key (name:base64): {e}"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -332,12 +432,55 @@ mod tests {
         (dir, args)
     }
 
+    fn urls(c: &Config) -> Vec<&str> {
+        c.upstreams.iter().map(|u| u.url.as_str()).collect()
+    }
+
+    const KEY_A: &str = "a-1:veQv4KKpmmHg7SlnFFbSRVLwWtRIi1N0nTJMfTpElKY=";
+    const KEY_B: &str = "b-1:t/3Ot7hf+gNG/a6McHNOxMkd+KYWh0qcQmMw/A4Hw+E=";
+
+    #[test]
+    fn trust_is_global_or_per_source() {
+        let (_d, mut args) = file_args(&format!(
+            "trusted_keys = [\"{KEY_A}\"]\nsigning_key_file = \"/keys/sk\"\n\
+             upstreams = [\"http://a.example\", {{ url = \"http://b.example\", trusted_keys = [\"{KEY_B}\"] }},\
+             {{ url = \"http://c.example\", accept_unsigned = true }}]\n"
+        ));
+        let c = resolve(args.clone(), &[]).unwrap();
+        assert_eq!(c.signing_key_file, Some(PathBuf::from("/keys/sk")));
+        assert_eq!(c.upstreams[0].trusted_keys, [KEY_A]);
+        assert_eq!(c.upstreams[1].trusted_keys, [KEY_B]);
+        assert!(!c.upstreams[1].accept_unsigned);
+        assert!(c.upstreams[2].accept_unsigned);
+        args.trusted_keys = vec![KEY_B.into()];
+        args.signing_key_file = Some("/flag/sk".into());
+        let c = resolve(args, &[]).unwrap();
+        assert_eq!(c.upstreams[0].trusted_keys, [KEY_B]);
+        assert_eq!(c.signing_key_file, Some(PathBuf::from("/flag/sk")));
+
+        let args = ServeArgs {
+            trusted_keys: vec!["not-a-key".into()],
+            ..Default::default()
+        };
+        assert!(
+            resolve(args, &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--trusted-key")
+        );
+        let (_d, args) = file_args("upstreams = [{ url = \"http://x\", trust = true }]\n");
+        assert!(resolve(args, &[]).is_err());
+    }
+
     #[test]
     fn defaults_need_no_setup() {
         let c = resolve(ServeArgs::default(), &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:37515".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("./nixcache-data"));
-        assert_eq!(c.upstreams, vec!["https://cache.nixos.org/".to_string()]);
+        assert_eq!(urls(&c), ["https://cache.nixos.org/"]);
+        assert_eq!(c.upstreams[0].trusted_keys, DEFAULT_TRUSTED_KEYS);
+        assert!(!c.upstreams[0].accept_unsigned);
+        assert_eq!(c.signing_key_file, None);
         assert_eq!(c.max_size, 20 << 30);
         assert_eq!(c.priority, 30);
         assert_eq!(c.negative_ttl, Duration::from_secs(60));
@@ -361,7 +504,7 @@ mod tests {
         let c = resolve(args.clone(), &[]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:1000".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/file"));
-        assert_eq!(c.upstreams, vec!["http://file.example/".to_string()]);
+        assert_eq!(urls(&c), ["http://file.example/"]);
         assert_eq!(c.max_size, 1000);
 
         let env = [
@@ -376,13 +519,7 @@ mod tests {
         let c = resolve(args.clone(), &env).unwrap();
         assert_eq!(c.listen, "127.0.0.2:2000".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/env"));
-        assert_eq!(
-            c.upstreams,
-            vec![
-                "http://a.example/".to_string(),
-                "https://b.example/cache/".to_string()
-            ]
-        );
+        assert_eq!(urls(&c), ["http://a.example/", "https://b.example/cache/"]);
 
         args.listen = Some("[::1]:3000".into());
         args.data_dir = Some("/flag".into());
@@ -391,7 +528,7 @@ mod tests {
         let c = resolve(args, &env).unwrap();
         assert_eq!(c.listen, "[::1]:3000".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
-        assert_eq!(c.upstreams, vec!["http://flag.example/".to_string()]);
+        assert_eq!(urls(&c), ["http://flag.example/"]);
         assert_eq!(c.max_size, 1 << 20);
     }
 

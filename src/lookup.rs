@@ -38,7 +38,7 @@ pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, 
     })
     .await??;
     if let Some(answer) = known {
-        return Ok(answer);
+        return Ok(answer.map(|(signer, text)| signed_now(app, &signer, text)));
     }
     match app.sources.lookup(&hash).await {
         Lookup::Found {
@@ -83,6 +83,11 @@ fn record(
     narinfo.url = name.url_path();
     narinfo.file_hash = Some(file_hash);
     narinfo.file_size = file_size;
+    // Signed only now: the source's signature was checked (or the source is explicitly trusted), and the
+    // NAR will be kept only if its NarHash matches this signed one.
+    if let Some(key) = &app.signing_key {
+        narinfo.sign_with(key);
+    }
     let text = narinfo.to_text();
     let record = NarRecord {
         compression: narinfo.compression.as_str().to_string(),
@@ -93,6 +98,26 @@ fn record(
         url: nar_url,
     };
     app.index
-        .record_narinfo(&hash, unix_now(), &text, &file_hash, &record)?;
+        .record_narinfo(&hash, unix_now(), &app.signer, &text, &file_hash, &record)?;
     Ok(text)
+}
+
+/// The recorded text, re-signed when the appliance's key changed since it was recorded: the old key's
+/// signature goes, the current key's comes (none if signing was turned off).
+fn signed_now(app: &App, signer: &str, text: String) -> String {
+    if signer == app.signer {
+        return text;
+    }
+    let Ok(mut narinfo) = NarInfo::parse(&text) else {
+        return text;
+    };
+    if let Some((old_name, _)) = signer.split_once(':') {
+        narinfo
+            .sigs
+            .retain(|s| crate::nix::signing::sig_key_name(s) != Some(old_name));
+    }
+    if let Some(key) = &app.signing_key {
+        narinfo.sign_with(key);
+    }
+    narinfo.to_text()
 }

@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => nixcache::commands::serve::serve(args).await,
+            Command::Keygen(args) => nixcache::commands::keygen::keygen(args),
         }
     })
 }

@@ -82,17 +82,24 @@ fn shipped_config_file_is_accepted() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("37515"));
 }
 
-/// Starts the binary and returns it with the address it logged, and its stderr lines.
-fn start(data: &std::path::Path, upstream: &str) -> (Child, String, mpsc::Receiver<String>) {
+/// Kills the daemon when a test ends early, so no process outlives its test.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts the binary (trusting the fixture's key) and returns it with the address it logged, and its
+/// stderr lines.
+fn start(data: &std::path::Path, upstream: &str) -> (ChildGuard, String, mpsc::Receiver<String>) {
     let mut child = nixcache()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--data-dir",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
+        .args(["--trusted-key", &fixture().public_key, "--data-dir"])
         .arg(data)
         .stderr(Stdio::piped())
         .spawn()
@@ -114,7 +121,7 @@ fn start(data: &std::path::Path, upstream: &str) -> (Child, String, mpsc::Receiv
         };
         if let Some(rest) = line.split("listen=").nth(1) {
             let addr = rest.split_whitespace().next().unwrap().to_string();
-            return (child, format!("http://{addr}"), rx);
+            return (ChildGuard(child), format!("http://{addr}"), rx);
         }
     }
 }
@@ -142,7 +149,7 @@ async fn sigterm_drains_and_closes_the_index() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -155,7 +162,7 @@ async fn sigterm_drains_and_closes_the_index() {
         .unwrap()
         .expect("in-flight download completes");
     assert_eq!(nix_sha256(&body), field(&text, "FileHash").unwrap());
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
         .await
         .unwrap()
         .unwrap();
@@ -183,8 +190,8 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
     let mut response = reqwest::get(format!("{url}/{nar}")).await.unwrap();
     response.chunk().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     assert!(
         response.bytes().await.is_err(),
         "the client sees the transfer break"
@@ -195,7 +202,7 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
     );
 
     up.set_fault(Fault::None);
-    let (mut child, url, _logs) = start(data.path(), &up.url);
+    let (child, url, _logs) = start(data.path(), &up.url);
     assert_eq!(
         std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
         0,
@@ -220,6 +227,5 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
         .await
         .unwrap();
     assert_eq!(nix_sha256(&bytes), field(&text, "FileHash").unwrap());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }

@@ -160,7 +160,7 @@ async fn substitute_through_nixcache(compression: &str) {
             &cache.url,
             "--option",
             "trusted-public-keys",
-            "other-1:5rnq0hZ4PLN7sHfLaiZ8JRtCvSMPRRHDOO3nRySrEXo=",
+            "other-1:t/3Ot7hf+gNG/a6McHNOxMkd+KYWh0qcQmMw/A4Hw+E=",
         ],
     );
     assert!(!ok, "a client trusting another key must refuse the paths");

@@ -119,11 +119,14 @@ impl Index {
         })
     }
 
-    /// The narinfo text served for `hash`, if recorded.
-    pub fn narinfo(&self, hash: &StoreHash) -> Result<Option<String>, IndexError> {
+    /// The narinfo recorded for `hash`: (signer, text), the text signed by `signer`.
+    pub fn narinfo(&self, hash: &StoreHash) -> Result<Option<(String, String)>, IndexError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(NARINFO)?;
-        Ok(table.get(hash.as_str())?.map(|v| v.value().2.to_string()))
+        Ok(table.get(hash.as_str())?.map(|v| {
+            let (_, _, signer, text) = v.value();
+            (signer.to_string(), text.to_string())
+        }))
     }
 
     /// Whether `hash` is known to be absent everywhere at `now` (unix seconds).
@@ -136,10 +139,12 @@ impl Index {
     /// Records a narinfo as served and the NAR it points to, in one durable transaction.
     ///
     /// The NAR record is replaced unless that NAR is already stored (the stored file's record stays true).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_narinfo(
         &self,
         hash: &StoreHash,
         now: u64,
+        signer: &str,
         text: &str,
         file_hash: &Sha256Hash,
         nar: &NarRecord,
@@ -149,7 +154,7 @@ impl Index {
         tx.set_quick_repair(true);
         {
             let mut narinfos = tx.open_table(NARINFO)?;
-            narinfos.insert(hash.as_str(), (now, nar.source.as_str(), text))?;
+            narinfos.insert(hash.as_str(), (now, nar.source.as_str(), signer, text))?;
             let stored = tx.open_table(NAR_STORED)?.get(file_hash.0)?.is_some();
             if !stored {
                 tx.open_table(NAR)?

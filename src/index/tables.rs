@@ -2,10 +2,12 @@
 
 use redb::TableDefinition;
 
-/// Store hash (32 nix32 chars) → (unix time recorded, source URL, narinfo text as served).
+/// Store hash (32 nix32 chars) → (unix time recorded, source URL, signer, narinfo text as served).
 ///
-/// The text is already rewritten to the canonical NAR URL, so a hit is one lookup and a copy.
-pub const NARINFO: TableDefinition<&str, (u64, &str, &str)> = TableDefinition::new("narinfo-v1");
+/// The text is already rewritten to the canonical NAR URL and signed by `signer` (the appliance's public
+/// key `name:base64` at the time, or empty), so a hit is one lookup and a copy while the key is unchanged.
+pub const NARINFO: TableDefinition<&str, (u64, &str, &str, &str)> =
+    TableDefinition::new("narinfo-v1");
 
 /// FileHash (sha256 of the file as served) → NAR record, JSON ([`super::NarRecord`]).
 pub const NAR: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("nar-v1");

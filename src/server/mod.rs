@@ -31,6 +31,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nix-cache-info", get(cache_info))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/_status", get(status))
+        .route("/public-key", get(public_key))
         .route("/nar/{name}", get(nar::get_nar))
         .route("/{file}", get(narinfo))
         .fallback(|| async { ApiError::NotFound("not found") })
@@ -65,12 +66,29 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
 }
 
 async fn cache_info(State(app): State<Arc<App>>) -> Response {
-    let body = format!(
+    let mut body = format!(
         "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
         crate::nix::STORE_DIR,
         app.config.priority
     );
+    // Not a field Nix reads (it ignores unknown ones): tells people and discovery which key signs here.
+    if !app.signer.is_empty() {
+        body.push_str(&format!("PublicKey: {}\n", app.signer));
+    }
     text(body, "text/x-nix-cache-info")
+}
+
+/// `/public-key`: the key clients should trust, as `name:base64`.
+async fn public_key(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    if app.signer.is_empty() {
+        return Err(ApiError::NotFound(
+            "no signing key configured (set signing_key_file)",
+        ));
+    }
+    Ok(text(
+        format!("{}\n", app.signer),
+        "text/plain; charset=utf-8",
+    ))
 }
 
 fn text(body: String, content_type: &'static str) -> Response {
@@ -102,6 +120,9 @@ async fn narinfo(
 struct Status {
     version: &'static str,
     uptime_secs: u64,
+    /// The signing key's name, if the appliance signs.
+    signing_key: Option<String>,
+    public_key: Option<String>,
     index: IndexStats,
     store: StoreStatus,
     fills_in_flight: usize,
@@ -119,6 +140,8 @@ struct StoreStatus {
 struct UpstreamStatus {
     url: String,
     priority: usize,
+    accept_unsigned: bool,
+    rejected_narinfos: u64,
     #[serde(flatten)]
     health: HealthSnapshot,
 }
@@ -129,6 +152,8 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: app.started.elapsed().as_secs(),
+        signing_key: app.signing_key.as_ref().map(|k| k.name().to_string()),
+        public_key: (!app.signer.is_empty()).then(|| app.signer.clone()),
         store: StoreStatus {
             bytes: index.store_bytes,
             max_bytes: app.config.max_size,
@@ -144,6 +169,8 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
             .map(|(i, u)| UpstreamStatus {
                 url: u.url().to_string(),
                 priority: i,
+                accept_unsigned: u.accepts_unsigned(),
+                rejected_narinfos: u.rejected(),
                 health: u.health().snapshot(),
             })
             .collect(),

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StoreHash;
-pub use upstream::Upstream;
+pub use upstream::{Trust, Upstream};
 
 /// Why a source could not answer.
 #[derive(Debug, thiserror::Error)]

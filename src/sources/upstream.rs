@@ -1,6 +1,7 @@
 //! An upstream HTTP binary cache (cache.nixos.org, another nixcache, a `nix copy --to file://` folder
 //! behind any web server), asked per request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -8,7 +9,17 @@ use reqwest::{StatusCode, Url};
 
 use super::{Health, NarinfoAnswer, SourceError};
 use crate::nix::narinfo::{MAX_NARINFO_BYTES, NarInfo};
+use crate::nix::signing::PublicKey;
 use crate::nix::store_path::StoreHash;
+
+/// Which narinfos of a source are acceptable.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Those with a valid signature by one of these keys.
+    Keys(Vec<PublicKey>),
+    /// All of them, signed or not (configured explicitly with `accept_unsigned`).
+    AcceptUnsigned,
+}
 
 /// One upstream cache.
 pub struct Upstream {
@@ -16,7 +27,9 @@ pub struct Upstream {
     base: Url,
     client: reqwest::Client,
     timeout: Duration,
+    trust: Trust,
     health: Health,
+    rejected: AtomicU64,
 }
 
 fn http_error(e: reqwest::Error) -> SourceError {
@@ -29,15 +42,32 @@ fn http_error(e: reqwest::Error) -> SourceError {
 
 impl Upstream {
     /// An upstream at `url` (a base URL ending in `/`, as [`crate::config::Config`] makes them).
-    pub fn new(url: &str, client: reqwest::Client, timeout: Duration) -> Result<Upstream, String> {
+    pub fn new(
+        url: &str,
+        client: reqwest::Client,
+        timeout: Duration,
+        trust: Trust,
+    ) -> Result<Upstream, String> {
         let base = Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
         Ok(Upstream {
             url: url.to_string(),
             base,
             client,
             timeout,
+            trust,
             health: Health::default(),
+            rejected: AtomicU64::new(0),
         })
+    }
+
+    /// How many of its narinfos were refused (invalid, unsigned, badly signed, unverifiable).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is trusted without signatures.
+    pub fn accepts_unsigned(&self) -> bool {
+        matches!(self.trust, Trust::AcceptUnsigned)
     }
 
     /// The base URL, which also names the source in the index and in `/_status`.
@@ -59,6 +89,7 @@ impl Upstream {
         match &result {
             Ok(NarinfoAnswer::Rejected(reason)) => {
                 tracing::warn!(source = %self.url, hash = %hash, reason = %reason, "upstream narinfo rejected");
+                self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.health.success();
             }
             Ok(_) => self.health.success(),
@@ -102,6 +133,13 @@ impl Upstream {
                 "StorePath {} does not match the requested hash",
                 narinfo.store_path
             )));
+        }
+        if let Trust::Keys(keys) = &self.trust
+            && !narinfo.verify_with(keys)
+        {
+            return Ok(NarinfoAnswer::Rejected(
+                "no valid signature by a key trusted for this source".into(),
+            ));
         }
         if !crate::verify::supported(narinfo.compression) {
             return Ok(NarinfoAnswer::Rejected(format!(

@@ -378,7 +378,15 @@ pub fn test_config(data_dir: &Path, upstreams: &[&str]) -> Config {
         negative_ttl: Duration::from_secs(60),
         upstream_timeout: Duration::from_secs(2),
         stall_timeout: Duration::from_secs(2),
-        upstreams: upstreams.iter().map(|u| format!("{u}/")).collect(),
+        upstreams: upstreams
+            .iter()
+            .map(|u| nixcache::config::UpstreamConfig {
+                url: format!("{u}/"),
+                trusted_keys: vec![fixture().public_key.clone()],
+                accept_unsigned: false,
+            })
+            .collect(),
+        signing_key_file: None,
     }
 }
 
