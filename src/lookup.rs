@@ -26,19 +26,13 @@ pub enum LookupError {
 
 /// The narinfo text to serve for `hash`, or `None` when it is absent everywhere.
 pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
-    let a = app.clone();
-    let known = tokio::task::spawn_blocking(move || -> Result<_, IndexError> {
-        if let Some(text) = a.index.narinfo(&hash)? {
-            return Ok(Some(Some(text)));
-        }
-        if a.index.is_negative(&hash, unix_now())? {
-            return Ok(Some(None));
-        }
-        Ok(None)
-    })
-    .await??;
-    if let Some(answer) = known {
-        return Ok(answer.map(|(signer, text)| signed_now(app, &signer, text)));
+    // A hit is a read of a few hundred bytes, mostly from the page cache: done inline, because a hop to
+    // the blocking pool per request cost more than the read itself (see docs/benchmarks.md).
+    if let Some((signer, text)) = app.index.narinfo(&hash)? {
+        return Ok(Some(signed_now(app, &signer, text)));
+    }
+    if app.index.is_negative(&hash, unix_now())? {
+        return Ok(None);
     }
     match app.sources.lookup(&hash).await {
         Lookup::Found {

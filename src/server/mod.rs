@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -44,6 +45,13 @@ pub fn router(app: Arc<App>) -> Router {
 pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let housekeeping = tokio::spawn(crate::housekeeping::run(app.clone()));
     let shutdown = app.shutdown.clone();
+    // Headers and a small body go out in separate writes: without TCP_NODELAY the body waits for the
+    // client's delayed ACK (~40 ms per small NAR on a kept-alive connection).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async move { shutdown.cancelled().await });
     let drained = async {

@@ -55,10 +55,8 @@ pub async fn get_nar(
     let name: NarName = name
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid NAR name"))?;
-    let a = app.clone();
-    let Some((record, stored)) =
-        tokio::task::spawn_blocking(move || a.index.nar(&name.file_hash)).await??
-    else {
+    // A small read, done inline like narinfo hits.
+    let Some((record, stored)) = app.index.nar(&name.file_hash)? else {
         return Err(ApiError::NotFound("unknown NAR"));
     };
     if record.compression != name.compression.as_str() {
