@@ -7,18 +7,22 @@ need=()
 command -v nix-store >/dev/null || need+=(nix-bin)
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v openssl >/dev/null || need+=(openssl)
 if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v wrk >/dev/null || need+=(wrk)
 fi
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing peers: ${need[*]} — install them (apt-get install ${need[*]}) or run this as root" >&2
+    exit 1
+  fi
+  echo "installing peers: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "missing peers: ${need[*]} — install them (apt-get install ${need[*]}) or run this as root" >&2
-  exit 1
-fi
-echo "installing peers: ${need[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+
+# Python packages (the OCI token server in tests/peers needs cryptography).
+python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::fill::Fills;
 use crate::index::{Index, IndexError};
 use crate::nix::signing::{PublicKey, SecretKey};
-use crate::sources::{Sources, Trust, Upstream};
+use crate::sources::{OciSource, Sources, Trust, Upstream};
 use crate::store::{NarStore, StoreError};
 
 /// How many NAR downloads run at once; more wait for a slot.
@@ -65,6 +65,8 @@ pub struct App {
     pub signing_key: Option<SecretKey>,
     /// Its public half as `name:base64`, or empty: recorded with each signed narinfo.
     pub signer: String,
+    /// The token that allows `POST /_refresh` from other hosts than loopback.
+    pub admin_token: Option<String>,
     /// NAR downloads in progress.
     pub fills: Fills,
     /// When it started, for `/_status`.
@@ -110,6 +112,27 @@ impl App {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Upstream)?;
+        let oci = match &config.oci {
+            Some(c) => {
+                if c.accept_unsigned {
+                    tracing::warn!(repo = %c.repo, "accepting unsigned narinfos from the OCI source (oci_accept_unsigned)");
+                }
+                Some(OciSource::new(c, client.clone()).map_err(StartError::Upstream)?)
+            }
+            None => None,
+        };
+        let admin_token = match &config.admin_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| StartError::DataDir {
+                        path: path.display().to_string(),
+                        source: e,
+                    })?,
+            )
+            .filter(|t| !t.is_empty()),
+            None => None,
+        };
         let signing_key = match &config.signing_key_file {
             Some(path) => Some(load_signing_key(path)?),
             None => None,
@@ -122,9 +145,10 @@ impl App {
             config,
             index,
             store,
-            sources: Sources::new(upstreams),
+            sources: Sources::new(oci, upstreams),
             signing_key,
             signer,
+            admin_token,
             fills: Fills::new(MAX_CONCURRENT_FILLS),
             started: Instant::now(),
             shutdown: CancellationToken::new(),

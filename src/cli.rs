@@ -20,6 +20,34 @@ pub enum Command {
     Serve(ServeArgs),
     /// Make a signing key pair in Nix's format (as `nix-store --generate-binary-cache-key`).
     Keygen(KeygenArgs),
+    /// Publish store paths (their closure) or a `nix copy --to file://` folder to an OCI registry.
+    Push(PushArgs),
+    /// Remove old entries outside the kept roots from a published cache's index.
+    Gc(GcArgs),
+    /// Find nixcache appliances on the LAN (mDNS) and print nix.conf lines for them.
+    Discover(DiscoverArgs),
+}
+
+/// Arguments of `nixcache discover`. Advertised keys are never trusted unless pinned or explicitly
+/// accepted: anyone on the LAN can advertise anything.
+#[derive(Debug, Clone, Args)]
+pub struct DiscoverArgs {
+    /// Seconds to listen for advertisements.
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    pub timeout: u64,
+    /// A key NAME:KEY you trust; an appliance advertising it gets an extra-trusted-public-keys line.
+    /// Repeat for several.
+    #[arg(long = "trust", value_name = "NAME:KEY")]
+    pub trust: Vec<String>,
+    /// Trust every advertised key (trust on first use: anyone on the LAN can advertise a key).
+    #[arg(long)]
+    pub trust_advertised: bool,
+    /// Print nix.conf lines instead of a table.
+    #[arg(long)]
+    pub nix_conf: bool,
+    /// Write the nix.conf lines to FILE atomically (for a nix.conf `!include`).
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
 }
 
 /// Arguments of `nixcache keygen`.
@@ -59,7 +87,71 @@ pub struct ServeArgs {
     /// Upstream public key NAME:KEY to trust; repeat for several. Replaces the configured list.
     #[arg(long = "trusted-key", value_name = "NAME:KEY")]
     pub trusted_keys: Vec<String>,
+    /// Do not advertise the cache over mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Advertise over mDNS only on this interface (name or address); repeat for several. Replaces the
+    /// configured list.
+    #[arg(long = "mdns-interface", value_name = "IFACE")]
+    pub mdns_interfaces: Vec<String>,
+    /// Registry of the OCI source [default: https://ghcr.io].
+    #[arg(long, value_name = "URL")]
+    pub oci_registry: Option<String>,
+    /// OWNER/REPO whose cache (<owner>/<repo>/nix-cache, tag cache-index) is served.
+    #[arg(long, value_name = "OWNER/REPO")]
+    pub oci_repo: Option<String>,
     /// Check the configuration, print it resolved, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// Where a published cache lives. The token comes from `GITHUB_TOKEN` or `GH_TOKEN`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Registry base URL (or host).
+    #[arg(long, env = "NIXCACHE_REGISTRY", default_value = crate::config::DEFAULT_OCI_REGISTRY)]
+    pub oci_registry: String,
+    /// OWNER/REPO: the cache is the image <owner>/<repo>/nix-cache, tag cache-index.
+    #[arg(long, env = "NIXCACHE_REPO", value_name = "OWNER/REPO")]
+    pub oci_repo: String,
+}
+
+/// Arguments of `nixcache push`.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// The registry and repository.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Secret key to sign the narinfos with; its public key goes into the index.
+    #[arg(long, value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Publish this folder (made by `nix copy --to file://DIR`) instead of store paths.
+    #[arg(long, value_name = "DIR", conflicts_with = "paths")]
+    pub from_cache: Option<PathBuf>,
+    /// Store paths whose closures to publish (they become the index's gc roots).
+    #[arg(value_name = "STORE-PATH", required_unless_present = "from_cache")]
+    pub paths: Vec<String>,
+    /// Skip paths these caches already have (repeatable) [default: https://cache.nixos.org].
+    #[arg(long = "upstream", value_name = "URL")]
+    pub upstreams: Vec<String>,
+    /// Publish the whole closure, without asking upstream caches.
+    #[arg(long)]
+    pub all: bool,
+    /// The Nix store to read the paths from (passed to nix as --store).
+    #[arg(long, value_name = "STORE")]
+    pub store: Option<String>,
+}
+
+/// Arguments of `nixcache gc`.
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    /// The registry and repository.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Entries outside the roots' closures are removed once older than this.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub retention_days: u64,
+    /// List what would be removed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

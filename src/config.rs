@@ -29,9 +29,17 @@ pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 60;
 pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 10;
 /// How long a NAR download may go without receiving a byte, in seconds.
 pub const DEFAULT_STALL_TIMEOUT_SECS: u64 = 60;
+/// The registry of the OCI source unless told otherwise.
+pub const DEFAULT_OCI_REGISTRY: &str = "https://ghcr.io";
+/// Seconds between refreshes of the OCI index (nixcache-oci's `NIXCACHE_INDEX_TTL`).
+pub const DEFAULT_INDEX_TTL_SECS: u64 = 300;
 /// The upstream keys trusted unless told otherwise: cache.nixos.org's.
 pub const DEFAULT_TRUSTED_KEYS: &[&str] =
     &["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="];
+/// Whether `serve` advertises itself over mDNS unless told otherwise.
+pub const DEFAULT_MDNS: bool = true;
+/// The interfaces mDNS advertises on unless told otherwise: none named means all.
+pub const DEFAULT_MDNS_INTERFACES: &[&str] = &[];
 
 /// Errors that stop start-up; each names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +94,49 @@ pub struct FileConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Public keys (`name:base64`) whose signatures make an upstream narinfo acceptable.
     pub trusted_keys: Option<Vec<String>>,
+    /// Advertise the cache over mDNS.
+    pub mdns: Option<bool>,
+    /// Interfaces (names or addresses) to advertise on; empty means all.
+    pub mdns_interfaces: Option<Vec<String>>,
+    /// Registry of the OCI source (`https://ghcr.io`).
+    pub oci_registry: Option<String>,
+    /// `OWNER/REPO` whose cache (`<owner>/<repo>/nix-cache`) is the OCI source.
+    pub oci_repo: Option<String>,
+    /// Seconds between OCI index refreshes.
+    pub index_ttl: Option<u64>,
+    /// Keys trusted for the OCI source instead of the global `trusted_keys`.
+    pub oci_trusted_keys: Option<Vec<String>>,
+    /// Accept the OCI source's narinfos without a valid signature.
+    pub oci_accept_unsigned: Option<bool>,
+    /// File with the token that allows `POST /_refresh` from other hosts than loopback.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// A secret (registry token): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The OCI source (a cache published in the nixcache-oci format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciConfig {
+    /// Registry base URL.
+    pub registry: String,
+    /// `OWNER/REPO`.
+    pub repo: String,
+    /// Time between index refreshes.
+    pub index_ttl: Duration,
+    /// Keys whose signature makes one of its narinfos acceptable.
+    pub trusted_keys: Vec<String>,
+    /// Accept its narinfos unsigned.
+    pub accept_unsigned: bool,
+    /// `GITHUB_TOKEN` / `GH_TOKEN`, for private packages.
+    pub token: Option<Secret>,
 }
 
 /// One `upstreams` element: a URL, or a table.
@@ -153,6 +204,14 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// The appliance's secret key file, if it signs.
     pub signing_key_file: Option<PathBuf>,
+    /// Whether `serve` advertises itself over mDNS.
+    pub mdns: bool,
+    /// Interfaces (names or addresses) mDNS advertises on; empty means all.
+    pub mdns_interfaces: Vec<String>,
+    /// The OCI source, when a repository is configured.
+    pub oci: Option<OciConfig>,
+    /// File holding the admin token for `POST /_refresh` from other hosts.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -277,6 +336,8 @@ impl Config {
             .signing_key_file
             .clone()
             .or_else(|| file.signing_key_file.clone());
+        let oci = resolve_oci(args, env, &file, &in_file, &global_keys)?;
+        let mdns_interfaces = resolve_mdns_interfaces(args, &file, &in_file)?;
 
         let secs = |v: Option<u64>, key: &str, default: u64| -> Result<Duration, ConfigError> {
             match v {
@@ -303,6 +364,10 @@ impl Config {
             )?,
             upstreams: checked,
             signing_key_file,
+            mdns: !args.no_mdns && file.mdns.unwrap_or(DEFAULT_MDNS),
+            mdns_interfaces,
+            oci,
+            admin_token_file: file.admin_token_file.clone(),
         })
     }
 }
@@ -312,6 +377,140 @@ fn invalid(origin: &str, message: String) -> ConfigError {
         origin: origin.to_string(),
         message,
     }
+}
+
+/// `--mdns-interface` > `mdns_interfaces` > all; each an interface name (as `ip link` shows it) or address.
+fn resolve_mdns_interfaces(
+    args: &ServeArgs,
+    file: &FileConfig,
+    in_file: &dyn Fn(&str) -> String,
+) -> Result<Vec<String>, ConfigError> {
+    let (origin, list) = if !args.mdns_interfaces.is_empty() {
+        ("--mdns-interface".to_string(), args.mdns_interfaces.clone())
+    } else if let Some(list) = &file.mdns_interfaces {
+        (in_file("mdns_interfaces"), list.clone())
+    } else {
+        let defaults = DEFAULT_MDNS_INTERFACES.iter().map(|s| s.to_string());
+        ("default".to_string(), defaults.collect())
+    };
+    list.into_iter()
+        .map(|name| {
+            let name = name.trim().to_string();
+            let is_ifname = (1..=15).contains(&name.len())
+                && !name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':');
+            if is_ifname || name.parse::<IpAddr>().is_ok() {
+                Ok(name)
+            } else {
+                Err(invalid(
+                    &origin,
+                    format!("{name:?} is not an interface name (such as eth0) or address"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The OCI source: `--oci-repo` > `NIXCACHE_REPO` > `oci_repo`; none configured means no OCI source.
+fn resolve_oci(
+    args: &ServeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: &FileConfig,
+    in_file: &dyn Fn(&str) -> String,
+    global_keys: &[String],
+) -> Result<Option<OciConfig>, ConfigError> {
+    let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let repo = match (
+        &args.oci_repo,
+        env_nonempty("NIXCACHE_REPO"),
+        &file.oci_repo,
+    ) {
+        (Some(r), _, _) => Some(("--oci-repo".to_string(), r.clone())),
+        (None, Some(r), _) => Some(("NIXCACHE_REPO".to_string(), r)),
+        (None, None, Some(r)) => Some((in_file("oci_repo"), r.clone())),
+        (None, None, None) => None,
+    };
+    let Some((origin, repo)) = repo else {
+        return Ok(None);
+    };
+    let repo = repo.trim().to_string();
+    crate::oci::format::check_repo(&repo).map_err(|m| invalid(&origin, m))?;
+    let (origin, registry) = match (
+        &args.oci_registry,
+        env_nonempty("NIXCACHE_REGISTRY"),
+        &file.oci_registry,
+    ) {
+        (Some(r), _, _) => ("--oci-registry".to_string(), r.clone()),
+        (None, Some(r), _) => ("NIXCACHE_REGISTRY".to_string(), r),
+        (None, None, Some(r)) => (in_file("oci_registry"), r.clone()),
+        (None, None, None) => (
+            "default registry".to_string(),
+            DEFAULT_OCI_REGISTRY.to_string(),
+        ),
+    };
+    let registry = normalize_registry(&registry).map_err(|m| invalid(&origin, m))?;
+    let index_ttl = match (env_nonempty("NIXCACHE_INDEX_TTL"), file.index_ttl) {
+        (Some(v), _) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "NIXCACHE_INDEX_TTL",
+                    format!("{v:?} is not a number of seconds"),
+                )
+            })?,
+        (None, Some(0)) => {
+            return Err(invalid(
+                &in_file("index_ttl"),
+                "must be at least 1 second".into(),
+            ));
+        }
+        (None, Some(n)) => n,
+        (None, None) => DEFAULT_INDEX_TTL_SECS,
+    };
+    let trusted_keys = match &file.oci_trusted_keys {
+        Some(keys) => check_keys(
+            keys.iter()
+                .map(|k| (in_file("oci_trusted_keys"), k.clone()))
+                .collect(),
+        )?,
+        None => global_keys.to_vec(),
+    };
+    let token = env_nonempty("GITHUB_TOKEN")
+        .or_else(|| env_nonempty("GH_TOKEN"))
+        .map(|t| Secret(t.trim().to_string()));
+    Ok(Some(OciConfig {
+        registry,
+        repo,
+        index_ttl: Duration::from_secs(index_ttl),
+        trusted_keys,
+        accept_unsigned: file.oci_accept_unsigned.unwrap_or(false),
+        token,
+    }))
+}
+
+/// `ghcr.io` → `https://ghcr.io`; a URL is kept (tests use `http://127.0.0.1:5000`).
+pub fn normalize_registry(value: &str) -> Result<String, String> {
+    let value = value.trim().trim_end_matches('/');
+    let url = if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("https://{value}")
+    };
+    let parsed =
+        reqwest::Url::parse(&url).map_err(|e| format!("{value:?} is not a registry URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "{value:?}: give https://HOST (or http://HOST:PORT for a local registry)"
+        ));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        return Err(format!(
+            "{value:?}: give the registry's base URL without a path"
+        ));
+    }
+    Ok(url)
 }
 
 /// Checks that every key parses as a Nix public key (`name:base64 of 32 bytes`).
@@ -470,6 +669,91 @@ mod tests {
         );
         let (_d, args) = file_args("upstreams = [{ url = \"http://x\", trust = true }]\n");
         assert!(resolve(args, &[]).is_err());
+    }
+
+    #[test]
+    fn oci_source_from_flags_env_or_file() {
+        assert_eq!(resolve(ServeArgs::default(), &[]).unwrap().oci, None);
+        let (_d, mut args) =
+            file_args("oci_repo = \"Owner/Repo\"\nindex_ttl = 30\noci_accept_unsigned = true\n");
+        let c = resolve(args.clone(), &[("GH_TOKEN", "s3cret")]).unwrap();
+        let oci = c.oci.clone().unwrap();
+        assert_eq!(oci.registry, "https://ghcr.io");
+        assert_eq!(oci.repo, "Owner/Repo");
+        assert_eq!(oci.index_ttl, Duration::from_secs(30));
+        assert!(oci.accept_unsigned);
+        assert_eq!(oci.trusted_keys, DEFAULT_TRUSTED_KEYS);
+        assert_eq!(oci.token, Some(Secret("s3cret".into())));
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "tokens are never printed"
+        );
+
+        let env = [
+            ("NIXCACHE_REPO", "env/repo"),
+            ("NIXCACHE_REGISTRY", "registry.example:5000"),
+            ("NIXCACHE_INDEX_TTL", "60"),
+        ];
+        let oci = resolve(args.clone(), &env).unwrap().oci.unwrap();
+        assert_eq!(
+            (oci.repo.as_str(), oci.registry.as_str()),
+            ("env/repo", "https://registry.example:5000")
+        );
+        assert_eq!(oci.index_ttl, Duration::from_secs(60));
+
+        args.oci_repo = Some("flag/repo".into());
+        args.oci_registry = Some("http://127.0.0.1:5000".into());
+        let oci = resolve(args.clone(), &env).unwrap().oci.unwrap();
+        assert_eq!(
+            (oci.repo.as_str(), oci.registry.as_str()),
+            ("flag/repo", "http://127.0.0.1:5000")
+        );
+
+        args.oci_repo = Some("no-slash".into());
+        assert!(
+            resolve(args.clone(), &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--oci-repo")
+        );
+        args.oci_repo = Some("a/b".into());
+        args.oci_registry = Some("ftp://x".into());
+        assert!(
+            resolve(args, &[])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--oci-registry")
+        );
+    }
+
+    #[test]
+    fn mdns_is_on_by_default_and_can_be_narrowed_or_turned_off() {
+        let c = resolve(ServeArgs::default(), &[]).unwrap();
+        assert_eq!((c.mdns, c.mdns_interfaces.is_empty()), (true, true));
+
+        let (_d, mut args) =
+            file_args("mdns = false\nmdns_interfaces = [\"eth0\", \"10.0.0.2\"]\n");
+        let c = resolve(args.clone(), &[]).unwrap();
+        assert!(!c.mdns);
+        assert_eq!(c.mdns_interfaces, ["eth0", "10.0.0.2"]);
+        args.mdns_interfaces = vec!["br0".into()];
+        assert_eq!(resolve(args, &[]).unwrap().mdns_interfaces, ["br0"]);
+
+        let args = ServeArgs {
+            no_mdns: true,
+            ..Default::default()
+        };
+        assert!(!resolve(args, &[]).unwrap().mdns);
+
+        let (_d, args) = file_args("mdns_interfaces = [\"not an interface\"]\n");
+        let e = resolve(args, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("mdns_interfaces in"), "{e}");
+        let args = ServeArgs {
+            mdns_interfaces: vec!["a-very-long-interface-name".into()],
+            ..Default::default()
+        };
+        let e = resolve(args, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("--mdns-interface"), "{e}");
     }
 
     #[test]

@@ -33,9 +33,6 @@ const READ_CHUNK: u64 = 1 << 20;
 /// Why a fill failed. Logged; clients see an aborted transfer.
 #[derive(Debug, thiserror::Error)]
 pub enum FillError {
-    /// The recorded source is no longer configured.
-    #[error("source {0} is not configured any more")]
-    UnknownSource(String),
     /// The source failed.
     #[error("source: {0}")]
     Source(#[from] SourceError),
@@ -197,11 +194,7 @@ async fn run_fill(
         .acquire_owned()
         .await
         .map_err(|_| FillError::ShuttingDown)?;
-    let source = app
-        .sources
-        .by_url(&record.source)
-        .ok_or_else(|| FillError::UnknownSource(record.source.clone()))?;
-    let response = source.get_nar(&record.url).await?;
+    let response = app.sources.get_nar(&record.source, &record.url).await?;
     if let (Some(expected), Some(got)) = (record.file_size, response.content_length())
         && expected != got
     {

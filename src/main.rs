@@ -17,6 +17,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => nixcache::commands::serve::serve(args).await,
             Command::Keygen(args) => nixcache::commands::keygen::keygen(args),
+            Command::Push(args) => nixcache::commands::push::push(args).await,
+            Command::Gc(args) => nixcache::commands::gc::gc(args).await,
+            Command::Discover(args) => nixcache::commands::discover::discover(args).await,
         }
     })
 }

@@ -31,7 +31,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         token.cancel();
     });
-    crate::server::run(listener, app).await?;
+    // Advertised with the port really bound (tests bind port 0); withdrawn when shutdown begins.
+    let advertiser = tokio::spawn(crate::mdns::run(app.clone(), listener.local_addr()?));
+    let served = crate::server::run(listener, app).await;
+    if let Err(e) = advertiser.await {
+        tracing::error!(error = %e, "mDNS task failed");
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -80,6 +80,28 @@ pub struct IndexStats {
     pub negative: u64,
 }
 
+/// One narinfo of a mirrored OCI index, ready to record.
+#[derive(Debug, Clone)]
+pub struct MirroredEntry {
+    /// Its store hash.
+    pub hash: StoreHash,
+    /// The narinfo text as served (canonical URL, signed).
+    pub text: String,
+    /// Its FileHash (the blob digest).
+    pub file_hash: Sha256Hash,
+    /// The NAR record.
+    pub nar: NarRecord,
+}
+
+/// What applying a mirrored index changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// Entries written (new or updated).
+    pub written: usize,
+    /// Entries of this source that are no longer in its index, removed.
+    pub removed: usize,
+}
+
 /// A NAR chosen for eviction: its FileHash and record (the caller removes the file).
 pub type Evicted = (Sha256Hash, NarRecord);
 
@@ -164,6 +186,75 @@ impl Index {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Replaces everything recorded from `source` by `entries`, in one transaction, and remembers the
+    /// manifest digest they came from. Readers see the old index or the new one, never a mix.
+    pub fn apply_mirror(
+        &self,
+        source: &str,
+        signer: &str,
+        entries: &[MirroredEntry],
+        manifest_digest: &str,
+        now: u64,
+    ) -> Result<Applied, IndexError> {
+        let keep: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.hash.as_str()).collect();
+        let mut tx = self.db.begin_write()?;
+        tx.set_quick_repair(true);
+        let mut applied = Applied::default();
+        {
+            let mut narinfos = tx.open_table(NARINFO)?;
+            let mut stale = Vec::new();
+            for row in narinfos.iter()? {
+                let (k, v) = row?;
+                if v.value().1 == source && !keep.contains(k.value()) {
+                    stale.push(k.value().to_string());
+                }
+            }
+            for key in &stale {
+                narinfos.remove(key.as_str())?;
+            }
+            applied.removed = stale.len();
+            let mut nars = tx.open_table(NAR)?;
+            let stored = tx.open_table(NAR_STORED)?;
+            let mut negative = tx.open_table(NEGATIVE)?;
+            for e in entries {
+                narinfos.insert(e.hash.as_str(), (now, source, signer, e.text.as_str()))?;
+                if stored.get(e.file_hash.0)?.is_none() {
+                    let encoded = serde_json::to_vec(&e.nar)
+                        .map_err(|err| IndexError::Corrupt(err.to_string()))?;
+                    nars.insert(e.file_hash.0, encoded.as_slice())?;
+                }
+                negative.remove(e.hash.as_str())?;
+            }
+            applied.written = entries.len();
+            tx.open_table(META)?
+                .insert(format!("manifest {source}").as_str(), manifest_digest)?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// The manifest digest last applied for `source`.
+    pub fn mirrored_digest(&self, source: &str) -> Result<Option<String>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta
+            .get(format!("manifest {source}").as_str())?
+            .map(|v| v.value().to_string()))
+    }
+
+    /// How many narinfos are recorded from `source` (a scan: for status after a refresh, not per request).
+    pub fn count_from(&self, source: &str) -> Result<u64, IndexError> {
+        let tx = self.db.begin_read()?;
+        let mut n = 0;
+        for row in tx.open_table(NARINFO)?.iter()? {
+            if row?.1.value().1 == source {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Remembers that `hash` is absent everywhere until `until`. Not durable: losing it costs one lookup.

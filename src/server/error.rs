@@ -18,6 +18,9 @@ pub enum ApiError {
     /// Nothing is known under this name.
     #[error("{0}")]
     NotFound(&'static str),
+    /// Not allowed from where it came.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A Range that starts past the end of the file.
     #[error("range not satisfiable")]
     RangeNotSatisfiable {
@@ -68,6 +71,7 @@ impl IntoResponse for ApiError {
         let (status, body): (StatusCode, &str) = match &self {
             ApiError::BadRequest(reason) => (StatusCode::BAD_REQUEST, reason),
             ApiError::NotFound(reason) => (StatusCode::NOT_FOUND, reason),
+            ApiError::Forbidden(reason) => (StatusCode::FORBIDDEN, reason),
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable")
             }

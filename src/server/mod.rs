@@ -33,6 +33,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/_status", get(status))
         .route("/public-key", get(public_key))
+        .route("/_refresh", axum::routing::post(refresh))
         .route("/nar/{name}", get(nar::get_nar))
         .route("/{file}", get(narinfo))
         .fallback(|| async { ApiError::NotFound("not found") })
@@ -44,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// stops the background tasks. The caller binds the socket (tests pass a port-0 listener).
 pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let housekeeping = tokio::spawn(crate::housekeeping::run(app.clone()));
+    let refresh = tokio::spawn(crate::sources::oci::run_refresh(app.clone()));
     let shutdown = app.shutdown.clone();
     // Headers and a small body go out in separate writes: without TCP_NODELAY the body waits for the
     // client's delayed ACK (~40 ms per small NAR on a kept-alive connection).
@@ -52,8 +54,11 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let serve = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let serve = axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await });
     let drained = async {
         app.shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -67,6 +72,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     };
     app.shutdown.cancel();
     app.stopped.cancel();
+    if let Err(e) = refresh.await {
+        tracing::error!(error = %e, "index refresh task failed");
+    }
     if let Err(e) = housekeeping.await {
         tracing::error!(error = %e, "housekeeping task failed");
     }
@@ -124,6 +132,54 @@ async fn narinfo(
     }
 }
 
+/// `POST /_refresh`: refresh the OCI index now. Allowed from loopback, or with the admin token.
+async fn refresh(
+    State(app): State<Arc<App>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = match (&app.admin_token, bearer) {
+        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
+        _ => false,
+    };
+    if !peer.ip().is_loopback() && !token_ok {
+        return Err(ApiError::Forbidden(
+            "refresh is allowed from loopback or with the admin token",
+        ));
+    }
+    let Some(oci) = app.sources.oci() else {
+        return Err(ApiError::NotFound("no OCI source configured"));
+    };
+    match oci.refresh_once(&app).await {
+        Ok(outcome) => Ok(Json(outcome).into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "forced refresh failed");
+            Err(ApiError::Upstream(
+                crate::sources::SourceError::RefreshFailed,
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize)]
+struct OciStatus {
+    registry: String,
+    image: String,
+    accept_unsigned: bool,
+    rejected_entries: u64,
+    #[serde(flatten)]
+    index: crate::sources::oci::IndexState,
+    health: HealthSnapshot,
+}
+
 #[derive(Serialize)]
 struct Status {
     version: &'static str,
@@ -134,6 +190,7 @@ struct Status {
     index: IndexStats,
     store: StoreStatus,
     fills_in_flight: usize,
+    oci: Option<OciStatus>,
     upstreams: Vec<UpstreamStatus>,
 }
 
@@ -169,6 +226,17 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
         },
         index,
         fills_in_flight: app.fills.in_flight(),
+        oci: app.sources.oci().map(|o| {
+            let (registry, image) = o.describe();
+            OciStatus {
+                registry,
+                image,
+                accept_unsigned: o.accepts_unsigned(),
+                rejected_entries: o.rejected(),
+                index: o.state(),
+                health: o.health(),
+            }
+        }),
         upstreams: app
             .sources
             .all()

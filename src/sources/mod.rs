@@ -3,6 +3,7 @@
 //! Each source can be down without slowing the others: every request has a time limit, and a source that
 //! keeps failing is backed off (answered as "unavailable" at once) until its back-off expires.
 
+pub mod oci;
 pub mod upstream;
 
 use std::sync::Mutex;
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StoreHash;
+pub use oci::OciSource;
 pub use upstream::{Trust, Upstream};
 
 /// Why a source could not answer.
@@ -34,15 +36,28 @@ pub enum SourceError {
     /// The body was larger than allowed.
     #[error("answer too large")]
     TooLarge,
+    /// The source a NAR was recorded from is not configured any more.
+    #[error("source {0} is not configured any more")]
+    Unconfigured(String),
     /// A NAR download failed before its first byte (the fill logged why).
     #[error("NAR download failed")]
     NarDownload,
+    /// A forced index refresh failed (the reason is logged and shown in `/_status`).
+    #[error("index refresh failed")]
+    RefreshFailed,
+    /// The OCI registry failed.
+    #[error("registry: {0}")]
+    Registry(#[from] crate::oci::client::RegistryError),
 }
 
 impl SourceError {
     /// Whether this is a time-out (504) rather than another failure (502).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, SourceError::Timeout)
+        match self {
+            SourceError::Timeout => true,
+            SourceError::Registry(e) => e.is_timeout(),
+            _ => false,
+        }
     }
 }
 
@@ -130,7 +145,7 @@ impl Health {
     }
 
     /// Records a failure; from the third in a row the source is backed off 1 s, 2 s, 4 s ... up to 60 s.
-    pub fn failure(&self, error: &SourceError) {
+    pub fn failure(&self, error: &dyn std::fmt::Display) {
         if let Ok(mut state) = self.state.lock() {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             state.last_error = Some(error.to_string());
@@ -165,15 +180,36 @@ impl Health {
     }
 }
 
-/// The configured sources, most preferred first.
+/// The configured sources: the OCI source (mirrored into the index, so it answers first), then the
+/// upstreams, most preferred first.
 pub struct Sources {
+    oci: Option<OciSource>,
     upstreams: Vec<Upstream>,
 }
 
 impl Sources {
-    /// Wraps the sources; their order is their priority.
-    pub fn new(upstreams: Vec<Upstream>) -> Sources {
-        Sources { upstreams }
+    /// Wraps the sources; the upstreams' order is their priority.
+    pub fn new(oci: Option<OciSource>, upstreams: Vec<Upstream>) -> Sources {
+        Sources { oci, upstreams }
+    }
+
+    /// The OCI source, if configured.
+    pub fn oci(&self) -> Option<&OciSource> {
+        self.oci.as_ref()
+    }
+
+    /// Starts the download of a NAR file recorded from `source` at `url` (a URL, or a blob digest for
+    /// the OCI source).
+    pub async fn get_nar(&self, source: &str, url: &str) -> Result<reqwest::Response, SourceError> {
+        if let Some(oci) = &self.oci
+            && oci.id() == source
+        {
+            return oci.get_nar(url).await;
+        }
+        match self.by_url(source) {
+            Some(upstream) => upstream.get_nar(url).await,
+            None => Err(SourceError::Unconfigured(source.to_string())),
+        }
     }
 
     /// All sources in priority order.

@@ -2,6 +2,8 @@
 //! requests and inject faults, and an in-process nixcache on a port-0 listener.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -387,6 +389,10 @@ pub fn test_config(data_dir: &Path, upstreams: &[&str]) -> Config {
             })
             .collect(),
         signing_key_file: None,
+        oci: None,
+        admin_token_file: None,
+        mdns: false,
+        mdns_interfaces: Vec::new(),
     }
 }
 

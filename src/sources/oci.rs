@@ -1,0 +1,365 @@
+//! A cache published to an OCI registry in the nixcache-oci format, mirrored into the index.
+//!
+//! Every `index_ttl` (and on `POST /_refresh`) the manifest digest is checked with a HEAD; only when it
+//! changed are the manifest and the index blob fetched, checked, and applied to redb in one transaction.
+//! A refresh runs beside the requests and never holds them up; a failed one keeps the last good index,
+//! which also survives restarts, so indexed paths are answered with the registry unreachable.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Health, HealthSnapshot, SourceError, Trust};
+use crate::app::{App, unix_now};
+use crate::config::OciConfig;
+use crate::index::{Applied, IndexError, MirroredEntry, NarRecord};
+use crate::nix::hash::Sha256Hash;
+use crate::nix::nar_name::NarName;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::signing::PublicKey;
+use crate::nix::store_path::StoreHash;
+use crate::oci::client::{Registry, RegistryError};
+use crate::oci::format::{CacheIndex, IndexEntry, image_name};
+
+/// The largest index blob accepted (100,000 entries are about 70 MB).
+const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+/// Why a refresh failed (the last good index stays).
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The index is not in the nixcache-oci format.
+    #[error("index: {0}")]
+    Format(String),
+    /// Applying it failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A blocking task failed.
+    #[error("task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Refreshed {
+    /// The manifest digest had not changed: nothing was downloaded.
+    Unchanged {
+        /// The digest.
+        manifest_digest: String,
+    },
+    /// No `cache-index` manifest exists (nothing published yet): the last index stays.
+    NotPublished,
+    /// A new index was applied.
+    Applied {
+        /// The new manifest digest.
+        manifest_digest: String,
+        /// Entries written and removed.
+        #[serde(flatten)]
+        applied: Applied,
+        /// Entries refused (invalid, unsigned, wrongly signed, unverifiable compression).
+        rejected: usize,
+    },
+}
+
+/// What `/_status` shows of the OCI source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexState {
+    /// Narinfos mirrored from it.
+    pub entries: u64,
+    /// The index's `generated` time.
+    pub generated: Option<String>,
+    /// The manifest digest last applied.
+    pub manifest_digest: Option<String>,
+    /// Unix time of the last refresh attempt.
+    pub last_refresh: Option<u64>,
+    /// Unix time of the last successful refresh.
+    pub last_success: Option<u64>,
+    /// How the last refresh ended.
+    pub last_outcome: Option<String>,
+    /// Seconds the last refresh took.
+    pub last_duration_secs: Option<f64>,
+}
+
+/// The OCI source.
+pub struct OciSource {
+    id: String,
+    registry: Registry,
+    repo: String,
+    ttl: Duration,
+    trust: Trust,
+    health: Health,
+    refreshing: tokio::sync::Mutex<()>,
+    state: Mutex<IndexState>,
+    rejected: AtomicU64,
+    /// Wakes the refresh loop early (`POST /_refresh`).
+    pub wake: tokio::sync::Notify,
+}
+
+impl OciSource {
+    /// The source for `config`.
+    pub fn new(config: &OciConfig, client: reqwest::Client) -> Result<OciSource, String> {
+        let image = image_name(&config.repo);
+        let registry = Registry::new(
+            &config.registry,
+            &image,
+            config.token.as_ref().map(|t| t.0.clone()),
+            client,
+        )?;
+        let trust = if config.accept_unsigned {
+            Trust::AcceptUnsigned
+        } else {
+            Trust::Keys(
+                config
+                    .trusted_keys
+                    .iter()
+                    .map(|k| PublicKey::parse(k))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?,
+            )
+        };
+        Ok(OciSource {
+            id: format!("oci:{}/{image}", config.registry.trim_end_matches('/')),
+            registry,
+            repo: config.repo.clone(),
+            ttl: config.index_ttl,
+            trust,
+            health: Health::default(),
+            refreshing: tokio::sync::Mutex::new(()),
+            state: Mutex::new(IndexState::default()),
+            rejected: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The name recorded as the source of its narinfos and NARs.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its health (registry reachability).
+    pub fn health(&self) -> HealthSnapshot {
+        self.health.snapshot()
+    }
+
+    /// Entries refused so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is trusted without signatures.
+    pub fn accepts_unsigned(&self) -> bool {
+        matches!(self.trust, Trust::AcceptUnsigned)
+    }
+
+    /// The registry host and image, for `/_status`.
+    pub fn describe(&self) -> (String, String) {
+        (self.registry.host(), self.registry.image().to_string())
+    }
+
+    /// The index state, for `/_status`.
+    pub fn state(&self) -> IndexState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Starts the download of a NAR blob by digest.
+    pub async fn get_nar(&self, digest: &str) -> Result<reqwest::Response, SourceError> {
+        self.health.check()?;
+        let result = self
+            .registry
+            .blob(digest, None)
+            .await
+            .map_err(SourceError::from);
+        match &result {
+            Ok(_) => self.health.success(),
+            Err(e) => self.health.failure(e),
+        }
+        result
+    }
+
+    /// Refreshes once: HEAD the manifest, and fetch and apply the index only if it changed.
+    pub async fn refresh_once(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let started = Instant::now();
+        let result = self.refresh_inner(app).await;
+        let now = unix_now();
+        if let Ok(mut state) = self.state.lock() {
+            state.last_refresh = Some(now);
+            state.last_duration_secs = Some(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(r) => {
+                    state.last_success = Some(now);
+                    state.last_outcome = Some(match r {
+                        Refreshed::Unchanged { .. } => "unchanged".into(),
+                        Refreshed::NotPublished => "no cache-index published".into(),
+                        Refreshed::Applied {
+                            applied, rejected, ..
+                        } => format!(
+                            "applied: {} entries, {} removed, {rejected} rejected",
+                            applied.written, applied.removed
+                        ),
+                    });
+                }
+                Err(e) => state.last_outcome = Some(format!("failed: {e}")),
+            }
+        }
+        match &result {
+            Ok(_) => self.health.success(),
+            Err(e) => self.health.failure(e),
+        }
+        result
+    }
+
+    async fn refresh_inner(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
+        let Some(digest) = self.registry.manifest_digest().await? else {
+            return Ok(Refreshed::NotPublished);
+        };
+        let a = app.clone();
+        let id = self.id.clone();
+        let (known, count) = tokio::task::spawn_blocking(move || -> Result<_, IndexError> {
+            Ok((a.index.mirrored_digest(&id)?, a.index.count_from(&id)?))
+        })
+        .await??;
+        if known.as_deref() == Some(digest.as_str()) {
+            if let Ok(mut state) = self.state.lock() {
+                state.manifest_digest = Some(digest.clone());
+                state.entries = count;
+            }
+            return Ok(Refreshed::Unchanged {
+                manifest_digest: digest,
+            });
+        }
+        let Some((digest, manifest)) = self.registry.manifest().await? else {
+            return Ok(Refreshed::NotPublished);
+        };
+        let layer = manifest.index_layer().map_err(RefreshError::Format)?;
+        let blob = self
+            .registry
+            .blob_bytes(&layer.digest, MAX_INDEX_BYTES)
+            .await?;
+        let a = app.clone();
+        let id = self.id.clone();
+        let trust = self.trust.clone();
+        let manifest_digest = digest.clone();
+        let (applied, rejected, generated) =
+            tokio::task::spawn_blocking(move || -> Result<_, RefreshError> {
+                let index = CacheIndex::parse(&blob).map_err(RefreshError::Format)?;
+                let mut entries = Vec::with_capacity(index.entries.len());
+                let mut rejected = 0;
+                for (key, entry) in &index.entries {
+                    match mirror_entry(&a, &id, &trust, key, entry) {
+                        Ok(e) => entries.push(e),
+                        Err(reason) => {
+                            rejected += 1;
+                            tracing::warn!(source = %id, hash = %key, reason = %reason, "index entry rejected");
+                        }
+                    }
+                }
+                let applied =
+                    a.index
+                        .apply_mirror(&id, &a.signer, &entries, &manifest_digest, unix_now())?;
+                Ok((applied, rejected, index.generated))
+            })
+            .await??;
+        self.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
+        if let Ok(mut state) = self.state.lock() {
+            state.manifest_digest = Some(digest.clone());
+            state.generated = Some(generated);
+            state.entries = applied.written as u64;
+        }
+        tracing::info!(
+            source = %self.id, repo = %self.repo, written = applied.written,
+            removed = applied.removed, rejected, "OCI index applied"
+        );
+        Ok(Refreshed::Applied {
+            manifest_digest: digest,
+            applied,
+            rejected,
+        })
+    }
+}
+
+/// Checks one index entry and turns it into what the index records, signed by the appliance.
+fn mirror_entry(
+    app: &App,
+    source: &str,
+    trust: &Trust,
+    key: &str,
+    entry: &IndexEntry,
+) -> Result<MirroredEntry, String> {
+    let hash: StoreHash = key
+        .parse()
+        .map_err(|_| "key is not a store hash".to_string())?;
+    let mut narinfo =
+        NarInfo::parse(&entry.narinfo).map_err(|e| format!("invalid narinfo: {e}"))?;
+    if narinfo.store_path.hash != hash {
+        return Err("StorePath does not match its key".into());
+    }
+    if let Trust::Keys(keys) = trust
+        && !narinfo.verify_with(keys)
+    {
+        return Err("no valid signature by a key trusted for this source".into());
+    }
+    if !crate::verify::supported(narinfo.compression) {
+        return Err(format!(
+            "compression {} cannot be verified",
+            narinfo.compression
+        ));
+    }
+    let hex = entry
+        .nar_digest
+        .strip_prefix("sha256:")
+        .ok_or("nar_digest is not sha256")?;
+    let file_hash = Sha256Hash::from_hex(hex).map_err(|e| format!("nar_digest: {e}"))?;
+    if narinfo.file_hash.is_some_and(|h| h != file_hash) {
+        return Err("FileHash differs from nar_digest".into());
+    }
+    let name = NarName {
+        file_hash,
+        compression: narinfo.compression,
+    };
+    narinfo.url = name.url_path();
+    narinfo.file_hash = Some(file_hash);
+    narinfo.file_size = Some(entry.nar_size);
+    if let Some(k) = &app.signing_key {
+        narinfo.sign_with(k);
+    }
+    Ok(MirroredEntry {
+        hash,
+        text: narinfo.to_text(),
+        file_hash,
+        nar: NarRecord {
+            compression: narinfo.compression.as_str().to_string(),
+            file_size: Some(entry.nar_size),
+            nar_hash: narinfo.nar_hash.to_string(),
+            nar_size: narinfo.nar_size,
+            source: source.to_string(),
+            url: format!("sha256:{hex}"),
+        },
+    })
+}
+
+/// Refreshes at start and then every `index_ttl` (or when woken), until shutdown.
+pub async fn run_refresh(app: Arc<App>) {
+    let Some(oci) = app.sources.oci() else {
+        return;
+    };
+    loop {
+        match oci.refresh_once(&app).await {
+            Ok(r) => tracing::debug!(outcome = ?r, "OCI refresh"),
+            Err(e) => {
+                tracing::warn!(source = %oci.id(), error = %e, "OCI refresh failed; keeping the last index")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(oci.ttl) => {}
+            () = oci.wake.notified() => {}
+            () = app.stopped.cancelled() => return,
+        }
+    }
+}

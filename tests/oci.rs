@@ -1,0 +1,463 @@
+//! The OCI source and the publisher against a real registry on loopback (Debian docker-registry) with
+//! GHCR-style token auth, paths built and substituted by the real Nix client.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::registry::{Front, RegistryPeer};
+use common::*;
+use nixcache::config::OciConfig;
+
+const REPO: &str = "Test-Owner/cache-repo";
+
+fn oci_config(data: &Path, registry: &str, ttl: Duration) -> nixcache::config::Config {
+    let mut config = test_config(data, &[]);
+    config.oci = Some(OciConfig {
+        registry: registry.to_string(),
+        repo: REPO.to_string(),
+        index_ttl: ttl,
+        trusted_keys: vec![fixture().public_key.clone()],
+        accept_unsigned: false,
+        token: None,
+    });
+    config
+}
+
+/// Runs `nixcache push` against `registry`, signing with the fixture's key.
+fn push(registry: &str, paths: &[&str]) -> String {
+    let fx = fixture();
+    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .args([
+            "push",
+            "--oci-registry",
+            registry,
+            "--oci-repo",
+            REPO,
+            "--all",
+        ])
+        .arg("--signing-key-file")
+        .arg(&fx.secret_key_file)
+        .arg("--store")
+        .arg(&fx.store)
+        .args(paths)
+        .env("HOME", fx.nix.dir.join("home"))
+        .env(
+            "NIX_CONFIG",
+            "experimental-features = nix-command\nbuild-users-group =\n",
+        )
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("GH_TOKEN")
+        .output()
+        .expect("run nixcache push");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "push failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn gc(registry: &str, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .args(["gc", "--oci-registry", registry, "--oci-repo", REPO])
+        .args(extra)
+        .output()
+        .expect("run nixcache gc");
+    assert!(
+        out.status.success(),
+        "gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn wait_for_entries(cache: &Nixcache, n: u64) -> serde_json::Value {
+    let mut status = cache.status().await;
+    for _ in 0..200 {
+        if status["oci"]["entries"] == n {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = cache.status().await;
+    }
+    panic!("the OCI index never reached {n} entries: {status}");
+}
+
+fn realise(fx: &Fixture, store: &Path, url: &str, path: &str) -> (bool, String) {
+    fx.nix.try_run(
+        "nix-store",
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            "-r",
+            path,
+            "--option",
+            "substituters",
+            url,
+            "--option",
+            "trusted-public-keys",
+            &fx.public_key,
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushed_paths_are_served_and_substituted_and_survive_the_registry_going_down() {
+    let fx = fixture();
+    let mut registry = RegistryPeer::start();
+    let out = push(&registry.url, &[&fx.top]);
+    assert!(
+        out.contains(&format!("pushed {} paths", fx.closure.len())),
+        "{out}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let cache = Nixcache::start(oci_config(&data, &registry.url, Duration::from_secs(3600))).await;
+    let status = wait_for_entries(&cache, fx.closure.len() as u64).await;
+    assert_eq!(status["oci"]["image"], "test-owner/cache-repo/nix-cache");
+    assert!(
+        status["oci"]["manifest_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    let (ok, err) = realise(fx, &work.path().join("storeB"), &cache.url, &fx.top);
+    assert!(ok, "nix-store -r through the OCI source: {err}");
+
+    // A refresh with nothing new downloads nothing.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(outcome["outcome"], "unchanged");
+
+    // The registry goes down; a restart still answers every indexed path and serves the stored NARs.
+    cache.stop().await;
+    registry.stop_registry();
+    let cache = Nixcache::start(oci_config(&data, &registry.url, Duration::from_secs(3600))).await;
+    let (ok, err) = realise(fx, &work.path().join("storeC"), &cache.url, &fx.top);
+    assert!(ok, "offline restart: {err}");
+    let status = cache.status().await;
+    assert!(
+        status["oci"]["last_outcome"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("failed"),
+        "{status}"
+    );
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_push_appears_after_refresh_and_gc_removes_only_unrooted_old_entries() {
+    let fx = fixture();
+    let registry = RegistryPeer::start();
+    push(&registry.url, &[&fx.top]);
+    let work = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(oci_config(
+        &work.path().join("data"),
+        &registry.url,
+        Duration::from_secs(3600),
+    ))
+    .await;
+    wait_for_entries(&cache, fx.closure.len() as u64).await;
+    let big = format!("{}/{}.narinfo", cache.url, hash_of(&fx.big));
+    assert_eq!(reqwest::get(&big).await.unwrap().status(), 404);
+
+    push(&registry.url, &[&fx.big]);
+    // Not visible until a refresh (the TTL is an hour), then visible without a restart.
+    assert_eq!(reqwest::get(&big).await.unwrap().status(), 404);
+    let r = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(outcome["outcome"], "applied", "{outcome}");
+    assert_eq!(
+        outcome["written"],
+        fx.closure.len() as u64 + 1,
+        "both pushes' entries are kept"
+    );
+    assert_eq!(reqwest::get(&big).await.unwrap().status(), 200);
+
+    // gc: the second push made `big` the root; everything else is older than 0 days and unrooted.
+    std::thread::sleep(Duration::from_millis(1100));
+    let dry = gc(&registry.url, &["--retention-days", "0", "--dry-run"]);
+    for path in &fx.closure {
+        assert!(
+            dry.contains(&format!("would remove {}", &path["/nix/store/".len()..])),
+            "{dry}"
+        );
+    }
+    assert!(!dry.contains(hash_of(&fx.big)), "{dry}");
+    let r = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap()["outcome"],
+        "unchanged",
+        "dry run changes nothing"
+    );
+    gc(&registry.url, &["--retention-days", "0"]);
+    let r = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (outcome["written"].as_u64(), outcome["removed"].as_u64()),
+        (Some(1), Some(fx.closure.len() as u64)),
+        "{outcome}"
+    );
+    assert_eq!(reqwest::get(&big).await.unwrap().status(), 200);
+    let top = format!("{}/{}.narinfo", cache.url, hash_of(&fx.top));
+    assert_eq!(reqwest::get(&top).await.unwrap().status(), 404);
+    cache.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_is_allowed_from_loopback_or_with_the_admin_token_only() {
+    use axum::extract::connect_info::MockConnectInfo;
+    use tower::ServiceExt;
+
+    let fx = fixture();
+    let registry = RegistryPeer::start();
+    push(&registry.url, &[&fx.top]);
+    let work = tempfile::tempdir().unwrap();
+    let token_file = work.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let mut config = oci_config(
+        &work.path().join("data"),
+        &registry.url,
+        Duration::from_secs(3600),
+    );
+    config.admin_token_file = Some(token_file);
+    let app = nixcache::app::App::open(config).unwrap();
+    // A router test: the peer address is injected, no traffic leaves loopback.
+    let ask = |peer: &str, token: Option<&str>| {
+        let router = nixcache::server::router(app.clone()).layer(MockConnectInfo(
+            peer.parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let mut request = axum::http::Request::post("/_refresh");
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        router.oneshot(request.body(axum::body::Body::empty()).unwrap())
+    };
+    assert_eq!(ask("192.0.2.7:5000", None).await.unwrap().status(), 403);
+    assert_eq!(
+        ask("192.0.2.7:5000", Some("nope")).await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        ask("192.0.2.7:5000", Some("s3cret-token"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(ask("127.0.0.1:5000", None).await.unwrap().status(), 200);
+    assert_eq!(ask("[::1]:5000", None).await.unwrap().status(), 200);
+    app.shutdown.cancel();
+    app.stopped.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_redirected_to_another_host_are_fetched_without_authorization() {
+    let fx = fixture();
+    let registry = RegistryPeer::start();
+    push(&registry.url, &[&fx.big]);
+    let front = Front::start(&registry).await;
+    *front.expire_first.lock().unwrap() = true;
+    let work = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(oci_config(
+        &work.path().join("data"),
+        &front.url,
+        Duration::from_secs(3600),
+    ))
+    .await;
+    wait_for_entries(&cache, 1).await;
+    let text = reqwest::get(format!("{}/{}.narinfo", cache.url, hash_of(&fx.big)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let url = field(&text, "URL").unwrap();
+    let bytes = reqwest::get(format!("{}/{url}", cache.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(nix_sha256(&bytes), field(&text, "FileHash").unwrap());
+    assert_eq!(
+        front.authorization_leaks.load(Ordering::SeqCst),
+        0,
+        "Authorization never follows the redirect"
+    );
+    // The index blob and the NAR blob were each refused once (expired) and asked for again.
+    assert_eq!(front.storage_requests.load(Ordering::SeqCst), 4);
+    cache.stop().await;
+}
+
+/// Pushes a cache exactly as nixcache-oci's publisher writes it, with plain HTTP calls (no nixcache code):
+/// SRI NarHash, `URL: nar/<store hash>.nar.xz`, References omitted when empty.
+async fn publish_like_nixcache_oci(registry: &str, cache_dir: &Path, paths: &[String]) {
+    let http = reqwest::Client::new();
+    let image = "test-owner/cache-repo/nix-cache";
+    let challenge = http.get(format!("{registry}/v2/")).send().await.unwrap();
+    let header = challenge.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let param = |k: &str| {
+        header
+            .split(&format!("{k}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string()
+    };
+    let token_answer: serde_json::Value = serde_json::from_slice(
+        &http
+            .get(format!(
+                "{}?service={}&scope=repository:{image}:pull,push",
+                param("realm"),
+                param("service")
+            ))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let token = token_answer["token"].as_str().unwrap().to_string();
+    let upload = |bytes: Vec<u8>| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let digest = nixcache::oci::format::digest_of(&bytes);
+            let start = http
+                .post(format!("{registry}/v2/{image}/blobs/uploads/"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(start.status(), 202);
+            let location = start.headers()["location"].to_str().unwrap().to_string();
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let put = http
+                .put(format!("{location}{sep}digest={digest}"))
+                .bearer_auth(&token)
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(put.status(), 201);
+            digest
+        }
+    };
+    let mut entries = serde_json::Map::new();
+    for path in paths {
+        let hash = hash_of(path);
+        let original = std::fs::read_to_string(cache_dir.join(format!("{hash}.narinfo"))).unwrap();
+        let nar = std::fs::read(cache_dir.join(field(&original, "URL").unwrap())).unwrap();
+        let digest = upload(nar.clone()).await;
+        let nar_hash =
+            nixcache::nix::hash::Sha256Hash::parse(field(&original, "NarHash").unwrap()).unwrap();
+        let mut narinfo = String::new();
+        for line in original.lines() {
+            let (k, v) = line
+                .split_once(": ")
+                .unwrap_or((line.trim_end_matches(':'), ""));
+            match k {
+                "URL" => narinfo.push_str(&format!("URL: nar/{hash}.nar.xz\n")),
+                "NarHash" => narinfo.push_str(&format!("NarHash: {}\n", nar_hash.to_sri())),
+                "References" if v.is_empty() => {}
+                _ => narinfo.push_str(&format!("{line}\n")),
+            }
+        }
+        entries.insert(
+            hash.to_string(),
+            serde_json::json!({
+                "added": "2026-01-02T03:04:05Z",
+                "name": &path["/nix/store/".len() + 33..],
+                "nar_digest": digest,
+                "nar_size": nar.len(),
+                "narinfo": narinfo,
+            }),
+        );
+    }
+    let index = serde_json::json!({
+        "version": 1, "generated": "2026-01-02T03:04:05Z", "repo": REPO, "registry": "ghcr.io",
+        "image": image, "public_key": "", "gc_roots": [], "entries": entries,
+    });
+    let index_bytes = serde_json::to_vec_pretty(&index).unwrap();
+    let index_digest = upload(index_bytes.clone()).await;
+    let config_digest = upload(b"{}\n".to_vec()).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": 3},
+        "layers": [{"mediaType": "application/vnd.nix.cache.index.v1+json", "digest": index_digest, "size": index_bytes.len()}],
+    });
+    let put = http
+        .put(format!("{registry}/v2/{image}/manifests/cache-index"))
+        .bearer_auth(&token)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_written_by_nixcache_oci_is_served() {
+    let fx = fixture();
+    let registry = RegistryPeer::start();
+    publish_like_nixcache_oci(&registry.url, &fx.caches["xz"], &fx.closure).await;
+    let work = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(oci_config(
+        &work.path().join("data"),
+        &registry.url,
+        Duration::from_secs(3600),
+    ))
+    .await;
+    wait_for_entries(&cache, fx.closure.len() as u64).await;
+    let dep = fx.closure.iter().find(|p| p.ends_with("-dep")).unwrap();
+    let text = reqwest::get(format!("{}/{}.narinfo", cache.url, hash_of(dep)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Served in Nix's own form: nix32 NarHash, canonical URL, an (empty) References line.
+    assert!(
+        field(&text, "NarHash").unwrap().starts_with("sha256:"),
+        "{text}"
+    );
+    assert!(
+        field(&text, "URL").unwrap().starts_with("nar/") && text.contains("References: \n"),
+        "{text}"
+    );
+    let (ok, err) = realise(fx, &work.path().join("storeB"), &cache.url, &fx.top);
+    assert!(ok, "substituting from a nixcache-oci index: {err}");
+    cache.stop().await;
+}
