@@ -272,7 +272,7 @@ mod tests {
         for (unix, text) in [
             (0, "1970-01-01T00:00:00Z"),
             (951_782_400, "2000-02-29T00:00:00Z"),
-            (1_795_000_000, "2026-11-18T09:06:40Z"),
+            (1_795_000_000, "2026-11-18T11:06:40Z"), // date -u -d @1795000000
         ] {
             assert_eq!(timestamp(unix), text);
             assert_eq!(parse_timestamp(text), Some(unix));
