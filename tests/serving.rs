@@ -506,14 +506,8 @@ async fn best_priority_hit_wins_and_a_failed_upstream_does_not_hide_another() {
     let cache = Nixcache::start(test_config(data.path(), &[&first.url, &second.url])).await;
 
     // Both have it: the first listed wins.
-    first.set_fault(Fault::SlowNar); // narinfos are not slowed; ordering must not depend on timing
     let (text, _) = narinfo(&cache, &fx.top).await;
     assert_eq!(field(&text, "Compression"), Some("xz"));
-    assert_eq!(
-        (first.narinfos(), second.narinfos()),
-        (1, 1),
-        "both asked at once"
-    );
 
     // The first is failing: the second's copy is served, not a 502.
     first.set_fault(Fault::ServerError);
