@@ -7,6 +7,11 @@ need=()
 command -v nix-store >/dev/null || need+=(nix-bin)
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+# mDNS discovery tests: network namespaces, and avahi (with its dbus) as the independent mDNS stack.
+command -v ip >/dev/null || need+=(iproute2)
+command -v avahi-daemon >/dev/null || need+=(avahi-daemon)
+command -v avahi-browse >/dev/null || need+=(avahi-utils)
+command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v openssl >/dev/null || need+=(openssl)
 command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks workflow scripts with it

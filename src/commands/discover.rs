@@ -91,7 +91,7 @@ pub async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
-    found.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+    found.sort_by_key(order_key);
     found.dedup_by(|a, b| a.substituter() == b.substituter() && a.key == b.key);
 
     let lines = nix_conf_lines(&found);
