@@ -14,6 +14,9 @@ command -v avahi-browse >/dev/null || need+=(avahi-utils)
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v openssl >/dev/null || need+=(openssl)
+# Observability tests: a real Prometheus scraping nixcache, and the status page in headless Chromium.
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks workflow scripts with it
 if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::fill::Fills;
 use crate::index::{Index, IndexError};
+use crate::metrics::{Metrics, SourceName};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::sources::{OciSource, Sources, Trust, Upstream};
 use crate::store::{NarStore, StoreError};
@@ -69,6 +70,8 @@ pub struct App {
     pub admin_token: Option<String>,
     /// NAR downloads in progress.
     pub fills: Fills,
+    /// Prometheus metrics and recent activity.
+    pub metrics: Metrics,
     /// When it started, for `/_status`.
     pub started: Instant,
     /// Cancelled when shutdown begins: no new connections, in-flight requests drain.
@@ -121,6 +124,27 @@ impl App {
             }
             None => None,
         };
+        let metrics = Metrics::new(
+            oci.iter()
+                .map(|o| (o.id(), true))
+                .chain(upstreams.iter().map(|u| (u.url(), false)))
+                .map(|(name, oci)| SourceName {
+                    name: name.to_string(),
+                    oci,
+                })
+                .collect(),
+        );
+        let oci = oci.map(|o| {
+            let m = metrics.source(o.id());
+            o.with_metrics(m)
+        });
+        let upstreams = upstreams
+            .into_iter()
+            .map(|u| {
+                let m = metrics.source(u.url());
+                u.with_metrics(m)
+            })
+            .collect();
         let admin_token = match &config.admin_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -150,6 +174,7 @@ impl App {
             signer,
             admin_token,
             fills: Fills::new(MAX_CONCURRENT_FILLS),
+            metrics,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::app::{App, unix_now};
 use crate::index::{IndexError, NarRecord};
+use crate::metrics::NarResult;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
 use crate::sources::SourceError;
@@ -134,6 +135,7 @@ impl Fills {
             .lock()
             .map_err(|_| io::Error::other("fill table poisoned"))?;
         if let Some(fill) = running.get(&name.file_hash) {
+            app.metrics.nar(NarResult::Coalesced, &record.source);
             return Ok(Joined::Fill(fill.clone()));
         }
         // A fill that just finished has left the table after committing: check before starting another.
@@ -150,12 +152,15 @@ impl Fills {
         });
         running.insert(name.file_hash, fill.clone());
         drop(running);
+        app.metrics.nar(NarResult::Miss, &record.source);
         let app = app.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
                 r = run_fill(&app, &name, &record, guard, file, &tx) => r,
                 () = app.stopped.cancelled() => Err(FillError::ShuttingDown),
             };
+            app.metrics
+                .fill_finished(&record.source, &name.to_string(), &outcome);
             let progress = match outcome {
                 Ok(size) => {
                     tracing::info!(nar = %name, source = %record.source, size, "NAR stored");
@@ -201,6 +206,7 @@ async fn run_fill(
         return Err(FillError::Size { expected, got });
     }
     tx.send_replace(Progress::Running { written: 0 });
+    let fetched = app.metrics.fetched_bytes(&record.source);
     let mut body = response.bytes_stream();
     let stall = app.config.stall_timeout;
     let mut verifier = NarVerifier::new(expected(name, record)?)?;
@@ -245,6 +251,7 @@ async fn run_fill(
         .await
         .map_err(io::Error::other)??;
         written += len as u64;
+        fetched.inc_by(len as u64);
         tx.send_replace(Progress::Running { written });
     }
     let app2 = app.clone();

@@ -66,6 +66,7 @@ pub async fn evict_if_needed(app: &Arc<App>) {
             bytes,
             "evicted least recently used NARs"
         );
+        a.metrics.evicted(evicted.len(), bytes);
         Ok(())
     })
     .await;

@@ -2,6 +2,7 @@
 //! on the network. The binary (`main.rs`) only parses arguments; everything lives here so that tests can
 //! drive it.
 
+pub mod activity;
 pub mod app;
 pub mod cli;
 pub mod commands;
@@ -11,6 +12,7 @@ pub mod housekeeping;
 pub mod index;
 pub mod lookup;
 pub mod mdns;
+pub mod metrics;
 pub mod nix;
 pub mod oci;
 pub mod server;

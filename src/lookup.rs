@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::app::{App, unix_now};
 use crate::index::{IndexError, NarRecord};
+use crate::metrics::NarinfoResult;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StoreHash;
@@ -26,13 +27,34 @@ pub enum LookupError {
 
 /// The narinfo text to serve for `hash`, or `None` when it is absent everywhere.
 pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
+    match answer(app, hash).await {
+        Ok((result, source, text)) => {
+            app.metrics.narinfo(result, &source);
+            Ok(text)
+        }
+        Err(e) => {
+            app.metrics.narinfo(NarinfoResult::Error, "");
+            Err(e)
+        }
+    }
+}
+
+/// The answer, how it was reached and the source it came from (counted by the caller).
+async fn answer(
+    app: &Arc<App>,
+    hash: StoreHash,
+) -> Result<(NarinfoResult, String, Option<String>), LookupError> {
     // A hit is a read of a few hundred bytes, mostly from the page cache: done inline, because a hop to
     // the blocking pool per request cost more than the read itself (see docs/benchmarks.md).
-    if let Some((signer, text)) = app.index.narinfo(&hash)? {
-        return Ok(Some(signed_now(app, &signer, text)));
+    if let Some((source, signer, text)) = app.index.narinfo(&hash)? {
+        return Ok((
+            NarinfoResult::Hit,
+            source,
+            Some(signed_now(app, &signer, text)),
+        ));
     }
     if app.index.is_negative(&hash, unix_now())? {
-        return Ok(None);
+        return Ok((NarinfoResult::Negative, String::new(), None));
     }
     match app.sources.lookup(&hash).await {
         Lookup::Found {
@@ -41,18 +63,20 @@ pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, 
             nar_url,
         } => {
             let source_url = app.sources.all()[source].url().to_string();
+            let store_path = narinfo.store_path.to_string();
             let a = app.clone();
-            let text = tokio::task::spawn_blocking(move || {
-                record(&a, hash, *narinfo, source_url, nar_url)
-            })
-            .await??;
-            Ok(Some(text))
+            let recorded = source_url.clone();
+            let text =
+                tokio::task::spawn_blocking(move || record(&a, hash, *narinfo, recorded, nar_url))
+                    .await??;
+            app.metrics.fetched_narinfo(&store_path, &source_url);
+            Ok((NarinfoResult::Fetched, source_url, Some(text)))
         }
         Lookup::Absent => {
             let a = app.clone();
             let until = unix_now() + app.config.negative_ttl.as_secs();
             tokio::task::spawn_blocking(move || a.index.record_negative(&hash, until)).await??;
-            Ok(None)
+            Ok((NarinfoResult::Miss, String::new(), None))
         }
         Lookup::Failed(e) => Err(e.into()),
     }

@@ -141,13 +141,16 @@ impl Index {
         })
     }
 
-    /// The narinfo recorded for `hash`: (signer, text), the text signed by `signer`.
-    pub fn narinfo(&self, hash: &StoreHash) -> Result<Option<(String, String)>, IndexError> {
+    /// The narinfo recorded for `hash`: (source, signer, text), the text signed by `signer`.
+    pub fn narinfo(
+        &self,
+        hash: &StoreHash,
+    ) -> Result<Option<(String, String, String)>, IndexError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(NARINFO)?;
         Ok(table.get(hash.as_str())?.map(|v| {
-            let (_, _, signer, text) = v.value();
-            (signer.to_string(), text.to_string())
+            let (_, source, signer, text) = v.value();
+            (source.to_string(), signer.to_string(), text.to_string())
         }))
     }
 

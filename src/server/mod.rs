@@ -2,6 +2,8 @@
 
 pub mod error;
 pub mod nar;
+pub mod observe;
+pub mod status_page;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// All routes of the appliance.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(status_page::page))
+        .route("/metrics", get(observe::metrics))
         .route("/nix-cache-info", get(cache_info))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/_status", get(status))
@@ -37,6 +41,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nar/{name}", get(nar::get_nar))
         .route("/{file}", get(narinfo))
         .fallback(|| async { ApiError::NotFound("not found") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            observe::track,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
 }
@@ -192,6 +200,10 @@ struct Status {
     fills_in_flight: usize,
     oci: Option<OciStatus>,
     upstreams: Vec<UpstreamStatus>,
+    /// Counters since start (requests, bytes, fills, evictions).
+    traffic: crate::metrics::Traffic,
+    /// The last things that happened, newest first.
+    recent_activity: Vec<crate::activity::Event>,
 }
 
 #[derive(Serialize)]
@@ -212,9 +224,14 @@ struct UpstreamStatus {
 }
 
 async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
+    Ok(Json(collect_status(&app).await?))
+}
+
+/// What `/_status` answers and the status page shows.
+async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
     let a = app.clone();
     let index = tokio::task::spawn_blocking(move || a.index.stats()).await??;
-    Ok(Json(Status {
+    Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: app.started.elapsed().as_secs(),
         signing_key: app.signing_key.as_ref().map(|k| k.name().to_string()),
@@ -250,5 +267,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
                 health: u.health().snapshot(),
             })
             .collect(),
-    }))
+        traffic: app.metrics.traffic(),
+        recent_activity: app.metrics.activity().recent(),
+    })
 }

@@ -9,12 +9,14 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::error::ApiError;
 use crate::app::{App, unix_now};
 use crate::fill::{self, Fills, Joined};
+use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
 use crate::sources::SourceError;
 
@@ -65,6 +67,9 @@ pub async fn get_nar(
     let range = parse_range(headers.get(header::RANGE));
     if stored {
         if let Some(response) = serve_file(&app, &name, range).await? {
+            if method != Method::HEAD {
+                app.metrics.nar(NarResult::Hit, &record.source);
+            }
             return Ok(response);
         }
         // The index said stored but the file is gone (removed by hand?): forget it and fetch again.
@@ -83,15 +88,22 @@ pub async fn get_nar(
         }
         return Ok(response);
     }
+    let source = record.source.clone();
     match Fills::join_or_start(&app, name, record)? {
-        Joined::Stored => serve_file(&app, &name, range)
-            .await?
-            .ok_or_else(|| ApiError::Internal("stored NAR vanished".into())),
+        Joined::Stored => {
+            let response = serve_file(&app, &name, range)
+                .await?
+                .ok_or_else(|| ApiError::Internal("stored NAR vanished".into()))?;
+            app.metrics.nar(NarResult::Hit, &source);
+            Ok(response)
+        }
         Joined::Fill(fill) => {
             if !fill.started().await {
+                app.metrics.nar(NarResult::Error, &source);
                 return Err(ApiError::Upstream(SourceError::NarDownload));
             }
-            Ok(serve_fill(fill, range))
+            let served = app.metrics.served_bytes(Some(&source));
+            Ok(serve_fill(fill, range, served))
         }
     }
 }
@@ -148,13 +160,33 @@ async fn serve_file(
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    *response.body_mut() =
-        Body::from_stream(ReaderStream::with_capacity(file.take(len), SEND_CHUNK));
+    let served = app.metrics.served_bytes(None);
+    let body = ReaderStream::with_capacity(file.take(len), SEND_CHUNK);
+    *response.body_mut() = Body::from_stream(count_sent(body, served));
     Ok(Some(response))
 }
 
+/// Counts the bytes of a body as they are handed to the connection (a HEAD never polls its body).
+fn count_sent<S>(
+    body: S,
+    served: prometheus::IntCounter,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send
+where
+    S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send,
+{
+    body.inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            served.inc_by(bytes.len() as u64);
+        }
+    })
+}
+
 /// Streams a running fill. With a known size, `bytes=N-` is honoured (Nix resumes that way).
-fn serve_fill(fill: Arc<fill::Fill>, range: Option<ByteRange>) -> Response {
+fn serve_fill(
+    fill: Arc<fill::Fill>,
+    range: Option<ByteRange>,
+    served: prometheus::IntCounter,
+) -> Response {
     let mut response = Response::new(Body::empty());
     nar_headers(response.headers_mut(), fill.size.is_some());
     let mut start = 0;
@@ -176,7 +208,7 @@ fn serve_fill(fill: Arc<fill::Fill>, range: Option<ByteRange>) -> Response {
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size - start));
     }
-    *response.body_mut() = Body::from_stream(fill::reader(fill, start));
+    *response.body_mut() = Body::from_stream(count_sent(fill::reader(fill, start), served));
     response
 }
 

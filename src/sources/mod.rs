@@ -74,7 +74,48 @@ pub enum NarinfoAnswer {
     /// It says it does not have it.
     Absent,
     /// It answered something unusable (logged with the reason); treated as absent from this source.
-    Rejected(String),
+    Rejected(Rejection, String),
+}
+
+/// Why a source's narinfo (or an OCI index entry) was refused: a small fixed set, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a narinfo this appliance accepts (parse error, not UTF-8, too large).
+    Invalid,
+    /// Its StorePath is not the one asked for.
+    StorePath,
+    /// No valid signature by a key trusted for the source.
+    Signature,
+    /// A compression the appliance cannot verify.
+    Compression,
+    /// No usable FileHash (a compressed NAR without one, or one that contradicts the blob digest).
+    FileHash,
+    /// Its NAR URL is not an http(s) URL.
+    NarUrl,
+}
+
+impl Rejection {
+    /// Every reason, for metrics that list them all from the start.
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Invalid,
+        Rejection::StorePath,
+        Rejection::Signature,
+        Rejection::Compression,
+        Rejection::FileHash,
+        Rejection::NarUrl,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Invalid => "invalid",
+            Rejection::StorePath => "store_path",
+            Rejection::Signature => "signature",
+            Rejection::Compression => "compression",
+            Rejection::FileHash => "file_hash",
+            Rejection::NarUrl => "nar_url",
+        }
+    }
 }
 
 /// The outcome of asking every source.

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Health, HealthSnapshot, SourceError, Trust};
+use super::{Health, HealthSnapshot, Rejection, SourceError, Trust};
 use crate::app::{App, unix_now};
 use crate::config::OciConfig;
 use crate::index::{Applied, IndexError, MirroredEntry, NarRecord};
+use crate::metrics::{RequestKind, SourceMetrics};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::NarInfo;
@@ -97,6 +98,7 @@ pub struct OciSource {
     refreshing: tokio::sync::Mutex<()>,
     state: Mutex<IndexState>,
     rejected: AtomicU64,
+    metrics: SourceMetrics,
     /// Wakes the refresh loop early (`POST /_refresh`).
     pub wake: tokio::sync::Notify,
 }
@@ -133,8 +135,15 @@ impl OciSource {
             refreshing: tokio::sync::Mutex::new(()),
             state: Mutex::new(IndexState::default()),
             rejected: AtomicU64::new(0),
+            metrics: SourceMetrics::default(),
             wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Records its registry requests, refreshes and refused entries in `metrics`.
+    pub fn with_metrics(mut self, metrics: SourceMetrics) -> OciSource {
+        self.metrics = metrics;
+        self
     }
 
     /// The name recorded as the source of its narinfos and NARs.
@@ -169,12 +178,17 @@ impl OciSource {
 
     /// Starts the download of a NAR blob by digest.
     pub async fn get_nar(&self, digest: &str) -> Result<reqwest::Response, SourceError> {
-        self.health.check()?;
+        if let Err(e) = self.health.check() {
+            self.metrics.backed_off(RequestKind::Nar);
+            return Err(e);
+        }
+        let started = Instant::now();
         let result = self
             .registry
             .blob(digest, None)
             .await
             .map_err(SourceError::from);
+        self.metrics.observe(RequestKind::Nar, started, &result);
         match &result {
             Ok(_) => self.health.success(),
             Err(e) => self.health.failure(e),
@@ -187,6 +201,7 @@ impl OciSource {
         let _one_at_a_time = self.refreshing.lock().await;
         let started = Instant::now();
         let result = self.refresh_inner(app).await;
+        self.metrics.refreshed(&result, started.elapsed());
         let now = unix_now();
         if let Ok(mut state) = self.state.lock() {
             state.last_refresh = Some(now);
@@ -245,6 +260,7 @@ impl OciSource {
         let a = app.clone();
         let id = self.id.clone();
         let trust = self.trust.clone();
+        let metrics = self.metrics.clone();
         let manifest_digest = digest.clone();
         let (applied, rejected, generated) =
             tokio::task::spawn_blocking(move || -> Result<_, RefreshError> {
@@ -254,8 +270,9 @@ impl OciSource {
                 for (key, entry) in &index.entries {
                     match mirror_entry(&a, &id, &trust, key, entry) {
                         Ok(e) => entries.push(e),
-                        Err(reason) => {
+                        Err((why, reason)) => {
                             rejected += 1;
+                            metrics.entry_rejected(why, &reason);
                             tracing::warn!(source = %id, hash = %key, reason = %reason, "index entry rejected");
                         }
                     }
@@ -291,33 +308,42 @@ fn mirror_entry(
     trust: &Trust,
     key: &str,
     entry: &IndexEntry,
-) -> Result<MirroredEntry, String> {
+) -> Result<MirroredEntry, (Rejection, String)> {
+    let invalid = |reason: String| (Rejection::Invalid, reason);
     let hash: StoreHash = key
         .parse()
-        .map_err(|_| "key is not a store hash".to_string())?;
+        .map_err(|_| invalid("key is not a store hash".into()))?;
     let mut narinfo =
-        NarInfo::parse(&entry.narinfo).map_err(|e| format!("invalid narinfo: {e}"))?;
+        NarInfo::parse(&entry.narinfo).map_err(|e| invalid(format!("invalid narinfo: {e}")))?;
     if narinfo.store_path.hash != hash {
-        return Err("StorePath does not match its key".into());
+        return Err((
+            Rejection::StorePath,
+            "StorePath does not match its key".into(),
+        ));
     }
     if let Trust::Keys(keys) = trust
         && !narinfo.verify_with(keys)
     {
-        return Err("no valid signature by a key trusted for this source".into());
-    }
-    if !crate::verify::supported(narinfo.compression) {
-        return Err(format!(
-            "compression {} cannot be verified",
-            narinfo.compression
+        return Err((
+            Rejection::Signature,
+            "no valid signature by a key trusted for this source".into(),
         ));
     }
+    if !crate::verify::supported(narinfo.compression) {
+        return Err((
+            Rejection::Compression,
+            format!("compression {} cannot be verified", narinfo.compression),
+        ));
+    }
+    let file_hash_error = |reason: String| (Rejection::FileHash, reason);
     let hex = entry
         .nar_digest
         .strip_prefix("sha256:")
-        .ok_or("nar_digest is not sha256")?;
-    let file_hash = Sha256Hash::from_hex(hex).map_err(|e| format!("nar_digest: {e}"))?;
+        .ok_or_else(|| file_hash_error("nar_digest is not sha256".into()))?;
+    let file_hash =
+        Sha256Hash::from_hex(hex).map_err(|e| file_hash_error(format!("nar_digest: {e}")))?;
     if narinfo.file_hash.is_some_and(|h| h != file_hash) {
-        return Err("FileHash differs from nar_digest".into());
+        return Err(file_hash_error("FileHash differs from nar_digest".into()));
     }
     let name = NarName {
         file_hash,

@@ -2,12 +2,13 @@
 //! behind any web server), asked per request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Url};
 
-use super::{Health, NarinfoAnswer, SourceError};
+use super::{Health, NarinfoAnswer, Rejection, SourceError};
+use crate::metrics::{RequestKind, SourceMetrics};
 use crate::nix::narinfo::{MAX_NARINFO_BYTES, NarInfo};
 use crate::nix::signing::PublicKey;
 use crate::nix::store_path::StoreHash;
@@ -30,6 +31,7 @@ pub struct Upstream {
     trust: Trust,
     health: Health,
     rejected: AtomicU64,
+    metrics: SourceMetrics,
 }
 
 fn http_error(e: reqwest::Error) -> SourceError {
@@ -57,7 +59,14 @@ impl Upstream {
             trust,
             health: Health::default(),
             rejected: AtomicU64::new(0),
+            metrics: SourceMetrics::default(),
         })
+    }
+
+    /// Records its requests, errors and refusals in `metrics` (the appliance's; others record nothing).
+    pub fn with_metrics(mut self, metrics: SourceMetrics) -> Upstream {
+        self.metrics = metrics;
+        self
     }
 
     /// How many of its narinfos were refused (invalid, unsigned, badly signed, unverifiable).
@@ -82,14 +91,20 @@ impl Upstream {
 
     /// Asks for the narinfo of `hash`, validated strictly, within the time limit.
     pub async fn narinfo(&self, hash: &StoreHash) -> Result<NarinfoAnswer, SourceError> {
-        self.health.check()?;
+        if let Err(e) = self.health.check() {
+            self.metrics.backed_off(RequestKind::Narinfo);
+            return Err(e);
+        }
+        let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.fetch_narinfo(hash))
             .await
             .unwrap_or(Err(SourceError::Timeout));
+        self.metrics.observe(RequestKind::Narinfo, started, &result);
         match &result {
-            Ok(NarinfoAnswer::Rejected(reason)) => {
+            Ok(NarinfoAnswer::Rejected(why, reason)) => {
                 tracing::warn!(source = %self.url, hash = %hash, reason = %reason, "upstream narinfo rejected");
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected(*why, reason);
                 self.health.success();
             }
             Ok(_) => self.health.success(),
@@ -122,33 +137,49 @@ impl Upstream {
         }
         let body = read_capped(response, MAX_NARINFO_BYTES).await?;
         let Ok(text) = String::from_utf8(body) else {
-            return Ok(NarinfoAnswer::Rejected("narinfo is not UTF-8".into()));
+            return Ok(NarinfoAnswer::Rejected(
+                Rejection::Invalid,
+                "narinfo is not UTF-8".into(),
+            ));
         };
         let narinfo = match NarInfo::parse(&text) {
             Ok(n) => n,
-            Err(e) => return Ok(NarinfoAnswer::Rejected(format!("invalid narinfo: {e}"))),
+            Err(e) => {
+                return Ok(NarinfoAnswer::Rejected(
+                    Rejection::Invalid,
+                    format!("invalid narinfo: {e}"),
+                ));
+            }
         };
         if narinfo.store_path.hash != *hash {
-            return Ok(NarinfoAnswer::Rejected(format!(
-                "StorePath {} does not match the requested hash",
-                narinfo.store_path
-            )));
+            return Ok(NarinfoAnswer::Rejected(
+                Rejection::StorePath,
+                format!(
+                    "StorePath {} does not match the requested hash",
+                    narinfo.store_path
+                ),
+            ));
         }
         if let Trust::Keys(keys) = &self.trust
             && !narinfo.verify_with(keys)
         {
             return Ok(NarinfoAnswer::Rejected(
+                Rejection::Signature,
                 "no valid signature by a key trusted for this source".into(),
             ));
         }
         if !crate::verify::supported(narinfo.compression) {
-            return Ok(NarinfoAnswer::Rejected(format!(
-                "compression {} cannot be verified here",
-                narinfo.compression.as_str()
-            )));
+            return Ok(NarinfoAnswer::Rejected(
+                Rejection::Compression,
+                format!(
+                    "compression {} cannot be verified here",
+                    narinfo.compression.as_str()
+                ),
+            ));
         }
         if narinfo.file_hash_or_nar().is_none() {
             return Ok(NarinfoAnswer::Rejected(
+                Rejection::FileHash,
                 "compressed NAR without FileHash cannot be stored content-addressed".into(),
             ));
         }
@@ -156,10 +187,10 @@ impl Upstream {
         let nar_url = match url.join(&narinfo.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             _ => {
-                return Ok(NarinfoAnswer::Rejected(format!(
-                    "NAR URL {:?} is not an http(s) URL",
-                    narinfo.url
-                )));
+                return Ok(NarinfoAnswer::Rejected(
+                    Rejection::NarUrl,
+                    format!("NAR URL {:?} is not an http(s) URL", narinfo.url),
+                ));
             }
         };
         Ok(NarinfoAnswer::Found {
@@ -170,12 +201,14 @@ impl Upstream {
 
     /// Starts the download of a NAR file: the response once its status is 200 (within the time limit).
     pub async fn get_nar(&self, url: &str) -> Result<reqwest::Response, SourceError> {
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.client.get(url).send()).await {
             Err(_) => Err(SourceError::Timeout),
             Ok(Err(e)) => Err(http_error(e)),
             Ok(Ok(r)) if r.status() == StatusCode::OK => Ok(r),
             Ok(Ok(r)) => Err(SourceError::Status(r.status().as_u16())),
         };
+        self.metrics.observe(RequestKind::Nar, started, &result);
         match &result {
             Ok(_) => self.health.success(),
             Err(e) => self.health.failure(e),

@@ -1,0 +1,298 @@
+//! The appliance's Prometheus metrics: one registry per [`crate::app::App`] (never a global), the handles
+//! the serving path records into, and the totals that `/_status` and the status page show.
+//!
+//! Labels come only from small fixed sets: route templates, methods, statuses, results, and the names of
+//! the configured sources. A source recorded in the index that is no longer configured is [`OTHER_SOURCE`].
+//! Every label combination a dashboard sums over is created at start, so panels show 0 instead of nothing.
+
+mod handles;
+mod labels;
+mod source;
+mod traffic;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, TextEncoder};
+
+use crate::activity::{Activity, EventKind};
+use crate::fill::FillError;
+use crate::index::IndexStats;
+use crate::sources::HealthSnapshot;
+use handles::Inner;
+use labels::fill_failure;
+pub use labels::{
+    FROM_DISK, NO_SOURCE, NarResult, NarinfoResult, OTHER_SOURCE, RequestKind, SourceName,
+};
+pub use source::SourceMetrics;
+pub use traffic::Traffic;
+
+/// The metric handles and the registry they are in. Cloning shares them.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+/// What the appliance looks like at scrape time, for the gauges that are read rather than kept.
+pub struct Snapshot<'a> {
+    /// Index and store counts.
+    pub index: IndexStats,
+    /// The store cap.
+    pub max_bytes: u64,
+    /// Fills running.
+    pub fills_in_flight: usize,
+    /// Each configured source's health, by name.
+    pub health: Vec<(&'a str, HealthSnapshot)>,
+    /// The OCI source's (name, entries, unix time of the last successful refresh).
+    pub oci_index: Option<(&'a str, u64, Option<u64>)>,
+}
+
+impl Metrics {
+    /// A registry with every metric, and the label sets of `sources` created at zero.
+    pub fn new(sources: Vec<SourceName>) -> Metrics {
+        Metrics {
+            inner: Arc::new(Inner::new(sources)),
+        }
+    }
+
+    /// The recent activity the status page shows.
+    pub fn activity(&self) -> &Activity {
+        &self.inner.activity
+    }
+
+    /// The handle a source records its requests with.
+    pub fn source(&self, name: &str) -> SourceMetrics {
+        SourceMetrics {
+            target: Some((self.clone(), self.source_label(name).into())),
+        }
+    }
+
+    /// The label of a source as recorded in the index: its name when configured, [`OTHER_SOURCE`] if not.
+    pub fn source_label<'a>(&'a self, recorded: &str) -> &'a str {
+        self.inner
+            .sources
+            .iter()
+            .find(|s| s.name == recorded)
+            .map_or(OTHER_SOURCE, |s| s.name.as_str())
+    }
+
+    /// Counts an answered HTTP request.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        let status = status.to_string();
+        let i = &self.inner;
+        i.http_requests
+            .with_label_values(&[route, method, &status])
+            .inc();
+        i.http_duration
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a narinfo answer. `source` is the recorded source name (ignored for misses and errors).
+    pub fn narinfo(&self, result: NarinfoResult, source: &str) {
+        let source = if result.has_source() {
+            self.source_label(source)
+        } else {
+            NO_SOURCE
+        };
+        self.inner
+            .narinfo_requests
+            .with_label_values(&[result.as_str(), source])
+            .inc();
+    }
+
+    /// Counts a NAR answer; `source` is the one recorded for the NAR.
+    pub fn nar(&self, result: NarResult, source: &str) {
+        self.inner
+            .nar_requests
+            .with_label_values(&[result.as_str(), self.source_label(source)])
+            .inc();
+    }
+
+    /// The counter of bytes sent to clients from disk (`source` = None) or from a download from `source`.
+    pub fn served_bytes(&self, source: Option<&str>) -> IntCounter {
+        let from = source.map_or(FROM_DISK, |s| self.source_label(s));
+        self.inner.served_bytes.with_label_values(&[from])
+    }
+
+    /// The counter of bytes downloaded from `source`.
+    pub fn fetched_bytes(&self, source: &str) -> IntCounter {
+        self.inner
+            .fetched_bytes
+            .with_label_values(&[self.source_label(source)])
+    }
+
+    /// Counts a finished fill and notes it in the recent activity.
+    pub fn fill_finished(&self, source: &str, nar: &str, outcome: &Result<u64, FillError>) {
+        let label = self.source_label(source);
+        let i = &self.inner;
+        match outcome {
+            Ok(size) => {
+                i.fills.with_label_values(&[label, "stored"]).inc();
+                i.activity.record(
+                    EventKind::Stored,
+                    format!("stored NAR {nar} ({}) from {label}", human_bytes(*size)),
+                );
+            }
+            Err(e) => {
+                let (result, check, reason) = fill_failure(e);
+                i.fills.with_label_values(&[label, result]).inc();
+                if let Some(check) = check {
+                    i.verification_failures
+                        .with_label_values(&[label, check])
+                        .inc();
+                }
+                let kind = if check.is_some() {
+                    EventKind::Rejected
+                } else {
+                    EventKind::Failed
+                };
+                i.activity
+                    .record(kind, format!("NAR {nar} from {label}: {reason}"));
+            }
+        }
+    }
+
+    /// Counts NARs evicted under the cap and notes it in the recent activity.
+    pub fn evicted(&self, nars: usize, bytes: u64) {
+        if nars == 0 {
+            return;
+        }
+        self.inner.evictions.inc_by(nars as u64);
+        self.inner.evicted_bytes.inc_by(bytes);
+        self.inner.activity.record(
+            EventKind::Evicted,
+            format!(
+                "evicted {nars} least recently used NARs ({})",
+                human_bytes(bytes)
+            ),
+        );
+    }
+
+    /// Notes a narinfo recorded from a source in the recent activity.
+    pub fn fetched_narinfo(&self, store_path: &str, source: &str) {
+        self.inner.activity.record(
+            EventKind::Fetched,
+            format!("{store_path} from {}", self.source_label(source)),
+        );
+    }
+
+    /// The Prometheus text exposition, with the read-at-scrape gauges set from `snapshot` first.
+    pub fn render(&self, snapshot: &Snapshot<'_>) -> Result<String, prometheus::Error> {
+        let i = &self.inner;
+        i.store_bytes.set(clamp(snapshot.index.store_bytes));
+        i.store_nars.set(clamp(snapshot.index.nars_stored));
+        i.store_max_bytes.set(clamp(snapshot.max_bytes));
+        i.index_narinfos.set(clamp(snapshot.index.narinfos));
+        i.index_nars.set(clamp(snapshot.index.nars_known));
+        i.index_negative.set(clamp(snapshot.index.negative));
+        i.fills_in_flight
+            .set(clamp(snapshot.fills_in_flight as u64));
+        for (name, health) in &snapshot.health {
+            i.source_up
+                .with_label_values(&[self.source_label(name)])
+                .set(i64::from(health.healthy));
+        }
+        if let Some((name, entries, last_success)) = snapshot.oci_index {
+            let label = self.source_label(name);
+            i.index_entries
+                .with_label_values(&[label])
+                .set(clamp(entries));
+            if let Some(at) = last_success {
+                i.index_last_success
+                    .with_label_values(&[label])
+                    .set(clamp(at));
+            }
+        }
+        TextEncoder::new().encode_to_string(&i.registry.gather())
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `1.5 MiB`-style sizes, for people.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(vec![
+            SourceName {
+                name: "http://up/".into(),
+                oci: false,
+            },
+            SourceName {
+                name: "oci:http://reg/o/r".into(),
+                oci: true,
+            },
+        ])
+    }
+
+    #[test]
+    fn unknown_sources_share_one_label() {
+        let m = metrics();
+        assert_eq!(m.source_label("http://up/"), "http://up/");
+        assert_eq!(m.source_label("http://gone/"), OTHER_SOURCE);
+        m.narinfo(NarinfoResult::Hit, "http://gone/");
+        m.narinfo(NarinfoResult::Hit, "http://up/");
+        m.narinfo(NarinfoResult::Miss, "http://up/");
+        let t = m.traffic();
+        assert_eq!((t.narinfo_hits, t.narinfo_misses), (2, 1));
+        let text = m.render(&empty_snapshot()).unwrap();
+        assert!(text.contains(r#"nixcache_narinfo_requests_total{result="hit",source="other"} 1"#));
+        assert!(text.contains(r#"nixcache_narinfo_requests_total{result="miss",source="none"} 1"#));
+    }
+
+    fn empty_snapshot() -> Snapshot<'static> {
+        Snapshot {
+            index: IndexStats::default(),
+            max_bytes: 1,
+            fills_in_flight: 0,
+            health: Vec::new(),
+            oci_index: None,
+        }
+    }
+
+    #[test]
+    fn label_sets_exist_from_the_start() {
+        let text = metrics().render(&empty_snapshot()).unwrap();
+        for line in [
+            r#"nixcache_source_errors_total{error="timeout",kind="narinfo",source="http://up/"} 0"#,
+            r#"nixcache_index_refreshes_total{outcome="failed",source="oci:http://reg/o/r"} 0"#,
+            r#"nixcache_served_bytes_total{from="disk"} 0"#,
+            r#"nixcache_build_info{version=""#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // An OCI source asks for no narinfos; an upstream has no index.
+        assert!(!text.contains(r#"kind="narinfo",source="oci:"#));
+        assert!(
+            !text.contains(
+                r#"nixcache_index_refreshes_total{outcome="failed",source="http://up/"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
+    }
+}
