@@ -185,9 +185,13 @@ async fn second_push_appears_after_refresh_and_gc_removes_only_unrooted_old_entr
     let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(outcome["outcome"], "applied", "{outcome}");
     assert_eq!(
-        outcome["written"],
-        fx.closure.len() as u64 + 1,
-        "both pushes' entries are kept"
+        outcome["written"], 1,
+        "only the new entry is checked and written"
+    );
+    assert_eq!(
+        outcome["unchanged"],
+        fx.closure.len() as u64,
+        "the first push's entries are kept"
     );
     assert_eq!(reqwest::get(&big).await.unwrap().status(), 200);
 
@@ -219,8 +223,12 @@ async fn second_push_appears_after_refresh_and_gc_removes_only_unrooted_old_entr
         .unwrap();
     let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(
-        (outcome["written"].as_u64(), outcome["removed"].as_u64()),
-        (Some(1), Some(fx.closure.len() as u64)),
+        (
+            outcome["written"].as_u64(),
+            outcome["unchanged"].as_u64(),
+            outcome["removed"].as_u64()
+        ),
+        (Some(0), Some(1), Some(fx.closure.len() as u64)),
         "{outcome}"
     );
     assert_eq!(reqwest::get(&big).await.unwrap().status(), 200);
@@ -459,5 +467,93 @@ async fn an_index_written_by_nixcache_oci_is_served() {
     );
     let (ok, err) = realise(fx, &work.path().join("storeB"), &cache.url, &fx.top);
     assert!(ok, "substituting from a nixcache-oci index: {err}");
+    cache.stop().await;
+}
+
+/// Runs `nixcache push` with extra arguments (not `--all`), returning (success, stdout + stderr).
+fn push_with(registry: &str, extra: &[&str], paths: &[&str]) -> (bool, String) {
+    let fx = fixture();
+    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .args(["push", "--oci-registry", registry, "--oci-repo", REPO])
+        .arg("--signing-key-file")
+        .arg(&fx.secret_key_file)
+        .arg("--store")
+        .arg(&fx.store)
+        .args(extra)
+        .args(paths)
+        .env("HOME", fx.nix.dir.join("home"))
+        .env(
+            "NIX_CONFIG",
+            "experimental-features = nix-command\nbuild-users-group =\n",
+        )
+        .output()
+        .expect("run nixcache push");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_skips_what_the_upstream_already_has() {
+    let fx = fixture();
+    let registry = RegistryPeer::start();
+    // The upstream has the closure except `top`.
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("upstream");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(&fx.caches["xz"])
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(copy.join(format!("{}.narinfo", hash_of(&fx.top)))).unwrap();
+    let up = TestUpstream::start(&copy).await;
+    let (ok, out) = push_with(&registry.url, &["--upstream", &up.url], &[&fx.top]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} paths in the closure, 1 to publish",
+            fx.closure.len()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("pushed 1 paths"), "{out}");
+    assert_eq!(
+        up.narinfos(),
+        fx.closure.len(),
+        "every closure path was asked about"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_publishers_keep_each_others_entries() {
+    let fx = fixture();
+    let registry = RegistryPeer::start();
+    let url = registry.url.clone();
+    let (top, big) = (fx.top.clone(), fx.big.clone());
+    let a = std::thread::spawn({
+        let url = url.clone();
+        move || push_with(&url, &["--all"], &[&top])
+    });
+    let b = std::thread::spawn(move || push_with(&url, &["--all"], &[&big]));
+    for (ok, out) in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(ok, "{out}");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(oci_config(
+        &work.path().join("data"),
+        &registry.url,
+        Duration::from_secs(3600),
+    ))
+    .await;
+    wait_for_entries(&cache, fx.closure.len() as u64 + 1).await;
     cache.stop().await;
 }

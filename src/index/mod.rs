@@ -87,6 +87,8 @@ pub struct MirroredEntry {
     pub hash: StoreHash,
     /// The narinfo text as served (canonical URL, signed).
     pub text: String,
+    /// sha256 of the raw index entry, to recognise it unchanged next time.
+    pub entry_digest: [u8; 32],
     /// Its FileHash (the blob digest).
     pub file_hash: Sha256Hash,
     /// The NAR record.
@@ -98,6 +100,8 @@ pub struct MirroredEntry {
 pub struct Applied {
     /// Entries written (new or updated).
     pub written: usize,
+    /// Entries unchanged since the last refresh (neither checked again nor rewritten).
+    pub unchanged: usize,
     /// Entries of this source that are no longer in its index, removed.
     pub removed: usize,
 }
@@ -133,6 +137,7 @@ impl Index {
             tx.open_table(NAR_STORED)?;
             tx.open_table(NEGATIVE)?;
             tx.open_table(COUNTERS)?;
+            tx.open_table(MIRROR)?;
         }
         tx.commit()?;
         Ok(Index {
@@ -191,23 +196,35 @@ impl Index {
         Ok(())
     }
 
-    /// Replaces everything recorded from `source` by `entries`, in one transaction, and remembers the
-    /// manifest digest they came from. Readers see the old index or the new one, never a mix.
+    /// The raw-entry digests of what was mirrored last time (store hash → digest).
+    pub fn mirror_digests(&self) -> Result<HashMap<String, [u8; 32]>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let mut out = HashMap::new();
+        for row in tx.open_table(MIRROR)?.iter()? {
+            let (k, v) = row?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// Makes `source`'s rows the mirrored index: `changed` entries are written, rows of `keep` stay as
+    /// they are, every other row of `source` goes — in one transaction, so readers see the old index or
+    /// the new one, never a mix. Remembers the manifest digest it came from.
     pub fn apply_mirror(
         &self,
         source: &str,
         signer: &str,
-        entries: &[MirroredEntry],
+        changed: &[MirroredEntry],
+        keep: &std::collections::HashSet<String>,
         manifest_digest: &str,
         now: u64,
     ) -> Result<Applied, IndexError> {
-        let keep: std::collections::HashSet<&str> =
-            entries.iter().map(|e| e.hash.as_str()).collect();
         let mut tx = self.db.begin_write()?;
         tx.set_quick_repair(true);
         let mut applied = Applied::default();
         {
             let mut narinfos = tx.open_table(NARINFO)?;
+            let mut mirror = tx.open_table(MIRROR)?;
             let mut stale = Vec::new();
             for row in narinfos.iter()? {
                 let (k, v) = row?;
@@ -217,13 +234,15 @@ impl Index {
             }
             for key in &stale {
                 narinfos.remove(key.as_str())?;
+                mirror.remove(key.as_str())?;
             }
             applied.removed = stale.len();
             let mut nars = tx.open_table(NAR)?;
             let stored = tx.open_table(NAR_STORED)?;
             let mut negative = tx.open_table(NEGATIVE)?;
-            for e in entries {
+            for e in changed {
                 narinfos.insert(e.hash.as_str(), (now, source, signer, e.text.as_str()))?;
+                mirror.insert(e.hash.as_str(), e.entry_digest)?;
                 if stored.get(e.file_hash.0)?.is_none() {
                     let encoded = serde_json::to_vec(&e.nar)
                         .map_err(|err| IndexError::Corrupt(err.to_string()))?;
@@ -231,7 +250,8 @@ impl Index {
                 }
                 negative.remove(e.hash.as_str())?;
             }
-            applied.written = entries.len();
+            applied.written = changed.len();
+            applied.unchanged = keep.len().saturating_sub(changed.len());
             tx.open_table(META)?
                 .insert(format!("manifest {source}").as_str(), manifest_digest)?;
         }

@@ -21,6 +21,10 @@ pub const NEGATIVE: TableDefinition<&str, u64> = TableDefinition::new("negative-
 /// Named counters kept in step with the tables they summarise (so start-up needs no scan).
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters-v1");
 
+/// Store hash → sha256 of the raw index entry it was mirrored from (the OCI source), so a refresh only
+/// checks, signs and writes the entries that changed.
+pub const MIRROR: TableDefinition<&str, [u8; 32]> = TableDefinition::new("mirror-v1");
+
 /// Free-form metadata (`schema`).
 pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta-v1");
 

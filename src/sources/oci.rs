@@ -265,11 +265,23 @@ impl OciSource {
         let (applied, rejected, generated) =
             tokio::task::spawn_blocking(move || -> Result<_, RefreshError> {
                 let index = CacheIndex::parse(&blob).map_err(RefreshError::Format)?;
-                let mut entries = Vec::with_capacity(index.entries.len());
+                // Only entries that differ from what was mirrored last time are checked, signed and
+                // written: a refresh costs what changed, not the size of the index.
+                let previous = a.index.mirror_digests()?;
+                let mut changed = Vec::new();
+                let mut keep = std::collections::HashSet::with_capacity(index.entries.len());
                 let mut rejected = 0;
                 for (key, entry) in &index.entries {
-                    match mirror_entry(&a, &id, &trust, key, entry) {
-                        Ok(e) => entries.push(e),
+                    let digest = entry_digest(entry);
+                    if previous.get(key) == Some(&digest) {
+                        keep.insert(key.clone());
+                        continue;
+                    }
+                    match mirror_entry(&a, &id, &trust, key, entry, digest) {
+                        Ok(e) => {
+                            keep.insert(key.clone());
+                            changed.push(e);
+                        }
                         Err((why, reason)) => {
                             rejected += 1;
                             metrics.entry_rejected(why, &reason);
@@ -277,9 +289,14 @@ impl OciSource {
                         }
                     }
                 }
-                let applied =
-                    a.index
-                        .apply_mirror(&id, &a.signer, &entries, &manifest_digest, unix_now())?;
+                let applied = a.index.apply_mirror(
+                    &id,
+                    &a.signer,
+                    &changed,
+                    &keep,
+                    &manifest_digest,
+                    unix_now(),
+                )?;
                 Ok((applied, rejected, index.generated))
             })
             .await??;
@@ -287,11 +304,11 @@ impl OciSource {
         if let Ok(mut state) = self.state.lock() {
             state.manifest_digest = Some(digest.clone());
             state.generated = Some(generated);
-            state.entries = applied.written as u64;
+            state.entries = (applied.written + applied.unchanged) as u64;
         }
         tracing::info!(
             source = %self.id, repo = %self.repo, written = applied.written,
-            removed = applied.removed, rejected, "OCI index applied"
+            unchanged = applied.unchanged, removed = applied.removed, rejected, "OCI index applied"
         );
         Ok(Refreshed::Applied {
             manifest_digest: digest,
@@ -301,6 +318,17 @@ impl OciSource {
     }
 }
 
+/// sha256 over what an entry says (its narinfo, blob digest and size), to recognise it next time.
+fn entry_digest(entry: &IndexEntry) -> [u8; 32] {
+    use sha2::Digest;
+    let mut sha = sha2::Sha256::new();
+    sha.update(entry.narinfo.as_bytes());
+    sha.update([0]);
+    sha.update(entry.nar_digest.as_bytes());
+    sha.update(entry.nar_size.to_le_bytes());
+    sha.finalize().into()
+}
+
 /// Checks one index entry and turns it into what the index records, signed by the appliance.
 fn mirror_entry(
     app: &App,
@@ -308,6 +336,7 @@ fn mirror_entry(
     trust: &Trust,
     key: &str,
     entry: &IndexEntry,
+    entry_digest: [u8; 32],
 ) -> Result<MirroredEntry, (Rejection, String)> {
     let invalid = |reason: String| (Rejection::Invalid, reason);
     let hash: StoreHash = key
@@ -358,6 +387,7 @@ fn mirror_entry(
     Ok(MirroredEntry {
         hash,
         text: narinfo.to_text(),
+        entry_digest,
         file_hash,
         nar: NarRecord {
             compression: narinfo.compression.as_str().to_string(),
