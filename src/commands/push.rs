@@ -30,19 +30,23 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
         None => None,
     };
     let _staging;
-    let (folder, roots) = match &args.from_cache {
-        Some(dir) => (dir.clone(), None),
+    let (folder, roots, wanted) = match &args.from_cache {
+        Some(dir) => (dir.clone(), None, None),
         None => {
             let staging = tempfile::Builder::new()
                 .prefix("nixcache-push-")
                 .tempdir()?;
-            let roots = stage_paths(&args, staging.path()).await?;
+            let (roots, wanted) = stage_paths(&args, staging.path()).await?;
             let folder = staging.path().to_path_buf();
             _staging = staging;
-            (folder, Some(roots))
+            (folder, Some(roots), Some(wanted))
         }
     };
-    let items = read_folder(&folder)?;
+    let mut items = read_folder(&folder)?;
+    if let Some(wanted) = &wanted {
+        // The staging folder holds whole closures; publish only what the upstreams lack.
+        items.retain(|(info, _)| wanted.contains(info.store_path.hash.as_str()));
+    }
     let roots = roots.unwrap_or_else(|| {
         items
             .iter()
@@ -111,9 +115,13 @@ pub async fn push(args: PushArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Computes the closure, drops what upstreams already have, and `nix copy`s the rest into `staging`.
-/// Returns the roots' store hashes.
-async fn stage_paths(args: &PushArgs, staging: &Path) -> anyhow::Result<Vec<String>> {
+/// Computes the closure, drops what upstreams already have, and `nix copy`s the rest into `staging`
+/// (with their closures: a binary cache folder takes a path only with its references).
+/// Returns the roots' store hashes and the store hashes to publish.
+async fn stage_paths(
+    args: &PushArgs,
+    staging: &Path,
+) -> anyhow::Result<(Vec<String>, std::collections::HashSet<String>)> {
     let nix = |program: &str| {
         let mut c = Command::new(program);
         if let Some(store) = &args.store {
@@ -187,14 +195,14 @@ async fn stage_paths(args: &PushArgs, staging: &Path) -> anyhow::Result<Vec<Stri
             bail!("nix copy failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    args.paths
-        .iter()
-        .map(|p| {
-            crate::nix::store_path::StorePath::parse(p)
-                .map(|sp| sp.hash.to_string())
-                .map_err(|e| anyhow::anyhow!("{p}: {e}"))
-        })
-        .collect()
+    let hash_of = |p: &String| {
+        crate::nix::store_path::StorePath::parse(p)
+            .map(|sp| sp.hash.to_string())
+            .map_err(|e| anyhow::anyhow!("{p}: {e}"))
+    };
+    let roots = args.paths.iter().map(hash_of).collect::<Result<_, _>>()?;
+    let wanted = todo.iter().map(hash_of).collect::<Result<_, _>>()?;
+    Ok((roots, wanted))
 }
 
 /// Every narinfo of a binary cache folder with the NAR file it names.
