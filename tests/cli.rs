@@ -229,3 +229,57 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
     assert_eq!(nix_sha256(&bytes), field(&text, "FileHash").unwrap());
     drop(child);
 }
+
+#[test]
+fn a_signing_key_readable_by_others_is_warned_about_and_never_logged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.secret");
+    let made = nixcache()
+        .args(["keygen", "warn-1", "--secret-key-file"])
+        .arg(&key)
+        .arg("--public-key-file")
+        .arg(dir.path().join("key.public"))
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let secret = std::fs::read_to_string(&key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = ChildGuard(
+        nixcache()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--upstream",
+                "http://127.0.0.1:9",
+            ])
+            .arg("--signing-key-file")
+            .arg(&key)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let done = line.contains("nixcache serving");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let log = seen.join("\n");
+    assert!(
+        log.contains("nixcache serving"),
+        "it starts all the same: {log}"
+    );
+    assert!(log.contains("readable by group or others"), "{log}");
+    assert!(
+        !log.contains(&secret[7..]),
+        "the secret never appears in logs"
+    );
+}
