@@ -10,7 +10,6 @@ mod peers;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::registry::RegistryPeer;
@@ -332,37 +331,10 @@ async fn load(cache: &Nixcache, fx: &Fixture, seconds: u64) {
     }
 }
 
-/// `nixcache push` of the fixture's paths to `registry`, signed with the fixture's key.
+/// `nixcache push --all` of the fixture's paths to `registry`, signed with the fixture's key.
 fn push(registry: &str, repo: &str, paths: &[&str]) {
-    let fx = fixture();
-    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
-        .args([
-            "push",
-            "--oci-registry",
-            registry,
-            "--oci-repo",
-            repo,
-            "--all",
-        ])
-        .arg("--signing-key-file")
-        .arg(&fx.secret_key_file)
-        .arg("--store")
-        .arg(&fx.store)
-        .args(paths)
-        .env("HOME", fx.nix.dir.join("home"))
-        .env(
-            "NIX_CONFIG",
-            "experimental-features = nix-command\nbuild-users-group =\n",
-        )
-        .env_remove("GITHUB_TOKEN")
-        .env_remove("GH_TOKEN")
-        .output()
-        .expect("run nixcache push");
-    assert!(
-        out.status.success(),
-        "push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = common::registry::push_fixture(registry, repo, &["--all"], paths);
+    assert!(ok, "push failed: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

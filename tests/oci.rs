@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::registry::{Front, RegistryPeer};
+use common::registry::{Front, RegistryPeer, push_fixture};
 use common::*;
 use nixcache::config::OciConfig;
 
@@ -27,39 +27,11 @@ fn oci_config(data: &Path, registry: &str, ttl: Duration) -> nixcache::config::C
     config
 }
 
-/// Runs `nixcache push` against `registry`, signing with the fixture's key.
+/// Runs `nixcache push --all` against `registry`, signing with the fixture's key.
 fn push(registry: &str, paths: &[&str]) -> String {
-    let fx = fixture();
-    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
-        .args([
-            "push",
-            "--oci-registry",
-            registry,
-            "--oci-repo",
-            REPO,
-            "--all",
-        ])
-        .arg("--signing-key-file")
-        .arg(&fx.secret_key_file)
-        .arg("--store")
-        .arg(&fx.store)
-        .args(paths)
-        .env("HOME", fx.nix.dir.join("home"))
-        .env(
-            "NIX_CONFIG",
-            "experimental-features = nix-command\nbuild-users-group =\n",
-        )
-        .env_remove("GITHUB_TOKEN")
-        .env_remove("GH_TOKEN")
-        .output()
-        .expect("run nixcache push");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "push failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let (ok, out) = push_fixture(registry, REPO, &["--all"], paths);
+    assert!(ok, "push failed: {out}");
+    out
 }
 
 fn gc(registry: &str, extra: &[&str]) -> String {
@@ -470,32 +442,8 @@ async fn an_index_written_by_nixcache_oci_is_served() {
     cache.stop().await;
 }
 
-/// Runs `nixcache push` with extra arguments (not `--all`), returning (success, stdout + stderr).
 fn push_with(registry: &str, extra: &[&str], paths: &[&str]) -> (bool, String) {
-    let fx = fixture();
-    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
-        .args(["push", "--oci-registry", registry, "--oci-repo", REPO])
-        .arg("--signing-key-file")
-        .arg(&fx.secret_key_file)
-        .arg("--store")
-        .arg(&fx.store)
-        .args(extra)
-        .args(paths)
-        .env("HOME", fx.nix.dir.join("home"))
-        .env(
-            "NIX_CONFIG",
-            "experimental-features = nix-command\nbuild-users-group =\n",
-        )
-        .output()
-        .expect("run nixcache push");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    push_fixture(registry, REPO, extra, paths)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -335,3 +335,34 @@ async fn proxy(State(f): State<FrontState>, request: Request) -> Response {
     let bytes = answer.bytes().await.unwrap_or_default();
     response.body(Body::from(bytes)).unwrap()
 }
+
+/// Runs `nixcache push` of fixture paths to `registry` (`OWNER/REPO` = `repo`), signed with the fixture's
+/// key, with `extra` arguments. Returns whether it succeeded, and its stdout then stderr.
+pub fn push_fixture(registry: &str, repo: &str, extra: &[&str], paths: &[&str]) -> (bool, String) {
+    let fx = super::fixture();
+    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .args(["push", "--oci-registry", registry, "--oci-repo", repo])
+        .arg("--signing-key-file")
+        .arg(&fx.secret_key_file)
+        .arg("--store")
+        .arg(&fx.store)
+        .args(extra)
+        .args(paths)
+        .env("HOME", fx.nix.dir.join("home"))
+        .env(
+            "NIX_CONFIG",
+            "experimental-features = nix-command\nbuild-users-group =\n",
+        )
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("GH_TOKEN")
+        .output()
+        .expect("run nixcache push");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -44,25 +44,12 @@ pub fn ago(secs: u64) -> String {
     }
 }
 
-/// `2026-11-25 14:03:07 UTC` for a unix time (days to civil date after Howard Hinnant's algorithm).
+/// `2026-11-25 14:03:07 UTC` for a unix time.
 pub fn utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    // The index format's `YYYY-MM-DDTHH:MM:SSZ`, written for people.
+    crate::oci::format::timestamp(unix)
+        .replace('T', " ")
+        .replace('Z', " UTC")
 }
 
 #[cfg(test)]
