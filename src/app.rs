@@ -120,7 +120,10 @@ impl App {
                 if c.accept_unsigned {
                     tracing::warn!(repo = %c.repo, "accepting unsigned narinfos from the OCI source (oci_accept_unsigned)");
                 }
-                Some(OciSource::new(c, client.clone()).map_err(StartError::Upstream)?)
+                Some(
+                    OciSource::new(c, client.clone(), config.upstream_timeout)
+                        .map_err(StartError::Upstream)?,
+                )
             }
             None => None,
         };

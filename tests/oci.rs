@@ -505,3 +505,41 @@ async fn racing_publishers_keep_each_others_entries() {
     wait_for_entries(&cache, fx.closure.len() as u64 + 1).await;
     cache.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_registry_fails_the_refresh_in_time() {
+    // A registry that accepts connections and never answers: a fake, since no real peer stalls on demand.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(oci_config(
+        &work.path().join("data"),
+        &url,
+        Duration::from_secs(3600),
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by upstream_timeout (2 s here)"
+    );
+    let status = cache.status().await;
+    assert_eq!(
+        status["oci"]["last_outcome"], "failed: registry timed out",
+        "{status}"
+    );
+    cache.stop().await;
+    holder.abort();
+}

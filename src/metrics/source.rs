@@ -108,13 +108,14 @@ impl SourceMetrics {
             }) => i.activity.record(
                 EventKind::Refreshed,
                 format!(
-                    "index of {source} applied: {} entries, {} removed, {rejected} refused",
-                    applied.written, applied.removed
+                    "index of {source} applied: {} entries written, {} unchanged, {} removed, {rejected} refused",
+                    applied.written, applied.unchanged, applied.removed
                 ),
             ),
             Ok(_) => {}
             Err(e) => {
                 let error = match e {
+                    RefreshError::Timeout => "timeout",
                     RefreshError::Registry(r) if r.is_timeout() => "timeout",
                     RefreshError::Registry(_) => "registry",
                     RefreshError::Format(_) => "format",

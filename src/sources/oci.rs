@@ -25,8 +25,10 @@ use crate::nix::store_path::StoreHash;
 use crate::oci::client::{Registry, RegistryError};
 use crate::oci::format::{CacheIndex, IndexEntry, image_name};
 
-/// The largest index blob accepted (100,000 entries are about 70 MB).
+/// The largest index blob accepted.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
+/// Time allowed to download the index blob (it can be tens of MB).
+const INDEX_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why a refresh failed (the last good index stays).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum RefreshError {
     /// A blocking task failed.
     #[error("task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The registry did not answer in time.
+    #[error("registry timed out")]
+    Timeout,
 }
 
 /// What a refresh did.
@@ -93,6 +98,8 @@ pub struct OciSource {
     registry: Registry,
     repo: String,
     ttl: Duration,
+    /// Time limit of one registry answer (manifest, blob headers).
+    timeout: Duration,
     trust: Trust,
     health: Health,
     refreshing: tokio::sync::Mutex<()>,
@@ -105,7 +112,11 @@ pub struct OciSource {
 
 impl OciSource {
     /// The source for `config`.
-    pub fn new(config: &OciConfig, client: reqwest::Client) -> Result<OciSource, String> {
+    pub fn new(
+        config: &OciConfig,
+        client: reqwest::Client,
+        timeout: Duration,
+    ) -> Result<OciSource, String> {
         let image = image_name(&config.repo);
         let registry = Registry::new(
             &config.registry,
@@ -130,6 +141,7 @@ impl OciSource {
             registry,
             repo: config.repo.clone(),
             ttl: config.index_ttl,
+            timeout,
             trust,
             health: Health::default(),
             refreshing: tokio::sync::Mutex::new(()),
@@ -183,17 +195,29 @@ impl OciSource {
             return Err(e);
         }
         let started = Instant::now();
-        let result = self
-            .registry
-            .blob(digest, None)
-            .await
-            .map_err(SourceError::from);
+        // The time limit is for the answer's headers; the body is watched by the fill's stall time-out.
+        let result =
+            match tokio::time::timeout(self.timeout, self.registry.blob(digest, None)).await {
+                Ok(r) => r.map_err(SourceError::from),
+                Err(_) => Err(SourceError::Timeout),
+            };
         self.metrics.observe(RequestKind::Nar, started, &result);
         match &result {
             Ok(_) => self.health.success(),
             Err(e) => self.health.failure(e),
         }
         result
+    }
+
+    /// A registry call within `limit`: a stalled registry must not hold a refresh (or a fill) forever.
+    async fn limited<T>(
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RefreshError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RefreshError::Timeout),
+        }
     }
 
     /// Refreshes once: HEAD the manifest, and fetch and apply the index only if it changed.
@@ -231,7 +255,8 @@ impl OciSource {
     }
 
     async fn refresh_inner(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
-        let Some(digest) = self.registry.manifest_digest().await? else {
+        let Some(digest) = Self::limited(self.timeout, self.registry.manifest_digest()).await?
+        else {
             return Ok(Refreshed::NotPublished);
         };
         let a = app.clone();
@@ -249,14 +274,17 @@ impl OciSource {
                 manifest_digest: digest,
             });
         }
-        let Some((digest, manifest)) = self.registry.manifest().await? else {
+        let Some((digest, manifest)) =
+            Self::limited(self.timeout, self.registry.manifest()).await?
+        else {
             return Ok(Refreshed::NotPublished);
         };
         let layer = manifest.index_layer().map_err(RefreshError::Format)?;
-        let blob = self
-            .registry
-            .blob_bytes(&layer.digest, MAX_INDEX_BYTES)
-            .await?;
+        let blob = Self::limited(
+            INDEX_DOWNLOAD_TIMEOUT,
+            self.registry.blob_bytes(&layer.digest, MAX_INDEX_BYTES),
+        )
+        .await?;
         let a = app.clone();
         let id = self.id.clone();
         let trust = self.trust.clone();
