@@ -70,6 +70,8 @@ pub struct App {
     pub admin_token: Option<String>,
     /// NAR downloads in progress.
     pub fills: Fills,
+    /// Upstream narinfo lookups in progress, one per hash.
+    pub lookups: crate::lookup::Lookups,
     /// Prometheus metrics and recent activity.
     pub metrics: Metrics,
     /// When it started, for `/_status`.
@@ -177,6 +179,7 @@ impl App {
             signer,
             admin_token,
             fills: Fills::new(MAX_CONCURRENT_FILLS),
+            lookups: crate::lookup::Lookups::default(),
             metrics,
             started: Instant::now(),
             shutdown: CancellationToken::new(),

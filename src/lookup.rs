@@ -1,6 +1,7 @@
 //! Answering a narinfo request: the index, then the negative cache, then every source at once; what a
 //! source answers is validated, rewritten to this appliance's canonical NAR URL and recorded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::app::{App, unix_now};
@@ -56,6 +57,19 @@ async fn answer(
     if app.index.is_negative(&hash, unix_now())? {
         return Ok((NarinfoResult::Negative, String::new(), None));
     }
+    // One upstream lookup per hash at a time: clients asking for the same missing path together (a
+    // closure being fetched by several machines) wait for the first lookup and then read its result.
+    let _turn = app.lookups.turn(hash).await;
+    if let Some((source, signer, text)) = app.index.narinfo(&hash)? {
+        return Ok((
+            NarinfoResult::Hit,
+            source,
+            Some(signed_now(app, &signer, text)),
+        ));
+    }
+    if app.index.is_negative(&hash, unix_now())? {
+        return Ok((NarinfoResult::Negative, String::new(), None));
+    }
     match app.sources.lookup(&hash).await {
         Lookup::Found {
             source,
@@ -79,6 +93,53 @@ async fn answer(
             Ok((NarinfoResult::Miss, String::new(), None))
         }
         Lookup::Failed(e) => Err(e.into()),
+    }
+}
+
+/// Per-hash turns for upstream lookups.
+#[derive(Default)]
+pub struct Lookups {
+    turns: std::sync::Mutex<HashMap<StoreHash, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a hash's turn; gives it up (and forgets the hash when nobody else waits) when dropped.
+pub struct TurnGuard<'a> {
+    lookups: &'a Lookups,
+    hash: StoreHash,
+    held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Lookups {
+    /// Hashes with a lookup running or waiting.
+    pub fn in_flight(&self) -> usize {
+        self.turns.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Waits for `hash`'s turn.
+    pub async fn turn(&self, hash: StoreHash) -> TurnGuard<'_> {
+        let turn = match self.turns.lock() {
+            Ok(mut turns) => turns.entry(hash).or_default().clone(),
+            // A poisoned table only costs the coalescing.
+            Err(_) => Arc::default(),
+        };
+        let held = turn.lock_owned().await;
+        TurnGuard {
+            lookups: self,
+            hash,
+            held,
+        }
+    }
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut turns) = self.lookups.turns.lock()
+            // The table's reference and ours: nobody else holds or waits for this turn. Checked under
+            // the table's lock, through which every newcomer must pass.
+            && Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&self.held)) == 2
+        {
+            turns.remove(&self.hash);
+        }
     }
 }
 

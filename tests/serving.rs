@@ -528,3 +528,39 @@ async fn best_priority_hit_wins_and_a_failed_upstream_does_not_hide_another() {
     assert_eq!(field(&text, "Compression"), Some("xz"));
     cache.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_for_one_missing_narinfo_ask_upstream_once() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    up.set_fault(Fault::SlowNarinfo);
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    for (path, want) in [
+        (fx.top.clone(), 200),
+        ("/nix/store/".to_string() + &"3".repeat(32) + "-x", 404),
+    ] {
+        let url = Arc::new(format!("{}/{}.narinfo", cache.url, hash_of(&path)));
+        let before = up.narinfos();
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let r = reqwest::get(url.as_str()).await.unwrap();
+                    (r.status().as_u16(), r.text().await.unwrap())
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in clients {
+            answers.push(c.await.unwrap());
+        }
+        assert!(
+            answers.iter().all(|a| *a == answers[0] && a.0 == want),
+            "{answers:?}"
+        );
+        assert_eq!(up.narinfos() - before, 1, "8 clients, one upstream lookup");
+    }
+    assert_eq!(cache.app.lookups.in_flight(), 0, "nothing left behind");
+    cache.stop().await;
+}

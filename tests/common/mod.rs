@@ -229,6 +229,8 @@ pub enum Fault {
     Stall,
     /// Send NARs slowly (64 KiB every 20 ms), so concurrent clients overlap.
     SlowNar,
+    /// Answer narinfos after 300 ms, so concurrent requests overlap.
+    SlowNarinfo,
     /// Narinfo URLs made absolute (`http://host/nar/...`).
     AbsoluteNarUrl,
     /// Narinfo URLs in another folder, from the root (`/files/nar/...`; `/files/` serves the same folder).
@@ -324,6 +326,9 @@ async fn serve_upstream(State(s): State<UpstreamState>, AxPath(path): AxPath<Str
         return StatusCode::NOT_FOUND.into_response();
     };
     if !is_nar {
+        if fault == Fault::SlowNarinfo {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let text = String::from_utf8_lossy(&bytes);
         let rewritten = match fault {
             Fault::AbsoluteNarUrl => text.replace("URL: nar/", &format!("URL: {}/nar/", s.url)),
