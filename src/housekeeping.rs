@@ -1,4 +1,5 @@
-//! Background upkeep: batched access times, expired negative entries, and eviction under the size cap.
+//! Background upkeep: batched access times, expired negative entries, eviction under the size cap, and
+//! a sweep of orphan NAR files after start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ const EVICT_TO_PERCENT: u64 = 90;
 
 /// Runs until shutdown, then writes the last access times.
 pub async fn run(app: Arc<App>) {
+    let sweep = tokio::spawn(sweep_orphans(app.clone()));
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.tick().await;
     loop {
@@ -34,6 +36,41 @@ pub async fn run(app: Arc<App>) {
     let a = app.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.index.flush_access()).await {
         tracing::error!(error = %e, "writing access times at shutdown failed");
+    }
+    sweep.abort();
+}
+
+/// Removes NAR files the index does not know as stored: what a crash left between a file's rename and
+/// its index row, or between an eviction's commit and the file's removal. They are never served (the
+/// index decides), only wasted space. Runs once, in the background, after start; only files older than
+/// this process are touched, so a fill committing meanwhile is never raced.
+pub async fn sweep_orphans(app: Arc<App>) {
+    let started = std::time::SystemTime::now();
+    let a = app.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<(usize, u64), String> {
+        let mut removed = (0, 0);
+        for (name, modified) in a.store.files().map_err(|e| e.to_string())? {
+            if modified >= started {
+                continue;
+            }
+            let stored = a.index.nar(&name.file_hash).map_err(|e| e.to_string())?;
+            if stored.is_some_and(|(_, stored)| stored) {
+                continue;
+            }
+            let size = std::fs::metadata(a.store.path(&name))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            a.store.remove(&name).map_err(|e| e.to_string())?;
+            removed = (removed.0 + 1, removed.1 + size);
+        }
+        Ok(removed)
+    })
+    .await;
+    match result {
+        Ok(Ok((0, _))) => {}
+        Ok(Ok((files, bytes))) => tracing::info!(files, bytes, "removed orphan NAR files"),
+        Ok(Err(e)) => tracing::error!(error = %e, "orphan sweep failed"),
+        Err(e) => tracing::error!(error = %e, "orphan sweep task failed"),
     }
 }
 

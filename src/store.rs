@@ -100,6 +100,34 @@ impl NarStore {
         Ok(())
     }
 
+    /// Every NAR file on disk with its name and modification time (a scan: for the background orphan
+    /// sweep only). Files whose names are not canonical NAR names are skipped.
+    pub fn files(&self) -> Result<Vec<(NarName, std::time::SystemTime)>, StoreError> {
+        let mut out = Vec::new();
+        for fan in std::fs::read_dir(&self.nar_dir).map_err(io_err("list", &self.nar_dir))? {
+            let fan = fan.map_err(io_err("list", &self.nar_dir))?.path();
+            if !fan.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&fan).map_err(io_err("list", &fan))? {
+                let file = file.map_err(io_err("list", &fan))?;
+                let Some(name) = file
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<NarName>().ok())
+                else {
+                    continue;
+                };
+                let modified = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_err(io_err("stat", &file.path()))?;
+                out.push((name, modified));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes a stored file (eviction). A missing file is not an error.
     pub fn remove(&self, name: &NarName) -> Result<(), StoreError> {
         let path = self.path(name);

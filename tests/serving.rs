@@ -564,3 +564,46 @@ async fn concurrent_requests_for_one_missing_narinfo_ask_upstream_once() {
     assert_eq!(cache.app.lookups.in_flight(), 0, "nothing left behind");
     cache.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_nar_files_left_by_a_crash_are_swept_after_start() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let (_, url) = narinfo(&cache, &fx.top).await;
+    let stored = get(&format!("{}/{url}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    cache.stop().await;
+    // What a crash between a file's rename and its index row leaves: a file the index does not know.
+    let orphan_name = format!("{}.nar.xz", "0".repeat(52));
+    let orphan = data.path().join("nar").join("00").join(&orphan_name);
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"left over").unwrap();
+    let stray = data.path().join("nar").join("00").join("notes.txt");
+    std::fs::write(&stray, b"not a NAR name: left alone").unwrap();
+
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    for _ in 0..100 {
+        if !orphan.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!orphan.exists(), "the orphan is removed");
+    assert!(
+        stray.exists(),
+        "files that are not NAR names are not touched"
+    );
+    let again = get(&format!("{}/{url}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(again, stored, "stored NARs stay");
+    assert_eq!(up.nars(), 1);
+    cache.stop().await;
+}
