@@ -99,21 +99,7 @@ async fn substitute_through_nixcache(compression: &str) {
 
     // nix-store -r with nixcache as the only substituter.
     let store_c = work.path().join("storeC");
-    let (ok, err) = fx.nix.try_run(
-        "nix-store",
-        &[
-            "--store",
-            store_c.to_str().unwrap(),
-            "-r",
-            &fx.top,
-            "--option",
-            "substituters",
-            &url,
-            "--option",
-            "trusted-public-keys",
-            &fx.public_key,
-        ],
-    );
+    let (ok, err) = fx.realise(&store_c, &url, &fx.top, &fx.public_key);
     assert!(
         ok,
         "nix-store -r through nixcache ({compression}) failed: {err}"
@@ -125,21 +111,7 @@ async fn substitute_through_nixcache(compression: &str) {
     cache.stop().await;
     let cache = Nixcache::start(test_config(&data, &[&upstream])).await;
     let store_d = work.path().join("storeD");
-    let (ok, err) = fx.nix.try_run(
-        "nix-store",
-        &[
-            "--store",
-            store_d.to_str().unwrap(),
-            "-r",
-            &fx.top,
-            "--option",
-            "substituters",
-            &cache.url,
-            "--option",
-            "trusted-public-keys",
-            &fx.public_key,
-        ],
-    );
+    let (ok, err) = fx.realise(&store_d, &cache.url, &fx.top, &fx.public_key);
     assert!(
         ok,
         "offline restart ({compression}): nix-store -r failed: {err}"
@@ -148,20 +120,11 @@ async fn substitute_through_nixcache(compression: &str) {
 
     // A client that trusts another key refuses the paths (signatures pass through untouched).
     let store_e = work.path().join("storeE");
-    let (ok, err) = fx.nix.try_run(
-        "nix-store",
-        &[
-            "--store",
-            store_e.to_str().unwrap(),
-            "-r",
-            &fx.top,
-            "--option",
-            "substituters",
-            &cache.url,
-            "--option",
-            "trusted-public-keys",
-            "other-1:t/3Ot7hf+gNG/a6McHNOxMkd+KYWh0qcQmMw/A4Hw+E=",
-        ],
+    let (ok, err) = fx.realise(
+        &store_e,
+        &cache.url,
+        &fx.top,
+        "other-1:t/3Ot7hf+gNG/a6McHNOxMkd+KYWh0qcQmMw/A4Hw+E=",
     );
     assert!(!ok, "a client trusting another key must refuse the paths");
     assert!(

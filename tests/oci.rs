@@ -61,20 +61,21 @@ async fn wait_for_entries(cache: &Nixcache, n: u64) -> serde_json::Value {
 }
 
 fn realise(fx: &Fixture, store: &Path, url: &str, path: &str) -> (bool, String) {
-    fx.nix.try_run(
-        "nix-store",
-        &[
-            "--store",
-            store.to_str().unwrap(),
-            "-r",
-            path,
-            "--option",
-            "substituters",
-            url,
-            "--option",
-            "trusted-public-keys",
-            &fx.public_key,
-        ],
+    fx.realise(store, url, path, &fx.public_key)
+}
+
+/// `POST /_refresh` from loopback; its JSON outcome.
+async fn refresh(cache: &Nixcache) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -104,14 +105,11 @@ async fn pushed_paths_are_served_and_substituted_and_survive_the_registry_going_
     assert!(ok, "nix-store -r through the OCI source: {err}");
 
     // A refresh with nothing new downloads nothing.
-    let r = reqwest::Client::new()
-        .post(format!("{}/_refresh", cache.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!(outcome["outcome"], "unchanged");
+    let (status, outcome) = refresh(&cache).await;
+    assert_eq!(
+        (status, outcome["outcome"].as_str()),
+        (200, Some("unchanged"))
+    );
 
     // The registry goes down; a restart still answers every indexed path and serves the stored NARs.
     cache.stop().await;
@@ -149,12 +147,7 @@ async fn second_push_appears_after_refresh_and_gc_removes_only_unrooted_old_entr
     push(&registry.url, &[&fx.big]);
     // Not visible until a refresh (the TTL is an hour), then visible without a restart.
     assert_eq!(reqwest::get(&big).await.unwrap().status(), 404);
-    let r = reqwest::Client::new()
-        .post(format!("{}/_refresh", cache.url))
-        .send()
-        .await
-        .unwrap();
-    let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let (_, outcome) = refresh(&cache).await;
     assert_eq!(outcome["outcome"], "applied", "{outcome}");
     assert_eq!(
         outcome["written"], 1,
@@ -177,23 +170,13 @@ async fn second_push_appears_after_refresh_and_gc_removes_only_unrooted_old_entr
         );
     }
     assert!(!dry.contains(hash_of(&fx.big)), "{dry}");
-    let r = reqwest::Client::new()
-        .post(format!("{}/_refresh", cache.url))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap()["outcome"],
+        refresh(&cache).await.1["outcome"],
         "unchanged",
         "dry run changes nothing"
     );
     gc(&registry.url, &["--retention-days", "0"]);
-    let r = reqwest::Client::new()
-        .post(format!("{}/_refresh", cache.url))
-        .send()
-        .await
-        .unwrap();
-    let outcome: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let (_, outcome) = refresh(&cache).await;
     assert_eq!(
         (
             outcome["written"].as_u64(),
@@ -525,12 +508,7 @@ async fn a_stalled_registry_fails_the_refresh_in_time() {
     ))
     .await;
     let started = std::time::Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!("{}/_refresh", cache.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(refresh(&cache).await.0, 502);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "bounded by upstream_timeout (2 s here)"

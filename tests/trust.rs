@@ -47,24 +47,7 @@ fn signed_config(data: &Path, upstream: &str, key: &Path) -> nixcache::config::C
 
 /// `nix-store -r` of the fixture's top path into a fresh store, trusting only `key`.
 fn realise(fx: &Fixture, store: &Path, url: &str, key: &str) -> (bool, String) {
-    fx.nix.try_run(
-        "nix-store",
-        &[
-            "--store",
-            store.to_str().unwrap(),
-            "-r",
-            &fx.top,
-            "--option",
-            "substituters",
-            url,
-            "--option",
-            "trusted-public-keys",
-            key,
-            "--option",
-            "require-sigs",
-            "true",
-        ],
-    )
+    fx.realise(store, url, &fx.top, key)
 }
 
 #[tokio::test(flavor = "multi_thread")]

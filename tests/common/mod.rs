@@ -209,6 +209,31 @@ fn build_fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// `nix-store -r PATH` into a fresh store with `url` as the only substituter, trusting only `key`
+    /// (signatures required, Nix's default). Returns whether it succeeded, and stderr.
+    pub fn realise(&self, store: &Path, url: &str, path: &str, key: &str) -> (bool, String) {
+        self.nix.try_run(
+            "nix-store",
+            &[
+                "--store",
+                store.to_str().expect("UTF-8 store path"),
+                "-r",
+                path,
+                "--option",
+                "substituters",
+                url,
+                "--option",
+                "trusted-public-keys",
+                key,
+                "--option",
+                "require-sigs",
+                "true",
+            ],
+        )
+    }
+}
+
 /// The 32-char hash part of a store path.
 pub fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]
