@@ -78,8 +78,7 @@ pub async fn sweep_orphans(app: Arc<App>) {
 pub async fn evict_if_needed(app: &Arc<App>) {
     let a = app.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let stats = a.index.stats().map_err(|e| e.to_string())?;
-        if stats.store_bytes <= a.config.max_size {
+        if a.index.store_bytes().map_err(|e| e.to_string())? <= a.config.max_size {
             return Ok(());
         }
         let target = a.config.max_size / 100 * EVICT_TO_PERCENT;

@@ -40,35 +40,37 @@ pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, 
     }
 }
 
+/// What the index already says: a recorded narinfo, or a live negative entry.
+///
+/// A read of a few hundred bytes, mostly from the page cache: done inline, because a hop to the blocking
+/// pool per request cost more than the read itself (see docs/benchmarks.md).
+fn known(
+    app: &App,
+    hash: &StoreHash,
+) -> Result<Option<(NarinfoResult, String, Option<String>)>, LookupError> {
+    if let Some((source, signer, text)) = app.index.narinfo(hash)? {
+        let text = signed_now(app, &signer, text);
+        return Ok(Some((NarinfoResult::Hit, source, Some(text))));
+    }
+    if app.index.is_negative(hash, unix_now())? {
+        return Ok(Some((NarinfoResult::Negative, String::new(), None)));
+    }
+    Ok(None)
+}
+
 /// The answer, how it was reached and the source it came from (counted by the caller).
 async fn answer(
     app: &Arc<App>,
     hash: StoreHash,
 ) -> Result<(NarinfoResult, String, Option<String>), LookupError> {
-    // A hit is a read of a few hundred bytes, mostly from the page cache: done inline, because a hop to
-    // the blocking pool per request cost more than the read itself (see docs/benchmarks.md).
-    if let Some((source, signer, text)) = app.index.narinfo(&hash)? {
-        return Ok((
-            NarinfoResult::Hit,
-            source,
-            Some(signed_now(app, &signer, text)),
-        ));
-    }
-    if app.index.is_negative(&hash, unix_now())? {
-        return Ok((NarinfoResult::Negative, String::new(), None));
+    if let Some(known) = known(app, &hash)? {
+        return Ok(known);
     }
     // One upstream lookup per hash at a time: clients asking for the same missing path together (a
     // closure being fetched by several machines) wait for the first lookup and then read its result.
     let _turn = app.lookups.turn(hash).await;
-    if let Some((source, signer, text)) = app.index.narinfo(&hash)? {
-        return Ok((
-            NarinfoResult::Hit,
-            source,
-            Some(signed_now(app, &signer, text)),
-        ));
-    }
-    if app.index.is_negative(&hash, unix_now())? {
-        return Ok((NarinfoResult::Negative, String::new(), None));
+    if let Some(known) = known(app, &hash)? {
+        return Ok(known);
     }
     match app.sources.lookup(&hash).await {
         Lookup::Found {

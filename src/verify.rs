@@ -119,6 +119,15 @@ enum Decoder {
     Br(Box<brotli::DecompressorWriter<NarSink>>),
 }
 
+/// A decoder's error: the sink refusing to grow past NarSize, or corrupt input.
+fn decode_error(e: io::Error, nar_size: u64) -> VerifyError {
+    if e.to_string().contains(TOO_LARGE) {
+        VerifyError::TooLarge { expected: nar_size }
+    } else {
+        VerifyError::Decode(e)
+    }
+}
+
 /// Verifies one NAR file fed to it in pieces.
 pub struct NarVerifier {
     expected: Expected,
@@ -174,31 +183,13 @@ impl NarVerifier {
             Decoder::Bzip2(d) => d.write_all(chunk),
             Decoder::Br(d) => d.write_all(chunk),
         };
-        written.map_err(|e| self.decode_error(e))
-    }
-
-    fn decode_error(&self, e: io::Error) -> VerifyError {
-        if e.to_string().contains(TOO_LARGE) {
-            VerifyError::TooLarge {
-                expected: self.expected.nar_size,
-            }
-        } else {
-            VerifyError::Decode(e)
-        }
+        written.map_err(|e| decode_error(e, self.expected.nar_size))
     }
 
     /// Ends the file: every hash and size must match. Returns the file's size.
     pub fn finish(self) -> Result<u64, VerifyError> {
         let expected = self.expected;
-        let too_large = |e: io::Error| {
-            if e.to_string().contains(TOO_LARGE) {
-                VerifyError::TooLarge {
-                    expected: expected.nar_size,
-                }
-            } else {
-                VerifyError::Decode(e)
-            }
-        };
+        let too_large = |e| decode_error(e, expected.nar_size);
         let sink = match self.decoder {
             Decoder::None(sink) => sink,
             Decoder::Xz(d) => d.finish().map_err(too_large)?,

@@ -421,6 +421,12 @@ impl Index {
         Ok(())
     }
 
+    /// Bytes of NAR files on disk (one counter read).
+    pub fn store_bytes(&self) -> Result<u64, IndexError> {
+        let tx = self.db.begin_read()?;
+        counter(&tx.open_table(COUNTERS)?, STORE_BYTES)
+    }
+
     /// Counts for `/_status`.
     pub fn stats(&self) -> Result<IndexStats, IndexError> {
         let tx = self.db.begin_read()?;
