@@ -8,9 +8,8 @@ mod common;
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -61,27 +60,6 @@ fn serve(ns: &str, hostname: &str, data: &Path, args: &[&str]) -> Serve {
     Serve { proc, port }
 }
 
-/// A signing key pair made with `nixcache keygen`; returns (secret key file, public key).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let stem: String = name.chars().take(40).collect();
-    let sk = dir.join(format!("{stem}.secret"));
-    let pk = dir.join(format!("{stem}.public"));
-    let out = Command::new(BIN)
-        .args(["keygen", name, "--secret-key-file"])
-        .arg(&sk)
-        .arg("--public-key-file")
-        .arg(&pk)
-        .output()
-        .expect("run nixcache keygen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(&pk).expect("read public key");
-    (sk, public.trim().to_string())
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -122,38 +100,9 @@ fn resolved<'a>(browse: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 /// `python3 -m http.server` on 127.0.0.1 port 0 inside `ns`, over `dir`; returns it and its URL.
-fn http_server(ns: &str, dir: &Path) -> (Proc, String) {
-    require("python3", "python3");
-    let mut cmd = NetnsPair::cmd(ns, "python3");
-    cmd.args([
-        "-u",
-        "-m",
-        "http.server",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-    ])
-    .arg(dir)
-    .stdout(Stdio::piped());
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start http.server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read http.server banner");
-    let pid = child.id();
-    // Hand the child to a guard right away so that it is ended even if the banner is unexpected.
-    let proc = Proc::adopt("http.server", child);
-    let port = line
-        .split_whitespace()
-        .skip_while(|w| *w != "port")
-        .nth(1)
-        .unwrap_or_else(|| panic!("unexpected http.server banner {line:?} (pid {pid})"));
-    (proc, format!("http://127.0.0.1:{port}"))
+fn ns_http_server(ns: &str, dir: &Path) -> (Proc, String) {
+    let (child, url) = common::http_server(NetnsPair::cmd(ns, "python3"), dir);
+    (Proc::adopt("http.server", child), url)
 }
 
 #[test]
@@ -163,7 +112,7 @@ fn discover_finds_the_appliance_across_a_veth_and_nix_substitutes_from_it() {
     let net = NetnsPair::new();
     let avahi = Avahi::start(&net.b, &net.veth_b, &work.path().join("avahi"));
 
-    let (upstream_proc, upstream) = http_server(&net.a, &fx.caches["xz"]);
+    let (upstream_proc, upstream) = ns_http_server(&net.a, &fx.caches["xz"]);
     let (sk, pk) = keygen(work.path(), "nixcache.lan-1");
     let mut appliance = serve(
         &net.a,

@@ -4,46 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
-
-/// `python3 -m http.server` on port 0 over `dir`; returns the child and its URL.
-fn http_server(dir: &std::path::Path) -> (Child, String) {
-    require("python3", "python3");
-    let mut child = Command::new("python3")
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start python3 http.server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read http.server banner");
-    // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
-    let port = line
-        .split_whitespace()
-        .skip_while(|w| *w != "port")
-        .nth(1)
-        .unwrap_or_else(|| panic!("unexpected http.server banner {line:?}"));
-    (child, format!("http://127.0.0.1:{port}"))
-}
-
-fn stop(mut child: Child) {
-    child.kill().expect("kill http.server");
-    child.wait().expect("wait http.server");
-}
 
 fn closure_in(fx: &Fixture, store: &std::path::Path) -> Vec<String> {
     let mut paths: Vec<String> = fx
@@ -64,7 +27,8 @@ async fn substitute_through_nixcache(compression: &str) {
     let mut want = fx.closure.clone();
     want.sort();
     let work = tempfile::tempdir().unwrap();
-    let (server, upstream) = http_server(&fx.caches[compression]);
+    let (server, upstream) = http_server(Command::new("python3"), &fx.caches[compression]);
+    let server = ChildGuard(server);
     let data = work.path().join("data");
     let cache = Nixcache::start(test_config(&data, &[&upstream])).await;
 
@@ -107,7 +71,7 @@ async fn substitute_through_nixcache(compression: &str) {
     assert_eq!(closure_in(fx, &store_c), want);
 
     // Upstream gone, nixcache restarted: the same closure is still served.
-    stop(server);
+    drop(server);
     cache.stop().await;
     let cache = Nixcache::start(test_config(&data, &[&upstream])).await;
     let store_d = work.path().join("storeD");

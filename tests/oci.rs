@@ -435,16 +435,7 @@ async fn push_skips_what_the_upstream_already_has() {
     let registry = RegistryPeer::start();
     // The upstream has the closure except `top`.
     let work = tempfile::tempdir().unwrap();
-    let copy = work.path().join("upstream");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(&fx.caches["xz"])
-            .arg(&copy)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let copy = fx.copy_cache("xz", work.path());
     std::fs::remove_file(copy.join(format!("{}.narinfo", hash_of(&fx.top)))).unwrap();
     let up = TestUpstream::start(&copy).await;
     let (ok, out) = push_with(&registry.url, &["--upstream", &up.url], &[&fx.top]);

@@ -491,14 +491,7 @@ async fn best_priority_hit_wins_and_a_failed_upstream_does_not_hide_another() {
     let fx = fixture();
     let data = tempfile::tempdir().unwrap();
     // The second upstream serves a copy of the zstd cache that lacks `mid`.
-    let copy = data.path().join("zstd-copy");
-    let cp = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(&fx.caches["zstd"])
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    let copy = fx.copy_cache("zstd", data.path());
     let mid = fx.closure.iter().find(|p| p.ends_with("-mid")).unwrap();
     std::fs::remove_file(copy.join(format!("{}.narinfo", hash_of(mid)))).unwrap();
     let first = TestUpstream::start(&fx.caches["xz"]).await;

@@ -5,39 +5,12 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::*;
 use nixcache::nix::hash::Sha256Hash;
 use nixcache::nix::narinfo::NarInfo;
 use nixcache::nix::signing::SecretKey;
-
-/// Makes a key pair with `nixcache keygen`; returns (secret file, public key).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let sk = dir.join(format!("{name}.secret"));
-    let pk = dir.join(format!("{name}.public"));
-    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
-        .args(["keygen", name, "--secret-key-file"])
-        .arg(&sk)
-        .arg("--public-key-file")
-        .arg(&pk)
-        .output()
-        .expect("run nixcache keygen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(&pk).unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), public);
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    (sk, public)
-}
 
 fn signed_config(data: &Path, upstream: &str, key: &Path) -> nixcache::config::Config {
     let mut config = test_config(data, &[upstream]);
@@ -55,6 +28,9 @@ async fn clients_trusting_only_the_appliance_key_substitute() {
     let fx = fixture();
     let work = tempfile::tempdir().unwrap();
     let (a_secret, a_public) = keygen(work.path(), "appliance-1");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&a_secret).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the secret key file is private");
     let up = TestUpstream::start(&fx.caches["xz"]).await;
     let data = work.path().join("data");
     let cache = Nixcache::start(signed_config(&data, &up.url, &a_secret)).await;
@@ -158,19 +134,6 @@ async fn clients_trusting_only_the_appliance_key_substitute() {
     cache.stop().await;
 }
 
-/// A copy of the fixture's cache of `compression` in `dir`, for tampering.
-fn copy_cache(fx: &Fixture, compression: &str, dir: &Path) -> PathBuf {
-    let copy = dir.join(format!("cache-{compression}"));
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(&fx.caches[compression])
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    copy
-}
-
 fn edit_narinfo(cache: &Path, store_path: &str, edit: impl FnOnce(&mut NarInfo)) {
     let path = cache.join(format!("{}.narinfo", hash_of(store_path)));
     let mut info = NarInfo::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -206,7 +169,7 @@ async fn altered_or_untrusted_narinfos_are_never_served() {
     ];
     for (what, tamper) in tampering {
         let work = tempfile::tempdir().unwrap();
-        let cache_dir = copy_cache(fx, "xz", work.path());
+        let cache_dir = fx.copy_cache("xz", work.path());
         edit_narinfo(&cache_dir, &fx.top, tamper);
         let up = TestUpstream::start(&cache_dir).await;
         let cache = Nixcache::start(test_config(&work.path().join("data"), &[&up.url])).await;
@@ -238,7 +201,7 @@ async fn altered_or_untrusted_narinfos_are_never_served() {
 async fn nar_not_matching_the_signed_nar_hash_is_never_stored() {
     let fx = fixture();
     let work = tempfile::tempdir().unwrap();
-    let cache_dir = copy_cache(fx, "xz", work.path());
+    let cache_dir = fx.copy_cache("xz", work.path());
     // Other content, compressed, with FileHash/FileSize/URL recomputed to match it: only the signed
     // NarHash can tell.
     let dump = fx

@@ -210,6 +210,19 @@ fn build_fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// A copy of the cache folder of `compression` in `dir`, to tamper with or thin out.
+    pub fn copy_cache(&self, compression: &str, dir: &Path) -> PathBuf {
+        let copy = dir.join(format!("cache-{compression}"));
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&self.caches[compression])
+            .arg(&copy)
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "copying the cache folder failed");
+        copy
+    }
+
     /// `nix-store -r PATH` into a fresh store with `url` as the only substituter, trusting only `key`
     /// (signatures required, Nix's default). Returns whether it succeeded, and stderr.
     pub fn realise(&self, store: &Path, url: &str, path: &str, key: &str) -> (bool, String) {
@@ -473,4 +486,84 @@ pub fn field<'a>(narinfo: &'a str, key: &str) -> Option<&'a str> {
     narinfo
         .lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(": ")))
+}
+
+/// Ends a child process (by its PID) when dropped, so no process outlives a failing test.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `python3` (given as a command, so that it can run inside a network namespace) as
+/// `python3 -m http.server` on 127.0.0.1 port 0 over `dir`: a real, independent HTTP server. Returns the
+/// child, already started, and its URL.
+pub fn http_server(mut python3: Command, dir: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    require("python3", "python3");
+    let mut child = python3
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start python3 -m http.server");
+    let mut line = String::new();
+    let read = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+    // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+    let port = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .map(str::to_string);
+    match (read, port) {
+        (Ok(_), Some(port)) => (child, format!("http://127.0.0.1:{port}")),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("unexpected http.server banner {line:?}");
+        }
+    }
+}
+
+/// A signing key pair made with `nixcache keygen` in `dir`; returns (secret key file, public key).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    // File names have limits that key names do not.
+    let stem: String = name.chars().take(40).collect();
+    let sk = dir.join(format!("{stem}.secret"));
+    let pk = dir.join(format!("{stem}.public"));
+    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .args(["keygen", name, "--secret-key-file"])
+        .arg(&sk)
+        .arg("--public-key-file")
+        .arg(&pk)
+        .output()
+        .expect("run nixcache keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(&pk).expect("read public key");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        public.trim(),
+        "keygen prints the public key"
+    );
+    (sk, public.trim().to_string())
 }
