@@ -42,6 +42,14 @@ pub enum StartError {
     /// The HTTP client or an upstream could not be set up.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The admin token file cannot be read.
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The signing key file cannot be read or is not a Nix secret key (its content is never shown).
     #[error("signing key file {path}: {reason}")]
     SigningKey {
@@ -154,7 +162,7 @@ impl App {
             Some(path) => Some(
                 std::fs::read_to_string(path)
                     .map(|t| t.trim().to_string())
-                    .map_err(|e| StartError::DataDir {
+                    .map_err(|e| StartError::AdminToken {
                         path: path.display().to_string(),
                         source: e,
                     })?,

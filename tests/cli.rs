@@ -51,6 +51,24 @@ fn bad_configuration_stops_start_up_naming_the_culprit() {
         "/nonexistent/nixcache.toml",
     );
 
+    // An admin token file that cannot be read is named as such.
+    let conf = dir.path().join("token.toml");
+    std::fs::write(&conf, "admin_token_file = \"/nonexistent/admin-token\"\n").unwrap();
+    let data = dir.path().join("token-data");
+    fails_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--config",
+            conf.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "admin token file /nonexistent/admin-token",
+    );
+
     // A data folder that cannot be created: its parent is a regular file.
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
