@@ -152,28 +152,22 @@ async fn main() {
     eprintln!("published {n} entries in {:.1}s", t.elapsed().as_secs_f64());
 
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.path().to_path_buf(),
-        max_size: 1 << 30,
-        priority: 30,
-        negative_ttl: Duration::from_secs(60),
-        upstream_timeout: Duration::from_secs(10),
-        stall_timeout: Duration::from_secs(10),
-        upstreams: Vec::new(),
-        signing_key_file: None,
-        oci: Some(OciConfig {
-            registry: registry_url.clone(),
-            repo: REPO.into(),
-            index_ttl: Duration::from_secs(3600),
-            trusted_keys: vec![key.public_key().to_string()],
-            accept_unsigned: false,
-            token: None,
-        }),
-        admin_token_file: None,
-        mdns: false,
-        mdns_interfaces: Vec::new(),
+    let overrides = nixcache::config::Overrides {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Default::default()
     };
+    let mut config = Config::resolve(&overrides, &|_| None).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstreams = Vec::new();
+    config.mdns = false;
+    config.oci = Some(OciConfig {
+        registry: registry_url.clone(),
+        repo: REPO.into(),
+        index_ttl: Duration::from_secs(3600),
+        trusted_keys: vec![key.public_key().to_string()],
+        accept_unsigned: false,
+        token: None,
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = App::open(config).unwrap();
@@ -206,13 +200,7 @@ async fn main() {
         let refresh_app = app.clone();
         let refreshing = tokio::spawn(async move {
             let t = Instant::now();
-            let outcome = refresh_app
-                .sources
-                .oci()
-                .unwrap()
-                .refresh_once(&refresh_app)
-                .await
-                .unwrap();
+            let outcome = nixcache::mirror::refresh_once(&refresh_app).await.unwrap();
             (t.elapsed(), outcome)
         });
         let during = load(

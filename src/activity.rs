@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::app::unix_now;
+use crate::clock::unix_now;
 
 /// How many events are kept.
 pub const KEEP: usize = 50;

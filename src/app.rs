@@ -2,20 +2,19 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Budget;
 use crate::config::Config;
-use crate::fill::Fills;
+use crate::fill::{FillLimits, Fills};
 use crate::index::{Index, IndexError};
 use crate::metrics::{Metrics, SourceName};
 use crate::nix::signing::{PublicKey, SecretKey};
-use crate::sources::{OciSource, Sources, Trust, Upstream};
+use crate::sources::{OciSource, Sources, Upstream};
 use crate::store::{NarStore, StoreError};
-
-/// How many NAR downloads run at once; more wait for a slot.
-pub const MAX_CONCURRENT_FILLS: usize = 16;
+use crate::trust::{Policies, Trust};
 
 /// Why the appliance could not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +69,10 @@ pub struct App {
     pub store: NarStore,
     /// The upstream caches.
     pub sources: Sources,
+    /// Every source's trust policy, which recorded narinfos are checked against.
+    pub policies: Policies,
+    /// The disk budget.
+    pub budget: Arc<Budget>,
     /// The key the appliance signs with, if any.
     pub signing_key: Option<SecretKey>,
     /// Its public half as `name:base64`, or empty: recorded with each signed narinfo.
@@ -100,7 +103,7 @@ impl App {
             source,
         })?;
         let index_path = dir.join("index.redb");
-        let index = Index::open(&index_path).map_err(|source| StartError::Index {
+        let index = Index::open(&index_path, None).map_err(|source| StartError::Index {
             path: index_path.display().to_string(),
             source,
         })?;
@@ -151,7 +154,7 @@ impl App {
             let m = metrics.source(o.id());
             o.with_metrics(m)
         });
-        let upstreams = upstreams
+        let upstreams: Vec<Upstream> = upstreams
             .into_iter()
             .map(|u| {
                 let m = metrics.source(u.url());
@@ -178,15 +181,35 @@ impl App {
             .as_ref()
             .map(|k| k.public_key().to_string())
             .unwrap_or_default();
+        let policies = Policies::new(
+            oci.iter()
+                .map(|o: &OciSource| (o.id().to_string(), o.trust().clone()))
+                .chain(
+                    upstreams
+                        .iter()
+                        .map(|u: &Upstream| (u.url().to_string(), u.trust().clone())),
+                ),
+        );
+        let fills = Fills::new(FillLimits {
+            max_running: config.max_fills,
+            max_queued: config.fill_queue,
+            abandon_grace: config.fill_abandon_grace,
+            min_rate: config.fill_min_rate,
+            rate_window: config.fill_rate_window,
+            stall_timeout: config.stall_timeout,
+        });
+        let budget = Budget::new(config.max_size, config.min_free);
         Ok(Arc::new(App {
             config,
             index,
             store,
             sources: Sources::new(oci, upstreams),
+            policies,
+            budget,
             signing_key,
             signer,
             admin_token,
-            fills: Fills::new(MAX_CONCURRENT_FILLS),
+            fills,
             lookups: crate::lookup::Lookups::default(),
             metrics,
             started: Instant::now(),
@@ -194,14 +217,11 @@ impl App {
             stopped: CancellationToken::new(),
         }))
     }
-}
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    /// Starts the appliance's background work (see `housekeeping.rs`); await the result at shutdown.
+    pub fn start_background(self: &Arc<Self>) -> crate::housekeeping::Background {
+        crate::housekeeping::start(self)
+    }
 }
 
 /// Reads the appliance's secret key, warning when others than its owner may read the file.

@@ -26,6 +26,26 @@ pub enum Command {
     Gc(GcArgs),
     /// Find nixcache appliances on the LAN (mDNS) and print nix.conf lines for them.
     Discover(DiscoverArgs),
+    /// Check the data folder (an fsck): re-hash stored NARs, check the index against the files both
+    /// ways, repair what can be repaired. Run it with the daemon stopped.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `nixcache verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The daemon's configuration file (for its data folder).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data folder [default: as `serve` resolves it].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Also decompress each NAR and check its NarHash and NarSize (slower).
+    #[arg(long)]
+    pub nar_hash: bool,
+    /// Only report: repair nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Arguments of `nixcache discover`. Advertised keys are never trusted unless pinned or explicitly
@@ -103,6 +123,25 @@ pub struct ServeArgs {
     /// Check the configuration, print it resolved, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+impl ServeArgs {
+    /// The settings these flags override.
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            upstreams: self.upstreams.clone(),
+            max_size: self.max_size.clone(),
+            signing_key_file: self.signing_key_file.clone(),
+            trusted_keys: self.trusted_keys.clone(),
+            no_mdns: self.no_mdns,
+            mdns_interfaces: self.mdns_interfaces.clone(),
+            oci_registry: self.oci_registry.clone(),
+            oci_repo: self.oci_repo.clone(),
+        }
+    }
 }
 
 /// Where a published cache lives. The token comes from `GITHUB_TOKEN` or `GH_TOKEN`.

@@ -9,7 +9,38 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::ServeArgs;
+mod parse;
+
+pub use parse::{normalize_registry, parse_size};
+use parse::{normalize_upstream, parse_listen};
+
+/// What the command line sets (`nixcache serve` flags, filled by `cli`): each field overrides the
+/// environment and the config file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// The TOML configuration file.
+    pub config: Option<PathBuf>,
+    /// `ADDR:PORT` to listen on.
+    pub listen: Option<String>,
+    /// The data folder.
+    pub data_dir: Option<PathBuf>,
+    /// Upstream caches, replacing the configured list.
+    pub upstreams: Vec<String>,
+    /// The store's size cap.
+    pub max_size: Option<String>,
+    /// The appliance's secret key file.
+    pub signing_key_file: Option<PathBuf>,
+    /// Trusted upstream keys, replacing the configured list.
+    pub trusted_keys: Vec<String>,
+    /// Do not advertise over mDNS.
+    pub no_mdns: bool,
+    /// Interfaces to advertise on, replacing the configured list.
+    pub mdns_interfaces: Vec<String>,
+    /// Registry of the OCI source.
+    pub oci_registry: Option<String>,
+    /// `OWNER/REPO` of the OCI source.
+    pub oci_repo: Option<String>,
+}
 
 /// The port nixcache listens on unless told otherwise (the one nixcache-oci used).
 pub const DEFAULT_PORT: u16 = 37515;
@@ -40,6 +71,23 @@ pub const DEFAULT_TRUSTED_KEYS: &[&str] =
 pub const DEFAULT_MDNS: bool = true;
 /// The interfaces mDNS advertises on unless told otherwise: none named means all.
 pub const DEFAULT_MDNS_INTERFACES: &[&str] = &[];
+/// Free space kept on the data folder's filesystem unless told otherwise.
+pub const DEFAULT_MIN_FREE: &str = "512MiB";
+/// NAR downloads at once.
+pub const DEFAULT_MAX_FILLS: usize = 16;
+/// NAR downloads waiting for a slot, beyond the running ones; more are refused with 503.
+pub const DEFAULT_FILL_QUEUE: usize = 64;
+/// Seconds a download goes on after its last client left.
+pub const DEFAULT_FILL_ABANDON_GRACE_SECS: u64 = 5;
+/// Bytes per second a source must at least deliver over the rate window.
+pub const DEFAULT_FILL_MIN_RATE: &str = "4KiB";
+/// Seconds over which the download rate is measured.
+pub const DEFAULT_FILL_RATE_WINDOW_SECS: u64 = 60;
+/// Seconds a narinfo whose NAR is not on disk is kept after it was last asked for (30 days: the time
+/// Nix clients cache a narinfo).
+pub const DEFAULT_INDEX_RETENTION_SECS: u64 = 30 * 24 * 3600;
+/// Seconds between two passes of the background scrub over the stored NARs (a week); 0 turns it off.
+pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
 /// Errors that stop start-up; each names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +136,22 @@ pub struct FileConfig {
     pub upstream_timeout: Option<u64>,
     /// Seconds a NAR download may stall before it is abandoned.
     pub stall_timeout: Option<u64>,
+    /// Free space to keep on the data folder's filesystem, evicting to keep it.
+    pub min_free: Option<SizeValue>,
+    /// NAR downloads at once.
+    pub max_fills: Option<usize>,
+    /// NAR downloads that may wait for a slot; more are refused with 503.
+    pub fill_queue: Option<usize>,
+    /// Seconds a download goes on after its last client left.
+    pub fill_abandon_grace: Option<u64>,
+    /// Bytes per second a source must at least deliver over `fill_rate_window`.
+    pub fill_min_rate: Option<SizeValue>,
+    /// Seconds over which the download rate is measured.
+    pub fill_rate_window: Option<u64>,
+    /// Seconds a narinfo whose NAR is not on disk is kept after it was last asked for.
+    pub index_retention: Option<u64>,
+    /// Seconds between passes of the background scrub; 0 turns it off.
+    pub scrub_interval: Option<u64>,
     /// Upstream caches, most preferred first: URLs, or tables with per-source trust.
     pub upstreams: Option<Vec<UpstreamEntry>>,
     /// Secret key (Nix format) the appliance signs what it serves with.
@@ -200,6 +264,22 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Time a NAR download may go without a byte.
     pub stall_timeout: Duration,
+    /// Free space kept on the data folder's filesystem, in bytes.
+    pub min_free: u64,
+    /// NAR downloads at once.
+    pub max_fills: usize,
+    /// NAR downloads that may wait for a slot.
+    pub fill_queue: usize,
+    /// How long a download goes on after its last client left.
+    pub fill_abandon_grace: Duration,
+    /// Bytes per second a source must at least deliver over `fill_rate_window`.
+    pub fill_min_rate: u64,
+    /// The window the download rate is measured over.
+    pub fill_rate_window: Duration,
+    /// How long a narinfo whose NAR is not on disk is kept after it was last asked for.
+    pub index_retention: Duration,
+    /// Time between passes of the background scrub; `None`: off.
+    pub scrub_interval: Option<Duration>,
     /// Upstream caches, most preferred first.
     pub upstreams: Vec<UpstreamConfig>,
     /// The appliance's secret key file, if it signs.
@@ -217,7 +297,7 @@ pub struct Config {
 impl Config {
     /// Merges flags, environment (read through `env`) and the config file (named by `--config`) over the defaults.
     pub fn resolve(
-        args: &ServeArgs,
+        args: &Overrides,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let (file, file_name) = match &args.config {
@@ -346,6 +426,20 @@ impl Config {
                 None => Ok(Duration::from_secs(default)),
             }
         };
+        let size = |v: &Option<SizeValue>, key: &str, default: &str| -> Result<u64, ConfigError> {
+            match v {
+                Some(SizeValue::Bytes(n)) => Ok(*n),
+                Some(SizeValue::Text(t)) => parse_size(t).map_err(|m| invalid(&in_file(key), m)),
+                None => Ok(parse_size(default).expect("default size parses")),
+            }
+        };
+        let count = |v: Option<usize>, key: &str, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                Some(0) => Err(invalid(&in_file(key), "must be at least 1".into())),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -362,6 +456,29 @@ impl Config {
                 "stall_timeout",
                 DEFAULT_STALL_TIMEOUT_SECS,
             )?,
+            min_free: size(&file.min_free, "min_free", DEFAULT_MIN_FREE)?,
+            max_fills: count(file.max_fills, "max_fills", DEFAULT_MAX_FILLS)?,
+            fill_queue: file.fill_queue.unwrap_or(DEFAULT_FILL_QUEUE),
+            fill_abandon_grace: secs(
+                file.fill_abandon_grace,
+                "fill_abandon_grace",
+                DEFAULT_FILL_ABANDON_GRACE_SECS,
+            )?,
+            fill_min_rate: size(&file.fill_min_rate, "fill_min_rate", DEFAULT_FILL_MIN_RATE)?,
+            fill_rate_window: secs(
+                file.fill_rate_window,
+                "fill_rate_window",
+                DEFAULT_FILL_RATE_WINDOW_SECS,
+            )?,
+            index_retention: secs(
+                file.index_retention,
+                "index_retention",
+                DEFAULT_INDEX_RETENTION_SECS,
+            )?,
+            scrub_interval: match file.scrub_interval.unwrap_or(DEFAULT_SCRUB_INTERVAL_SECS) {
+                0 => None,
+                n => Some(Duration::from_secs(n)),
+            },
             upstreams: checked,
             signing_key_file,
             mdns: !args.no_mdns && file.mdns.unwrap_or(DEFAULT_MDNS),
@@ -381,7 +498,7 @@ fn invalid(origin: &str, message: String) -> ConfigError {
 
 /// `--mdns-interface` > `mdns_interfaces` > all; each an interface name (as `ip link` shows it) or address.
 fn resolve_mdns_interfaces(
-    args: &ServeArgs,
+    args: &Overrides,
     file: &FileConfig,
     in_file: &dyn Fn(&str) -> String,
 ) -> Result<Vec<String>, ConfigError> {
@@ -412,7 +529,7 @@ fn resolve_mdns_interfaces(
 
 /// The OCI source: `--oci-repo` > `NIXCACHE_REPO` > `oci_repo`; none configured means no OCI source.
 fn resolve_oci(
-    args: &ServeArgs,
+    args: &Overrides,
     env: &dyn Fn(&str) -> Option<String>,
     file: &FileConfig,
     in_file: &dyn Fn(&str) -> String,
@@ -490,29 +607,6 @@ fn resolve_oci(
     }))
 }
 
-/// `ghcr.io` → `https://ghcr.io`; a URL is kept (tests use `http://127.0.0.1:5000`).
-pub fn normalize_registry(value: &str) -> Result<String, String> {
-    let value = value.trim().trim_end_matches('/');
-    let url = if value.contains("://") {
-        value.to_string()
-    } else {
-        format!("https://{value}")
-    };
-    let parsed =
-        reqwest::Url::parse(&url).map_err(|e| format!("{value:?} is not a registry URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!(
-            "{value:?}: give https://HOST (or http://HOST:PORT for a local registry)"
-        ));
-    }
-    if parsed.path() != "/" || parsed.query().is_some() {
-        return Err(format!(
-            "{value:?}: give the registry's base URL without a path"
-        ));
-    }
-    Ok(url)
-}
-
 /// Checks that every key parses as a Nix public key (`name:base64 of 32 bytes`).
 fn check_keys(keys: Vec<(String, String)>) -> Result<Vec<String>, ConfigError> {
     keys.into_iter()
@@ -541,367 +635,5 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Parses `ADDR:PORT`, or a bare address when `default_port` is given (nixcache-oci's `NIXCACHE_LISTEN=0.0.0.0`).
-fn parse_listen(value: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
-    let value = value.trim();
-    if let Ok(addr) = value.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if let Some(port) = default_port {
-        let bare = value.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
-        }
-    }
-    Err(format!(
-        "{value:?} is not an ADDRESS:PORT such as 0.0.0.0:37515 or [::]:37515"
-    ))
-}
-
-/// Parses a size: bytes, or a number with K/M/G/T (powers of 1024, also written KiB...) or KB/MB/GB/TB (powers of 1000).
-pub fn parse_size(value: &str) -> Result<u64, String> {
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{value:?} is not a size such as 20GiB or 500M"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => {
-            return Err(format!(
-                "{value:?}: unknown unit {unit:?} (use K, M, G, T, KiB..., KB...)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{value:?} is too large"))
-}
-
-/// Checks an upstream URL (http or https, no query or fragment) and gives it a trailing `/`.
-fn normalize_upstream(url: &str) -> Result<String, String> {
-    let parsed =
-        reqwest::Url::parse(url.trim()).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "{url:?}: only http and https upstreams are supported"
-        ));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() || parsed.host_str().is_none() {
-        return Err(format!(
-            "{url:?}: give a plain base URL without query or fragment"
-        ));
-    }
-    let mut s = parsed.to_string();
-    if !s.ends_with('/') {
-        s.push('/');
-    }
-    Ok(s)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn resolve(args: ServeArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::resolve(&args, &|k| env.get(k).cloned())
-    }
-
-    fn file_args(text: &str) -> (tempfile::TempDir, ServeArgs) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("nixcache.toml");
-        std::fs::write(&path, text).expect("write config");
-        let args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
-        (dir, args)
-    }
-
-    fn urls(c: &Config) -> Vec<&str> {
-        c.upstreams.iter().map(|u| u.url.as_str()).collect()
-    }
-
-    const KEY_A: &str = "a-1:veQv4KKpmmHg7SlnFFbSRVLwWtRIi1N0nTJMfTpElKY=";
-    const KEY_B: &str = "b-1:t/3Ot7hf+gNG/a6McHNOxMkd+KYWh0qcQmMw/A4Hw+E=";
-
-    #[test]
-    fn trust_is_global_or_per_source() {
-        let (_d, mut args) = file_args(&format!(
-            "trusted_keys = [\"{KEY_A}\"]\nsigning_key_file = \"/keys/sk\"\n\
-             upstreams = [\"http://a.example\", {{ url = \"http://b.example\", trusted_keys = [\"{KEY_B}\"] }},\
-             {{ url = \"http://c.example\", accept_unsigned = true }}]\n"
-        ));
-        let c = resolve(args.clone(), &[]).unwrap();
-        assert_eq!(c.signing_key_file, Some(PathBuf::from("/keys/sk")));
-        assert_eq!(c.upstreams[0].trusted_keys, [KEY_A]);
-        assert_eq!(c.upstreams[1].trusted_keys, [KEY_B]);
-        assert!(!c.upstreams[1].accept_unsigned);
-        assert!(c.upstreams[2].accept_unsigned);
-        args.trusted_keys = vec![KEY_B.into()];
-        args.signing_key_file = Some("/flag/sk".into());
-        let c = resolve(args, &[]).unwrap();
-        assert_eq!(c.upstreams[0].trusted_keys, [KEY_B]);
-        assert_eq!(c.signing_key_file, Some(PathBuf::from("/flag/sk")));
-
-        let args = ServeArgs {
-            trusted_keys: vec!["not-a-key".into()],
-            ..Default::default()
-        };
-        assert!(
-            resolve(args, &[])
-                .unwrap_err()
-                .to_string()
-                .starts_with("--trusted-key")
-        );
-        let (_d, args) = file_args("upstreams = [{ url = \"http://x\", trust = true }]\n");
-        assert!(resolve(args, &[]).is_err());
-    }
-
-    #[test]
-    fn oci_source_from_flags_env_or_file() {
-        assert_eq!(resolve(ServeArgs::default(), &[]).unwrap().oci, None);
-        let (_d, mut args) =
-            file_args("oci_repo = \"Owner/Repo\"\nindex_ttl = 30\noci_accept_unsigned = true\n");
-        let c = resolve(args.clone(), &[("GH_TOKEN", "s3cret")]).unwrap();
-        let oci = c.oci.clone().unwrap();
-        assert_eq!(oci.registry, "https://ghcr.io");
-        assert_eq!(oci.repo, "Owner/Repo");
-        assert_eq!(oci.index_ttl, Duration::from_secs(30));
-        assert!(oci.accept_unsigned);
-        assert_eq!(oci.trusted_keys, DEFAULT_TRUSTED_KEYS);
-        assert_eq!(oci.token, Some(Secret("s3cret".into())));
-        assert!(
-            !format!("{c:?}").contains("s3cret"),
-            "tokens are never printed"
-        );
-
-        let env = [
-            ("NIXCACHE_REPO", "env/repo"),
-            ("NIXCACHE_REGISTRY", "registry.example:5000"),
-            ("NIXCACHE_INDEX_TTL", "60"),
-        ];
-        let oci = resolve(args.clone(), &env).unwrap().oci.unwrap();
-        assert_eq!(
-            (oci.repo.as_str(), oci.registry.as_str()),
-            ("env/repo", "https://registry.example:5000")
-        );
-        assert_eq!(oci.index_ttl, Duration::from_secs(60));
-
-        args.oci_repo = Some("flag/repo".into());
-        args.oci_registry = Some("http://127.0.0.1:5000".into());
-        let oci = resolve(args.clone(), &env).unwrap().oci.unwrap();
-        assert_eq!(
-            (oci.repo.as_str(), oci.registry.as_str()),
-            ("flag/repo", "http://127.0.0.1:5000")
-        );
-
-        args.oci_repo = Some("no-slash".into());
-        assert!(
-            resolve(args.clone(), &[])
-                .unwrap_err()
-                .to_string()
-                .starts_with("--oci-repo")
-        );
-        args.oci_repo = Some("a/b".into());
-        args.oci_registry = Some("ftp://x".into());
-        assert!(
-            resolve(args, &[])
-                .unwrap_err()
-                .to_string()
-                .starts_with("--oci-registry")
-        );
-    }
-
-    #[test]
-    fn mdns_is_on_by_default_and_can_be_narrowed_or_turned_off() {
-        let c = resolve(ServeArgs::default(), &[]).unwrap();
-        assert_eq!((c.mdns, c.mdns_interfaces.is_empty()), (true, true));
-
-        let (_d, mut args) =
-            file_args("mdns = false\nmdns_interfaces = [\"eth0\", \"10.0.0.2\"]\n");
-        let c = resolve(args.clone(), &[]).unwrap();
-        assert!(!c.mdns);
-        assert_eq!(c.mdns_interfaces, ["eth0", "10.0.0.2"]);
-        args.mdns_interfaces = vec!["br0".into()];
-        assert_eq!(resolve(args, &[]).unwrap().mdns_interfaces, ["br0"]);
-
-        let args = ServeArgs {
-            no_mdns: true,
-            ..Default::default()
-        };
-        assert!(!resolve(args, &[]).unwrap().mdns);
-
-        let (_d, args) = file_args("mdns_interfaces = [\"not an interface\"]\n");
-        let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(e.starts_with("mdns_interfaces in"), "{e}");
-        let args = ServeArgs {
-            mdns_interfaces: vec!["a-very-long-interface-name".into()],
-            ..Default::default()
-        };
-        let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(e.starts_with("--mdns-interface"), "{e}");
-    }
-
-    #[test]
-    fn defaults_need_no_setup() {
-        let c = resolve(ServeArgs::default(), &[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:37515".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("./nixcache-data"));
-        assert_eq!(urls(&c), ["https://cache.nixos.org/"]);
-        assert_eq!(c.upstreams[0].trusted_keys, DEFAULT_TRUSTED_KEYS);
-        assert!(!c.upstreams[0].accept_unsigned);
-        assert_eq!(c.signing_key_file, None);
-        assert_eq!(c.max_size, 20 << 30);
-        assert_eq!(c.priority, 30);
-        assert_eq!(c.negative_ttl, Duration::from_secs(60));
-    }
-
-    #[test]
-    fn state_directory_is_the_systemd_default() {
-        let c = resolve(
-            ServeArgs::default(),
-            &[("STATE_DIRECTORY", "/var/lib/nixcache:/x")],
-        )
-        .unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/var/lib/nixcache"));
-    }
-
-    #[test]
-    fn flag_beats_env_beats_file() {
-        let (_d, mut args) = file_args(
-            "listen = \"127.0.0.1:1000\"\ndata_dir = \"/file\"\nupstreams = [\"http://file.example\"]\nmax_size = 1000\n",
-        );
-        let c = resolve(args.clone(), &[]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:1000".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("/file"));
-        assert_eq!(urls(&c), ["http://file.example/"]);
-        assert_eq!(c.max_size, 1000);
-
-        let env = [
-            ("NIXCACHE_LISTEN", "127.0.0.2"),
-            ("NIXCACHE_PORT", "2000"),
-            ("NIXCACHE_DATA_DIR", "/env"),
-            (
-                "NIXCACHE_UPSTREAM",
-                "http://a.example https://b.example/cache",
-            ),
-        ];
-        let c = resolve(args.clone(), &env).unwrap();
-        assert_eq!(c.listen, "127.0.0.2:2000".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("/env"));
-        assert_eq!(urls(&c), ["http://a.example/", "https://b.example/cache/"]);
-
-        args.listen = Some("[::1]:3000".into());
-        args.data_dir = Some("/flag".into());
-        args.upstreams = vec!["http://flag.example".into()];
-        args.max_size = Some("1MiB".into());
-        let c = resolve(args, &env).unwrap();
-        assert_eq!(c.listen, "[::1]:3000".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("/flag"));
-        assert_eq!(urls(&c), ["http://flag.example/"]);
-        assert_eq!(c.max_size, 1 << 20);
-    }
-
-    #[test]
-    fn port_alone_keeps_the_file_address() {
-        let (_d, args) = file_args("listen = \"127.0.0.1:1000\"\n");
-        let c = resolve(args, &[("NIXCACHE_PORT", "2000")]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:2000".parse().unwrap());
-    }
-
-    #[test]
-    fn empty_upstream_variable_means_none() {
-        let c = resolve(ServeArgs::default(), &[("NIXCACHE_UPSTREAM", "")]).unwrap();
-        assert!(c.upstreams.is_empty());
-    }
-
-    #[test]
-    fn errors_name_their_origin() {
-        let (_d, args) = file_args("listen = \"0.0.0.0:1\"\nmax_sise = \"1G\"\n");
-        let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(e.contains("max_sise"), "{e}");
-
-        let (_d, args) = file_args("max_size = \"12 parsecs\"\n");
-        let e = resolve(args, &[]).unwrap_err().to_string();
-        assert!(e.contains("max_size in"), "{e}");
-
-        let e = resolve(ServeArgs::default(), &[("NIXCACHE_PORT", "http")]).unwrap_err();
-        assert!(e.to_string().starts_with("NIXCACHE_PORT"), "{e}");
-
-        let args = ServeArgs {
-            listen: Some("localhost".into()),
-            ..Default::default()
-        };
-        assert!(
-            resolve(args, &[])
-                .unwrap_err()
-                .to_string()
-                .starts_with("--listen")
-        );
-
-        let args = ServeArgs {
-            upstreams: vec!["ftp://x".into()],
-            ..Default::default()
-        };
-        assert!(
-            resolve(args, &[])
-                .unwrap_err()
-                .to_string()
-                .starts_with("--upstream")
-        );
-
-        let (_d, args) = file_args("negative_ttl = 0\n");
-        assert!(
-            resolve(args, &[])
-                .unwrap_err()
-                .to_string()
-                .contains("negative_ttl")
-        );
-    }
-
-    #[test]
-    fn shipped_config_file_states_the_defaults() {
-        let args = ServeArgs {
-            config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nixcache.toml").into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            resolve(args, &[]).unwrap(),
-            resolve(ServeArgs::default(), &[]).unwrap()
-        );
-    }
-
-    #[test]
-    fn sizes() {
-        for (text, want) in [
-            ("0", Some(0)),
-            ("512", Some(512)),
-            ("1K", Some(1024)),
-            ("20GiB", Some(20 << 30)),
-            ("20 G", Some(20 << 30)),
-            ("3MB", Some(3_000_000)),
-            ("1t", Some(1 << 40)),
-            ("", None),
-            ("G", None),
-            ("1.5G", None),
-            ("-1", None),
-            ("99999999999T", None),
-        ] {
-            assert_eq!(parse_size(text).ok(), want, "{text:?}");
-        }
-    }
-}
+mod tests;

@@ -1,37 +1,51 @@
 //! One download per NAR, however many clients ask: streamed to each of them as bytes arrive, verified
-//! before it is kept.
+//! before it is kept, and bounded in every way a client or a source could abuse.
 //!
 //! A fill writes into a temp file and publishes how far it got on a `watch` channel; each client reads
 //! the temp file at its own pace through its own offset, so a slow or vanished client never holds up
 //! the download or the others. Clients are never given the last byte before the hash decided: a failed
 //! fill ends their streams with an error, which aborts their connections, so a short or corrupt body
-//! never looks complete.
+//! never looks complete. Once verified, the last byte goes out at once; making the file durable (fsync,
+//! rename, folder fsync, index row) follows off the clients' path.
+//!
+//! Bounds: at most `max_fills` downloads run and at most `fill_queue` wait (more get 503); a fill
+//! reserves its room in the disk budget before the download starts and opens its temp file only then;
+//! a fill no client waits for any more stops after `fill_abandon_grace` (unless a warm or pin asked for
+//! it); a source slower than `fill_min_rate` over `fill_rate_window`, or silent for `stall_timeout`,
+//! is dropped. A NAR larger than the store's cap is passed through without being stored
+//! ([`pass_through`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{Semaphore, watch};
 
-use crate::app::{App, unix_now};
+use crate::app::App;
+use crate::budget::{NoSpace, Reservation};
+use crate::clock::unix_now;
 use crate::index::{IndexError, NarRecord};
-use crate::metrics::NarResult;
-use crate::nix::hash::Sha256Hash;
+use crate::metrics::{FillOutcome, NarResult};
 use crate::nix::nar_name::NarName;
 use crate::sources::SourceError;
-use crate::store::StoreError;
+use crate::store::{StoreError, TempGuard};
 use crate::verify::{Expected, NarVerifier, VerifyError};
 
 /// Bytes gathered from the network before one write (and one hand-off to the blocking pool).
 const WRITE_BATCH: usize = 1 << 20;
-/// Bytes read from the temp file per chunk sent to a client.
-const READ_CHUNK: u64 = 1 << 20;
+/// Bytes read from the temp file per chunk sent to a client: small, so thousands of slow readers
+/// hold little memory.
+const READ_CHUNK: u64 = 256 * 1024;
+/// How often a running fill checks its clients, its rate and its stall timer.
+const TICK: Duration = Duration::from_millis(250);
 
-/// Why a fill failed. Logged; clients see an aborted transfer.
+/// Why a fill failed. Logged; clients see a 502/503/504, or an aborted transfer once bytes went out.
 #[derive(Debug, thiserror::Error)]
 pub enum FillError {
     /// The source failed.
@@ -40,10 +54,16 @@ pub enum FillError {
     /// No byte arrived for the stall time-out.
     #[error("download stalled")]
     Stalled,
-    /// The body was longer or shorter than FileSize.
-    #[error("size mismatch: expected {expected} bytes, got {got}")]
+    /// The source sent less than the minimum rate over the rate window.
+    #[error("download slower than the minimum rate")]
+    TooSlow,
+    /// Every client left, and nothing asked to keep it.
+    #[error("abandoned: no client waits for it")]
+    Abandoned,
+    /// The source announced another size than FileSize (or more than the file may have).
+    #[error("size mismatch: expected at most {expected} bytes, source announced {got}")]
     Size {
-        /// FileSize.
+        /// FileSize, or the bound.
         expected: u64,
         /// What the source announced.
         got: u64,
@@ -51,76 +71,258 @@ pub enum FillError {
     /// The file or the NAR inside does not match the narinfo.
     #[error("verification failed: {0}")]
     Verify(#[from] VerifyError),
-    /// The NAR record is not usable (an index written by a broken version).
-    #[error("bad NAR record: {0}")]
-    Record(String),
     /// Writing or committing the file failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Recording it failed.
     #[error(transparent)]
     Index(#[from] IndexError),
-    /// Local I/O on the temp file failed.
+    /// Local I/O on the temp file failed (a full disk, among others).
     #[error("temp file: {0}")]
     Io(#[from] io::Error),
+    /// The disk budget has no room for it.
+    #[error("no room in the store: {0}")]
+    NoSpace(String),
+    /// Too many fills are running or waiting.
+    #[error("too many downloads waiting")]
+    Busy,
+    /// The NAR record changed or went while the fill ran; the file was not kept.
+    #[error("the NAR record changed during the download")]
+    RecordChanged,
     /// The appliance is shutting down.
     #[error("shutting down")]
     ShuttingDown,
 }
 
+impl FillError {
+    /// What a client waiting for the first byte is told.
+    pub fn failure(&self) -> Failure {
+        match self {
+            FillError::Source(e) if e.is_timeout() => Failure::Timeout,
+            FillError::Source(_) | FillError::Stalled | FillError::TooSlow => Failure::Upstream,
+            FillError::Size { .. } | FillError::Verify(_) => Failure::Upstream,
+            FillError::NoSpace(_) => Failure::NoSpace,
+            FillError::Busy | FillError::ShuttingDown | FillError::Abandoned => Failure::Busy,
+            FillError::Store(_) | FillError::Io(_) => Failure::NoSpace,
+            FillError::Index(_) | FillError::RecordChanged => Failure::Internal,
+        }
+    }
+
+    /// The outcome metrics and activity record.
+    pub fn outcome(&self) -> FillOutcome {
+        match self {
+            FillError::Verify(VerifyError::FileHash { .. }) => FillOutcome::Rejected("file_hash"),
+            FillError::Verify(VerifyError::FileSize { .. } | VerifyError::FileTooLarge { .. })
+            | FillError::Size { .. } => FillOutcome::Rejected("file_size"),
+            FillError::Verify(VerifyError::NarHash { .. }) => FillOutcome::Rejected("nar_hash"),
+            FillError::Verify(VerifyError::NarSize { .. } | VerifyError::TooLarge { .. }) => {
+                FillOutcome::Rejected("nar_size")
+            }
+            FillError::Verify(
+                VerifyError::Decode(_) | VerifyError::Trailing | VerifyError::Unsupported(_),
+            ) => FillOutcome::Rejected("decode"),
+            FillError::Source(_) | FillError::Stalled => FillOutcome::Failed("source"),
+            FillError::TooSlow => FillOutcome::Failed("too_slow"),
+            FillError::Abandoned => FillOutcome::Failed("abandoned"),
+            FillError::NoSpace(_) | FillError::Busy => FillOutcome::Failed("no_room"),
+            FillError::ShuttingDown => FillOutcome::Failed("shutdown"),
+            FillError::Store(_)
+            | FillError::Index(_)
+            | FillError::Io(_)
+            | FillError::RecordChanged => FillOutcome::Failed("local"),
+        }
+    }
+}
+
+/// What a client that got no byte yet is answered when the fill failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The source failed or sent a bad file: 502.
+    Upstream,
+    /// The source timed out: 504.
+    Timeout,
+    /// No room on the disk (budget or a full filesystem): 503.
+    NoSpace,
+    /// Too busy, or shutting down: 503.
+    Busy,
+    /// The index failed: 500.
+    Internal,
+}
+
 /// How far a fill got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// Waiting for a download slot or for the source's response headers.
+    /// Waiting for a download slot and room in the budget.
+    Queued,
+    /// Waiting for the source's response headers.
     Connecting,
     /// Downloading; this many bytes are in the temp file.
     Running {
         /// Bytes written so far.
         written: u64,
     },
-    /// Verified and stored; the file has this size.
-    Done {
+    /// Verified: the whole file may be sent (it is being made durable).
+    Verified {
         /// Final size.
         size: u64,
     },
     /// Failed; nothing was stored.
-    Failed,
+    Failed(Failure),
+}
+
+/// The limits fills run under (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct FillLimits {
+    /// Downloads at once.
+    pub max_running: usize,
+    /// Fills waiting for a slot, beyond the running ones.
+    pub max_queued: usize,
+    /// How long a fill goes on with no client.
+    pub abandon_grace: Duration,
+    /// Bytes per second a source must at least deliver, over `rate_window`.
+    pub min_rate: u64,
+    /// The window the rate is measured over.
+    pub rate_window: Duration,
+    /// How long a download may go without a byte.
+    pub stall_timeout: Duration,
 }
 
 /// A download in progress, joined by every client that wants the NAR meanwhile.
 pub struct Fill {
-    file: Arc<File>,
+    file: OnceLock<Arc<File>>,
     progress: watch::Receiver<Progress>,
     /// FileSize, when the narinfo gave it.
     pub size: Option<u64>,
+    clients: AtomicUsize,
+    /// A warm or pin wants it stored: never abandoned.
+    keep: AtomicBool,
+    created: Instant,
+    /// Milliseconds after `created` when the last client left (`u64::MAX`: never, or clients again).
+    idle_since: AtomicU64,
 }
 
-/// What a client gets when it asks for a NAR that is not on disk.
+impl Fill {
+    /// Waits until the download started: `Err` when the fill failed before sending anything, so the
+    /// client can get a proper 502/503/504 instead of a 200 that breaks off.
+    pub async fn started(&self) -> Result<(), Failure> {
+        let mut progress = self.progress.clone();
+        let result = progress
+            .wait_for(|p| !matches!(p, Progress::Queued | Progress::Connecting))
+            .await
+            .map(|p| *p);
+        match result {
+            Ok(Progress::Failed(f)) => Err(f),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Failure::Busy),
+        }
+    }
+
+    /// Waits until the fill ended: `Ok(size)` once verified.
+    pub async fn finished(&self) -> Result<u64, Failure> {
+        let mut progress = self.progress.clone();
+        let result = progress
+            .wait_for(|p| matches!(p, Progress::Verified { .. } | Progress::Failed(_)))
+            .await
+            .map(|p| *p);
+        match result {
+            Ok(Progress::Verified { size }) => Ok(size),
+            Ok(Progress::Failed(f)) => Err(f),
+            _ => Err(Failure::Busy),
+        }
+    }
+
+    /// Whether every client left more than `grace` ago and nothing asked to keep it.
+    fn abandoned(&self, grace: Duration) -> bool {
+        if self.keep.load(Ordering::Relaxed) || self.clients.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        let since = self.idle_since.load(Ordering::Relaxed);
+        since != u64::MAX
+            && self.created.elapsed().as_millis() as u64
+                >= since.saturating_add(grace.as_millis() as u64)
+    }
+}
+
+/// A client's hold on a fill: while any exists, the fill is wanted.
+pub struct Subscription {
+    fill: Arc<Fill>,
+}
+
+impl Subscription {
+    fn new(fill: Arc<Fill>) -> Subscription {
+        fill.clients.fetch_add(1, Ordering::Relaxed);
+        fill.idle_since.store(u64::MAX, Ordering::Relaxed);
+        Subscription { fill }
+    }
+
+    /// The fill.
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.fill.clients.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let now = self.fill.created.elapsed().as_millis() as u64;
+            self.fill.idle_since.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Who wants a NAR fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// A client reading it now: the fill stops if every such client leaves.
+    Client,
+    /// A warm or pin: the fill runs to the end whoever reads it.
+    Keep,
+}
+
+/// What a caller gets when it asks for a NAR that is not on disk.
 pub enum Joined {
-    /// A fill (new or already running) to stream from.
-    Fill(Arc<Fill>),
+    /// A fill (new or already running) to stream from or wait for.
+    Fill(Subscription),
     /// It was stored meanwhile: serve the file.
     Stored,
+    /// Larger than the store's cap: stream it from the source without storing it.
+    PassThrough,
 }
 
 /// The fills in progress, by FileHash.
 pub struct Fills {
-    running: Mutex<HashMap<Sha256Hash, Arc<Fill>>>,
+    running: Mutex<HashMap<crate::nix::hash::Sha256Hash, Arc<Fill>>>,
     permits: Arc<Semaphore>,
+    limits: FillLimits,
 }
 
 impl Fills {
-    /// No fill running; at most `max_concurrent` downloads at once.
-    pub fn new(max_concurrent: usize) -> Fills {
+    /// No fill running yet.
+    pub fn new(limits: FillLimits) -> Fills {
         Fills {
             running: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(max_concurrent)),
+            permits: Arc::new(Semaphore::new(limits.max_running)),
+            limits,
         }
     }
 
-    /// Number of fills running.
+    /// Number of fills running or waiting.
     pub fn in_flight(&self) -> usize {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Whether a fill of `file_hash` is running (the orphan sweep leaves its file alone), checked
+    /// under the same lock a fill holds until its file is committed; `f` runs under it.
+    pub fn unless_running<T>(
+        &self,
+        file_hash: &crate::nix::hash::Sha256Hash,
+        f: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let running = self.running.lock().ok()?;
+        if running.contains_key(file_hash) {
+            return None;
+        }
+        Some(f())
     }
 
     /// Joins the fill of `name`, or starts it from `record`'s source.
@@ -128,100 +330,211 @@ impl Fills {
         app: &Arc<App>,
         name: NarName,
         record: NarRecord,
+        want: Want,
     ) -> Result<Joined, FillError> {
-        let mut running = app
-            .fills
+        let fills = &app.fills;
+        let mut running = fills
             .running
             .lock()
             .map_err(|_| io::Error::other("fill table poisoned"))?;
         if let Some(fill) = running.get(&name.file_hash) {
             app.metrics.nar(NarResult::Coalesced, &record.source);
-            return Ok(Joined::Fill(fill.clone()));
+            return Ok(Joined::Fill(subscribe(fill.clone(), want)));
         }
         // A fill that just finished has left the table after committing: check before starting another.
         if let Some((_, true)) = app.index.nar(&name.file_hash)? {
             return Ok(Joined::Stored);
         }
-        let (guard, file) = app.store.temp_file(&name)?;
-        let file = Arc::new(file);
-        let (tx, rx) = watch::channel(Progress::Connecting);
+        let bound = Expected::from_record(&name, &record).max_file_size();
+        if app.budget.larger_than_cap(bound, app.index.file_bytes()) {
+            return match want {
+                Want::Client => Ok(Joined::PassThrough),
+                Want::Keep => Err(FillError::NoSpace("larger than the store's cap".into())),
+            };
+        }
+        if running.len() >= fills.limits.max_running + fills.limits.max_queued {
+            app.metrics.fill_finished(
+                &record.source,
+                &name.to_string(),
+                &FillOutcome::Failed("busy"),
+            );
+            return Err(FillError::Busy);
+        }
+        let (tx, rx) = watch::channel(Progress::Queued);
         let fill = Arc::new(Fill {
-            file: file.clone(),
+            file: OnceLock::new(),
             progress: rx,
             size: record.file_size,
+            clients: AtomicUsize::new(0),
+            keep: AtomicBool::new(false),
+            created: Instant::now(),
+            idle_since: AtomicU64::new(0),
         });
         running.insert(name.file_hash, fill.clone());
+        let subscription = subscribe(fill.clone(), want);
         drop(running);
         app.metrics.nar(NarResult::Miss, &record.source);
         let app = app.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                r = run_fill(&app, &name, &record, guard, file, &tx) => r,
+                r = run_fill(&app, &fill, &name, &record, bound, &tx) => r,
                 () = app.stopped.cancelled() => Err(FillError::ShuttingDown),
             };
-            app.metrics
-                .fill_finished(&record.source, &name.to_string(), &outcome);
-            let progress = match outcome {
+            let nar = name.to_string();
+            match &outcome {
                 Ok(size) => {
-                    tracing::info!(nar = %name, source = %record.source, size, "NAR stored");
-                    Progress::Done { size }
+                    tracing::info!(nar = %nar, source = %record.source, size, "NAR stored");
+                    app.metrics
+                        .fill_finished(&record.source, &nar, &FillOutcome::Stored(*size));
                 }
                 Err(e) => {
-                    tracing::warn!(nar = %name, source = %record.source, error = %e, "NAR fill failed, nothing stored");
-                    Progress::Failed
+                    tracing::warn!(nar = %nar, source = %record.source, error = %e, "NAR fill failed, nothing stored");
+                    app.metrics
+                        .fill_finished(&record.source, &nar, &e.outcome());
+                    // After `Verified` the clients have what they need; a later failure (committing)
+                    // only means the file was not kept.
+                    tx.send_if_modified(|p| {
+                        if matches!(p, Progress::Verified { .. }) {
+                            return false;
+                        }
+                        *p = Progress::Failed(e.failure());
+                        true
+                    });
                 }
-            };
-            tx.send_replace(progress);
+            }
             if let Ok(mut running) = app.fills.running.lock() {
                 running.remove(&name.file_hash);
             }
-            if matches!(progress, Progress::Done { .. }) {
-                crate::housekeeping::evict_if_needed(&app).await;
-            }
         });
-        Ok(Joined::Fill(fill))
+        Ok(Joined::Fill(subscription))
     }
 }
 
-/// Downloads, hashes and writes the NAR, then commits it. Returns its size.
+fn subscribe(fill: Arc<Fill>, want: Want) -> Subscription {
+    if want == Want::Keep {
+        fill.keep.store(true, Ordering::Relaxed);
+    }
+    Subscription::new(fill)
+}
+
+impl Expected {
+    /// What the file of `record` must be, from the signed narinfo fields recorded with it.
+    pub fn from_record(name: &NarName, record: &NarRecord) -> Expected {
+        Expected {
+            compression: name.compression,
+            file_hash: name.file_hash,
+            file_size: record.file_size,
+            nar_hash: record.nar_hash,
+            nar_size: record.nar_size,
+        }
+    }
+}
+
+/// Waits for a slot, reserves room, downloads, verifies, then commits. Returns the file's size.
 async fn run_fill(
     app: &Arc<App>,
+    fill: &Arc<Fill>,
     name: &NarName,
     record: &NarRecord,
-    guard: crate::store::TempGuard,
-    file: Arc<File>,
+    bound: u64,
     tx: &watch::Sender<Progress>,
 ) -> Result<u64, FillError> {
-    let _permit = app
-        .fills
-        .permits
-        .clone()
-        .acquire_owned()
+    let limits = app.fills.limits;
+    let _permit = loop {
+        tokio::select! {
+            permit = app.fills.permits.clone().acquire_owned() => {
+                break permit.map_err(|_| FillError::ShuttingDown)?;
+            }
+            () = tokio::time::sleep(TICK) => {
+                if fill.abandoned(limits.abandon_grace) {
+                    return Err(FillError::Abandoned);
+                }
+            }
+        }
+    };
+    let a = app.clone();
+    let reservation = tokio::task::spawn_blocking(move || a.budget.reserve(&a, bound))
         .await
-        .map_err(|_| FillError::ShuttingDown)?;
+        .map_err(io::Error::other)?
+        .map_err(|e| match e {
+            NoSpace::LargerThanCap => FillError::NoSpace("larger than the store's cap".into()),
+            NoSpace::Full(why) => FillError::NoSpace(why),
+        })?;
+    let (guard, file) = app.store.temp_file(name)?;
+    let file = Arc::new(file);
+    let _ = fill.file.set(file.clone());
+    tx.send_replace(Progress::Connecting);
     let response = app.sources.get_nar(&record.source, &record.url).await?;
-    if let (Some(expected), Some(got)) = (record.file_size, response.content_length())
-        && expected != got
+    if let Some(got) = response.content_length()
+        && (record.file_size.is_some_and(|want| want != got) || got > bound)
     {
-        return Err(FillError::Size { expected, got });
+        return Err(FillError::Size {
+            expected: record.file_size.unwrap_or(bound),
+            got,
+        });
     }
     tx.send_replace(Progress::Running { written: 0 });
+    let written = download(app, fill, name, record, response, &file, &reservation, tx).await?;
+    // The last byte goes out now; durability follows.
+    tx.send_replace(Progress::Verified { size: written });
+    let a = app.clone();
+    let (name, record) = (*name, record.clone());
+    tokio::task::spawn_blocking(move || commit(&a, guard, &file, &name, &record, written))
+        .await
+        .map_err(io::Error::other)??;
+    drop(reservation);
+    Ok(written)
+}
+
+/// Streams the source's body into the temp file through the verifier, within the rate limits.
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    app: &Arc<App>,
+    fill: &Arc<Fill>,
+    name: &NarName,
+    record: &NarRecord,
+    response: reqwest::Response,
+    file: &Arc<File>,
+    reservation: &Reservation,
+    tx: &watch::Sender<Progress>,
+) -> Result<u64, FillError> {
+    let limits = app.fills.limits;
     let fetched = app.metrics.fetched_bytes(&record.source);
     let mut body = response.bytes_stream();
-    let stall = app.config.stall_timeout;
-    let mut verifier = NarVerifier::new(expected(name, record)?)?;
+    let mut verifier = Some(NarVerifier::new(Expected::from_record(name, record))?);
     let mut written = 0u64;
-    let mut ended = false;
-    while !ended {
-        let first = match tokio::time::timeout(stall, body.next()).await {
-            Err(_) => return Err(FillError::Stalled),
-            Ok(None) => break,
-            Ok(Some(chunk)) => chunk.map_err(|e| FillError::Source(SourceError::Http(e)))?,
+    let mut last_byte = Instant::now();
+    let mut window = (Instant::now(), 0u64);
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        let first = tokio::select! {
+            chunk = body.next() => match chunk {
+                None => break,
+                Some(chunk) => chunk.map_err(|e| FillError::Source(SourceError::Http(e)))?,
+            },
+            _ = ticker.tick() => {
+                if fill.abandoned(limits.abandon_grace) {
+                    return Err(FillError::Abandoned);
+                }
+                if last_byte.elapsed() >= limits.stall_timeout {
+                    return Err(FillError::Stalled);
+                }
+                if window.0.elapsed() >= limits.rate_window {
+                    let need = limits.min_rate.saturating_mul(limits.rate_window.as_secs().max(1));
+                    if written - window.1 < need {
+                        return Err(FillError::TooSlow);
+                    }
+                    window = (Instant::now(), written);
+                }
+                continue;
+            }
         };
+        last_byte = Instant::now();
         // Take whatever else is already buffered, so a fast download is written in large batches
         // while the first byte of a slow one is not held back.
+        let mut len = first.len();
         let mut batch = vec![first];
-        let mut len = batch[0].len();
+        let mut ended = false;
         while len < WRITE_BATCH {
             match body.next().now_or_never() {
                 Some(Some(chunk)) => {
@@ -239,82 +552,89 @@ async fn run_fill(
         // Verifying (hashing, decompressing) and writing happen off the async threads.
         let f = file.clone();
         let offset = written;
-        verifier = tokio::task::spawn_blocking(move || -> Result<NarVerifier, FillError> {
-            let mut at = offset;
-            for chunk in &batch {
-                verifier.update(chunk)?;
-                f.write_all_at(chunk, at)?;
-                at += chunk.len() as u64;
-            }
-            Ok(verifier)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let mut v = verifier
+            .take()
+            .ok_or_else(|| io::Error::other("verifier lost"))?;
+        verifier = Some(
+            tokio::task::spawn_blocking(move || -> Result<NarVerifier, FillError> {
+                let mut at = offset;
+                for chunk in &batch {
+                    v.update(chunk)?;
+                    f.write_all_at(chunk, at)?;
+                    at += chunk.len() as u64;
+                }
+                Ok(v)
+            })
+            .await
+            .map_err(io::Error::other)??,
+        );
         written += len as u64;
+        reservation.wrote(len as u64);
         fetched.inc_by(len as u64);
         tx.send_replace(Progress::Running { written });
+        if ended {
+            break;
+        }
     }
-    let app2 = app.clone();
-    let name2 = *name;
-    tokio::task::spawn_blocking(move || -> Result<(), FillError> {
-        verifier.finish()?;
-        app2.store.commit(guard, &file, &name2)?;
-        app2.index
-            .commit_nar(&name2.file_hash, written, unix_now())?;
-        Ok(())
-    })
-    .await
-    .map_err(io::Error::other)??;
-    Ok(written)
+    let v = verifier.ok_or_else(|| io::Error::other("verifier lost"))?;
+    let size = tokio::task::spawn_blocking(move || v.finish())
+        .await
+        .map_err(io::Error::other)??;
+    Ok(size)
 }
 
-impl Fill {
-    /// Waits until the source answered: `false` when the fill failed before sending anything, so the
-    /// client can get a proper 502 instead of a 200 that breaks off.
-    pub async fn started(&self) -> bool {
-        let mut progress = self.progress.clone();
-        match progress
-            .wait_for(|p| !matches!(p, Progress::Connecting))
-            .await
-        {
-            Ok(p) => !matches!(*p, Progress::Failed),
-            Err(_) => false,
+/// Makes the verified file durable and records it. Blocking.
+fn commit(
+    app: &App,
+    guard: TempGuard,
+    file: &File,
+    name: &NarName,
+    record: &NarRecord,
+    size: u64,
+) -> Result<(), FillError> {
+    app.store.commit(guard, file, name)?;
+    match app
+        .index
+        .commit_nar(&name.file_hash, record, size, unix_now())
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            app.store.remove(name)?;
+            Err(FillError::RecordChanged)
+        }
+        Err(e) => {
+            // Not recorded: the file must not outlive this (the orphan sweep would remove it later).
+            let _ = app.store.remove(name);
+            Err(e.into())
         }
     }
 }
 
-/// What the file of `record` must be, from the signed narinfo fields recorded with it.
-fn expected(name: &NarName, record: &NarRecord) -> Result<Expected, FillError> {
-    let nar_hash = Sha256Hash::parse(&record.nar_hash)
-        .map_err(|e| FillError::Record(format!("NarHash {:?}: {e}", record.nar_hash)))?;
-    Ok(Expected {
-        compression: name.compression,
-        file_hash: name.file_hash,
-        file_size: record.file_size,
-        nar_hash,
-        nar_size: record.nar_size,
-    })
-}
-
-/// The bytes of `fill` from `start` on, as they become available and safe to send.
-pub fn reader(fill: Arc<Fill>, start: u64) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    let progress = fill.progress.clone();
-    futures_util::stream::unfold(Some((fill, start, progress)), |state| async move {
-        let (fill, pos, mut progress) = state?;
+/// The bytes of `fill` from `start` on, as they become available and safe to send. The subscription
+/// keeps the fill wanted until the stream is dropped.
+pub fn reader(
+    subscription: Subscription,
+    start: u64,
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    let progress = subscription.fill.progress.clone();
+    futures_util::stream::unfold(Some((subscription, start, progress)), |state| async move {
+        let (sub, pos, mut progress) = state?;
         loop {
             let (limit, done) = match *progress.borrow_and_update() {
+                Progress::Queued | Progress::Connecting => (0, false),
                 // The last byte waits for the verdict: a client must not hold a complete body
                 // before the hash said it is the right one.
-                Progress::Connecting => (0, false),
                 Progress::Running { written } => (written.saturating_sub(1), false),
-                Progress::Done { size } => (size, true),
-                Progress::Failed => {
+                Progress::Verified { size } => (size, true),
+                Progress::Failed(_) => {
                     return Some((Err(io::Error::other("NAR download failed")), None));
                 }
             };
             if pos < limit {
+                let Some(file) = sub.fill.file.get().cloned() else {
+                    return Some((Err(io::Error::other("NAR temp file missing")), None));
+                };
                 let len = (limit - pos).min(READ_CHUNK) as usize;
-                let file = fill.file.clone();
                 let read = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; len];
                     file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
@@ -323,7 +643,7 @@ pub fn reader(fill: Arc<Fill>, start: u64) -> impl Stream<Item = io::Result<Byte
                 .map_err(io::Error::other)
                 .and_then(|r| r);
                 return match read {
-                    Ok(bytes) => Some((Ok(bytes), Some((fill, pos + len as u64, progress)))),
+                    Ok(bytes) => Some((Ok(bytes), Some((sub, pos + len as u64, progress)))),
                     Err(e) => Some((Err(e), None)),
                 };
             }
@@ -335,4 +655,63 @@ pub fn reader(fill: Arc<Fill>, start: u64) -> impl Stream<Item = io::Result<Byte
             }
         }
     })
+}
+
+/// Streams a NAR that is never stored (larger than the cap) straight from its source to one client,
+/// verified on the way: the last chunk is held back until the whole file checked out, so a bad file
+/// ends in an aborted transfer, never a complete one.
+pub async fn pass_through(
+    app: &Arc<App>,
+    name: &NarName,
+    record: &NarRecord,
+) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + use<>, FillError> {
+    let response = app.sources.get_nar(&record.source, &record.url).await?;
+    app.metrics.nar(NarResult::PassThrough, &record.source);
+    let verifier = NarVerifier::new(Expected::from_record(name, record))?;
+    let fetched = app.metrics.fetched_bytes(&record.source);
+    let stall = app.fills.limits.stall_timeout;
+    let body = response.bytes_stream().boxed();
+    struct State<B> {
+        body: B,
+        verifier: Option<NarVerifier>,
+        held: Option<Bytes>,
+    }
+    let state = State {
+        body,
+        verifier: Some(verifier),
+        held: None,
+    };
+    Ok(futures_util::stream::unfold(Some(state), move |state| {
+        let fetched = fetched.clone();
+        async move {
+            let mut s = state?;
+            let next = match tokio::time::timeout(stall, s.body.next()).await {
+                Err(_) => return Some((Err(io::Error::other("NAR download stalled")), None)),
+                Ok(next) => next,
+            };
+            let mut v = s.verifier.take()?;
+            match next {
+                Some(Ok(chunk)) => {
+                    fetched.inc_by(chunk.len() as u64);
+                    let c = chunk.clone();
+                    let checked =
+                        tokio::task::spawn_blocking(move || v.update(&c).map(|()| v)).await;
+                    match checked {
+                        Ok(Ok(v)) => s.verifier = Some(v),
+                        _ => return Some((Err(io::Error::other("NAR failed verification")), None)),
+                    }
+                    let out = s.held.replace(chunk).unwrap_or_default();
+                    Some((Ok(out), Some(s)))
+                }
+                Some(Err(e)) => Some((Err(io::Error::other(e)), None)),
+                None => {
+                    let verdict = tokio::task::spawn_blocking(move || v.finish()).await;
+                    match verdict {
+                        Ok(Ok(_)) => s.held.take().map(|last| (Ok(last), None)),
+                        _ => Some((Err(io::Error::other("NAR failed verification")), None)),
+                    }
+                }
+            }
+        }
+    }))
 }

@@ -1,67 +1,249 @@
-//! Background upkeep: batched access times, expired negative entries, eviction under the size cap, and
-//! a sweep of orphan NAR files after start.
+//! The running appliance's background work, started once by [`start`] (whatever front end runs: `serve`
+//! or a test) and each task supervised: a task that panics is logged, counted and started again.
+//!
+//! | task | when | what |
+//! |---|---|---|
+//! | durability | when someone waits, else every second | makes the index's commits durable (group commit) |
+//! | upkeep | every 30 s | writes batched access times, purges expired negative entries |
+//! | budget | at start, then every 30 s | evicts to keep the cap (it may have been lowered) and `min_free` (others may fill the disk) |
+//! | heal | every 2 s | reopens the index after a disk error, once there is room |
+//! | index GC | an hour after start, then hourly | removes rows that no longer serve anyone |
+//! | sweeps | once, after start | orphan NAR files; recorded narinfos against today's trust |
+//! | scrub | every `scrub_interval` | re-hashes stored NARs, drops damaged ones |
+//! | OCI refresh | every `index_ttl`, or when asked | mirrors the published index |
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::{App, unix_now};
-use crate::nix::nar_name::NarName;
-use crate::nix::narinfo::Compression;
+use tokio::task::JoinHandle;
 
-/// How often access times are written and negative entries purged.
-const FLUSH_EVERY: Duration = Duration::from_secs(30);
-/// Eviction frees down to this fraction of the cap, so it does not run after every fill.
-const EVICT_TO_PERCENT: u64 = 90;
+use crate::app::App;
+use crate::clock::unix_now;
 
-/// Runs until shutdown, then writes the last access times.
-pub async fn run(app: Arc<App>) {
-    let sweep = tokio::spawn(sweep_orphans(app.clone()));
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = app.stopped.cancelled() => break,
+/// How often non-durable index commits are made durable.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often access times are written, negatives purged and the budget enforced.
+const UPKEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often a broken index is reopened.
+const HEAL_EVERY: Duration = Duration::from_secs(2);
+/// How often the index GC runs.
+const GC_EVERY: Duration = Duration::from_secs(3600);
+/// Narinfo rows looked at per GC transaction.
+const GC_PAGE: usize = 4096;
+
+/// The background tasks; awaited at shutdown.
+pub struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Waits for every task to end (they end when `app.stopped` is cancelled), then makes the
+    /// index durable one last time.
+    pub async fn join(self, app: &Arc<App>) {
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "background task failed");
+            }
         }
         let a = app.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            a.index.flush_access()?;
-            a.index.purge_negative(unix_now())
-        })
-        .await;
-        if let Ok(Err(e)) = result {
-            tracing::error!(error = %e, "index upkeep failed");
+        let flushed = tokio::task::spawn_blocking(move || a.index.flush()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::error!(error = %e, "writing the index at shutdown failed");
         }
     }
-    let a = app.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.index.flush_access()).await {
-        tracing::error!(error = %e, "writing access times at shutdown failed");
+}
+
+/// Starts every background task of `app`.
+pub fn start(app: &Arc<App>) -> Background {
+    let mut tasks = vec![
+        supervise(app, "durability", flush_index),
+        every(app, "upkeep", UPKEEP_EVERY, |a| {
+            blocking(a, |a| {
+                a.index.flush_access().map_err(|e| e.to_string())?;
+                a.index
+                    .purge_negative(unix_now())
+                    .map_err(|e| e.to_string())
+            })
+        }),
+        supervise(app, "budget", |a| async move {
+            let enforce = |a| blocking(a, |a| a.budget.enforce(&a).map_err(|e| e.to_string()));
+            enforce(a.clone()).await;
+            every_tick(&a, UPKEEP_EVERY, enforce).await
+        }),
+        every(app, "heal", HEAL_EVERY, |a| {
+            blocking(a, |a| {
+                heal(&a);
+                Ok(())
+            })
+        }),
+        every(app, "index-gc", GC_EVERY, |a| blocking(a, collect)),
+        supervise(app, "orphan-sweep", sweep_orphans),
+        supervise(app, "trust-sweep", crate::trust::sweep),
+        supervise(app, "oci-refresh", crate::mirror::run_refresh),
+    ];
+    if let Some(interval) = app.config.scrub_interval {
+        tasks.push(every(app, "scrub", interval, crate::integrity::scrub));
     }
-    sweep.abort();
+    Background { tasks }
+}
+
+/// Runs `task` until it returns; restarts it (after a second) when it panics.
+fn supervise<F, Fut>(app: &Arc<App>, name: &'static str, task: F) -> JoinHandle<()>
+where
+    F: Fn(Arc<App>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let app = app.clone();
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(task(app.clone())).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    tracing::error!(task = name, "background task panicked; restarting it");
+                    app.metrics.task_restarted(name);
+                }
+                Err(_) => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = app.stopped.cancelled() => return,
+            }
+        }
+    })
+}
+
+/// Runs `tick` every `period` (the first time one period after start) until shutdown, supervised.
+fn every<F, Fut>(app: &Arc<App>, name: &'static str, period: Duration, tick: F) -> JoinHandle<()>
+where
+    F: Fn(Arc<App>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tick = Arc::new(tick);
+    supervise(app, name, move |app| {
+        let tick = tick.clone();
+        async move { every_tick(&app, period, |a| tick(a)).await }
+    })
+}
+
+/// Calls `tick` every `period`, the first time one period from now, until shutdown.
+async fn every_tick<F, Fut>(app: &Arc<App>, period: Duration, tick: F)
+where
+    F: Fn(Arc<App>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = app.stopped.cancelled() => return,
+        }
+        tick(app.clone()).await;
+    }
+}
+
+/// Runs blocking work off the async threads, logging its failure.
+async fn blocking(
+    app: Arc<App>,
+    work: impl FnOnce(Arc<App>) -> Result<(), String> + Send + 'static,
+) {
+    match tokio::task::spawn_blocking(move || work(app)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "background upkeep failed"),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => tracing::error!(error = %e, "background upkeep task failed"),
+    }
+}
+
+/// The group commit: one durable flush as soon as someone waits for durability (their commits made
+/// meanwhile share it), and every second for the rest.
+async fn flush_index(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            () = app.index.flush_wanted() => {}
+            () = tokio::time::sleep(FLUSH_EVERY) => {}
+            () = app.stopped.cancelled() => return,
+        }
+        blocking(app.clone(), |a| a.index.flush().map_err(|e| e.to_string())).await;
+    }
+}
+
+/// Reopens a broken index once the disk has room again (after making room if it can).
+fn heal(app: &App) {
+    if app.index.writable().is_ok() {
+        return;
+    }
+    // Evicting writes to the index too; it may fail until the reopen, and that is fine.
+    let _ = app.budget.enforce(app);
+    app.index.heal();
+}
+
+/// One pass of the index GC: narinfo rows nobody asked for within the retention, then stored NARs
+/// no narinfo points at any more.
+fn collect(app: Arc<App>) -> Result<(), String> {
+    let cutoff = unix_now().saturating_sub(app.config.index_retention.as_secs());
+    let mut narinfos = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let (removed, next) = app
+            .index
+            .collect_narinfos(after.as_deref(), GC_PAGE, cutoff)
+            .map_err(|e| e.to_string())?;
+        narinfos += removed;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        if app.stopped.is_cancelled() {
+            return Ok(());
+        }
+    }
+    let evicted = app
+        .index
+        .collect_unreferenced_nars(cutoff)
+        .map_err(|e| e.to_string())?;
+    crate::budget::remove_files(&app, &evicted);
+    app.metrics.index_collected(narinfos, evicted.len());
+    if narinfos > 0 || !evicted.is_empty() {
+        tracing::info!(
+            narinfos,
+            nars = evicted.len(),
+            "index GC removed rows nobody needs"
+        );
+    }
+    Ok(())
 }
 
 /// Removes NAR files the index does not know as stored: what a crash left between a file's rename and
-/// its index row, or between an eviction's commit and the file's removal. They are never served (the
-/// index decides), only wasted space. Runs once, in the background, after start; only files older than
-/// this process are touched, so a fill committing meanwhile is never raced.
+/// its index row becoming durable, or between an eviction's commit and the file's removal. They are
+/// never served (the index decides), only wasted space. Runs once, in the background, after start.
+/// Each file is checked and removed under the fills' lock, and a fill keeps its NAR in that table
+/// until its index row is committed, so a file being committed is never taken.
 pub async fn sweep_orphans(app: Arc<App>) {
-    let started = std::time::SystemTime::now();
     let a = app.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(usize, u64), String> {
         let mut removed = (0, 0);
-        for (name, modified) in a.store.files().map_err(|e| e.to_string())? {
-            if modified >= started {
-                continue;
+        for (name, _) in a.store.files().map_err(|e| e.to_string())? {
+            let orphan =
+                a.fills
+                    .unless_running(&name.file_hash, || -> Result<Option<u64>, String> {
+                        let stored = a.index.nar(&name.file_hash).map_err(|e| e.to_string())?;
+                        if stored.is_some_and(|(record, stored)| {
+                            stored && record.compression == name.compression
+                        }) {
+                            return Ok(None);
+                        }
+                        let size = std::fs::metadata(a.store.path(&name))
+                            .map(|m| m.len())
+                            .unwrap_or(0);
+                        a.store.remove(&name).map_err(|e| e.to_string())?;
+                        Ok(Some(size))
+                    });
+            if let Some(Some(size)) = orphan.transpose()? {
+                removed = (removed.0 + 1, removed.1 + size);
             }
-            let stored = a.index.nar(&name.file_hash).map_err(|e| e.to_string())?;
-            if stored.is_some_and(|(_, stored)| stored) {
-                continue;
-            }
-            let size = std::fs::metadata(a.store.path(&name))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            a.store.remove(&name).map_err(|e| e.to_string())?;
-            removed = (removed.0 + 1, removed.1 + size);
         }
         Ok(removed)
     })
@@ -71,44 +253,5 @@ pub async fn sweep_orphans(app: Arc<App>) {
         Ok(Ok((files, bytes))) => tracing::info!(files, bytes, "removed orphan NAR files"),
         Ok(Err(e)) => tracing::error!(error = %e, "orphan sweep failed"),
         Err(e) => tracing::error!(error = %e, "orphan sweep task failed"),
-    }
-}
-
-/// Evicts least-recently-used NARs when the store is over its cap.
-pub async fn evict_if_needed(app: &Arc<App>) {
-    let a = app.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        if a.index.store_bytes().map_err(|e| e.to_string())? <= a.config.max_size {
-            return Ok(());
-        }
-        let target = a.config.max_size / 100 * EVICT_TO_PERCENT;
-        let evicted = a.index.evict_to(target).map_err(|e| e.to_string())?;
-        let mut bytes = 0;
-        for (file_hash, record) in &evicted {
-            bytes += record.file_size.unwrap_or(0);
-            let Ok(compression) = Compression::parse(&record.compression) else {
-                continue;
-            };
-            let name = NarName {
-                file_hash: *file_hash,
-                compression,
-            };
-            if let Err(e) = a.store.remove(&name) {
-                tracing::error!(error = %e, "removing an evicted NAR failed");
-            }
-        }
-        tracing::info!(
-            nars = evicted.len(),
-            bytes,
-            "evicted least recently used NARs"
-        );
-        a.metrics.evicted(evicted.len(), bytes);
-        Ok(())
-    })
-    .await;
-    match result {
-        Ok(Err(e)) => tracing::error!(error = %e, "eviction failed"),
-        Err(e) => tracing::error!(error = %e, "eviction task failed"),
-        Ok(Ok(())) => {}
     }
 }

@@ -4,18 +4,24 @@
 
 pub mod activity;
 pub mod app;
+pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod fill;
+pub mod health;
 pub mod housekeeping;
 pub mod index;
+pub mod integrity;
 pub mod lookup;
 pub mod mdns;
 pub mod metrics;
+pub mod mirror;
 pub mod nix;
 pub mod oci;
 pub mod server;
 pub mod sources;
 pub mod store;
+pub mod trust;
 pub mod verify;

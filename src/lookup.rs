@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::app::{App, unix_now};
-use crate::index::{IndexError, NarRecord};
+use crate::app::App;
+use crate::clock::unix_now;
+use crate::index::{IndexError, NarRecord, NarinfoRow, NewNarinfo, Recorded};
 use crate::metrics::NarinfoResult;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StoreHash;
-use crate::sources::{Lookup, SourceError};
+use crate::sources::{Lookup, Rejection, SourceError};
+use crate::trust::Verdict;
 
 /// Why a narinfo could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum LookupError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// How long a narinfo answer waits for its row to become durable before it gives up (503).
+const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The narinfo text to serve for `hash`, or `None` when it is absent everywhere.
 pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
     match answer(app, hash).await {
@@ -40,7 +45,8 @@ pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, 
     }
 }
 
-/// What the index already says: a recorded narinfo, or a live negative entry.
+/// What the index already says: a recorded narinfo that today's trust policy still accepts, or a live
+/// negative entry.
 ///
 /// A read of a few hundred bytes, mostly from the page cache: done inline, because a hop to the blocking
 /// pool per request cost more than the read itself (see docs/benchmarks.md).
@@ -48,9 +54,17 @@ fn known(
     app: &App,
     hash: &StoreHash,
 ) -> Result<Option<(NarinfoResult, String, Option<String>)>, LookupError> {
-    if let Some((source, signer, text)) = app.index.narinfo(hash)? {
-        let text = signed_now(app, &signer, text);
-        return Ok(Some((NarinfoResult::Hit, source, Some(text))));
+    if let Some(row) = app.index.narinfo(hash)? {
+        match app.policies.verdict(&row) {
+            Verdict::Current | Verdict::StillAccepted => {
+                app.index.asked(hash, unix_now());
+                let text = signed_now(app, &row.signer, row.text);
+                return Ok(Some((NarinfoResult::Hit, row.source, Some(text))));
+            }
+            // Recorded under trust that was taken away: not served; asked for again below (the sweep
+            // removes the row).
+            Verdict::SourceGone | Verdict::Refused => {}
+        }
     }
     if app.index.is_negative(hash, unix_now())? {
         return Ok(Some((NarinfoResult::Negative, String::new(), None)));
@@ -82,9 +96,24 @@ async fn answer(
             let store_path = narinfo.store_path.to_string();
             let a = app.clone();
             let recorded = source_url.clone();
-            let text =
+            let recorded =
                 tokio::task::spawn_blocking(move || record(&a, hash, *narinfo, recorded, nar_url))
                     .await??;
+            // A client told that the path exists must find its NAR record after a crash: wait for
+            // the group commit (one fsync shared by every lookup that recorded meanwhile).
+            app.index
+                .durable(app.index.last_commit(), DURABLE_WAIT)
+                .await?;
+            let Some(text) = recorded else {
+                // Its FileHash is known with other content: refused like a bad narinfo, so a
+                // hostile source cannot break a path that is already there.
+                let reason = "FileHash already recorded with another NarHash";
+                tracing::warn!(source = %source_url, hash = %hash, reason, "upstream narinfo rejected");
+                if let Some(u) = app.sources.by_url(&source_url) {
+                    u.count_rejected(Rejection::FileHash, reason);
+                }
+                return Ok((NarinfoResult::Miss, String::new(), None));
+            };
             app.metrics.fetched_narinfo(&store_path, &source_url);
             Ok((NarinfoResult::Fetched, source_url, Some(text)))
         }
@@ -146,13 +175,14 @@ impl Drop for TurnGuard<'_> {
 }
 
 /// Rewrites `narinfo` to point at this appliance's content-addressed NAR URL and records both.
+/// `None` when the index refused it (its FileHash is known with other content).
 fn record(
     app: &App,
     hash: StoreHash,
     mut narinfo: NarInfo,
     source: String,
     nar_url: String,
-) -> Result<String, IndexError> {
+) -> Result<Option<String>, IndexError> {
     // Sources hand us only narinfos for which this is Some (see `Upstream::narinfo`).
     let Some((file_hash, file_size)) = narinfo.file_hash_or_nar() else {
         return Err(IndexError::Corrupt("narinfo without a file hash".into()));
@@ -170,17 +200,28 @@ fn record(
         narinfo.sign_with(key);
     }
     let text = narinfo.to_text();
-    let record = NarRecord {
-        compression: narinfo.compression.as_str().to_string(),
+    let nar = NarRecord {
+        compression: narinfo.compression,
         file_size,
-        nar_hash: narinfo.nar_hash.to_string(),
+        nar_hash: narinfo.nar_hash,
         nar_size: narinfo.nar_size,
-        source,
+        source: source.clone(),
         url: nar_url,
     };
-    app.index
-        .record_narinfo(&hash, unix_now(), &app.signer, &text, &file_hash, &record)?;
-    Ok(text)
+    let row = NarinfoRow {
+        recorded: unix_now(),
+        policy: app.policies.tag(&source).unwrap_or(0),
+        source,
+        signer: app.signer.clone(),
+        file_hash,
+        text,
+    };
+    let recorded = app.index.record_narinfo(&NewNarinfo {
+        hash,
+        row: &row,
+        nar: &nar,
+    })?;
+    Ok((recorded == Recorded::Yes).then_some(row.text))
 }
 
 /// The recorded text, re-signed when the appliance's key changed since it was recorded: the old key's

@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             Command::Push(args) => nixcache::commands::push::push(args).await,
             Command::Gc(args) => nixcache::commands::gc::gc(args).await,
             Command::Discover(args) => nixcache::commands::discover::discover(args).await,
+            Command::Verify(args) => nixcache::commands::verify::verify(args),
         }
     })
 }

@@ -16,13 +16,12 @@ use std::time::Duration;
 use prometheus::{IntCounter, TextEncoder};
 
 use crate::activity::{Activity, EventKind};
-use crate::fill::FillError;
 use crate::index::IndexStats;
 use crate::sources::HealthSnapshot;
 use handles::Inner;
-use labels::fill_failure;
 pub use labels::{
-    FROM_DISK, NO_SOURCE, NarResult, NarinfoResult, OTHER_SOURCE, RequestKind, SourceName,
+    CHECKS, FILL_FAILURE_REASONS, FROM_DISK, FillOutcome, NO_SOURCE, NarResult, NarinfoResult,
+    OTHER_SOURCE, RequestKind, SourceName,
 };
 pub use source::SourceMetrics;
 pub use traffic::Traffic;
@@ -45,6 +44,12 @@ pub struct Snapshot<'a> {
     pub health: Vec<(&'a str, HealthSnapshot)>,
     /// The OCI source's (name, entries, unix time of the last successful refresh).
     pub oci_index: Option<(&'a str, u64, Option<u64>)>,
+    /// Whether the index takes writes.
+    pub index_writable: bool,
+    /// Bytes reserved by running downloads.
+    pub reserved_bytes: u64,
+    /// Bytes free on the data folder's filesystem.
+    pub fs_free_bytes: u64,
 }
 
 impl Metrics {
@@ -123,34 +128,87 @@ impl Metrics {
     }
 
     /// Counts a finished fill and notes it in the recent activity.
-    pub fn fill_finished(&self, source: &str, nar: &str, outcome: &Result<u64, FillError>) {
+    pub fn fill_finished(&self, source: &str, nar: &str, outcome: &FillOutcome) {
         let label = self.source_label(source);
         let i = &self.inner;
-        match outcome {
-            Ok(size) => {
+        match *outcome {
+            FillOutcome::Stored(size) => {
                 i.fills.with_label_values(&[label, "stored"]).inc();
                 i.activity.record(
                     EventKind::Stored,
-                    format!("stored NAR {nar} ({}) from {label}", human_bytes(*size)),
+                    format!("stored NAR {nar} ({}) from {label}", human_bytes(size)),
                 );
             }
-            Err(e) => {
-                let (result, check, reason) = fill_failure(e);
-                i.fills.with_label_values(&[label, result]).inc();
-                if let Some(check) = check {
-                    i.verification_failures
-                        .with_label_values(&[label, check])
-                        .inc();
-                }
-                let kind = if check.is_some() {
-                    EventKind::Rejected
-                } else {
-                    EventKind::Failed
-                };
-                i.activity
-                    .record(kind, format!("NAR {nar} from {label}: {reason}"));
+            FillOutcome::Rejected(check) => {
+                i.fills.with_label_values(&[label, "rejected"]).inc();
+                i.verification_failures
+                    .with_label_values(&[label, check])
+                    .inc();
+                i.activity.record(
+                    EventKind::Rejected,
+                    format!("NAR {nar} from {label} failed its {check} check; not stored"),
+                );
+            }
+            FillOutcome::Failed(reason) => {
+                i.fills.with_label_values(&[label, "failed"]).inc();
+                i.fill_failures.with_label_values(&[label, reason]).inc();
+                i.activity.record(
+                    EventKind::Failed,
+                    format!(
+                        "NAR {nar} from {label}: download {}",
+                        reason.replace('_', " ")
+                    ),
+                );
             }
         }
+    }
+
+    /// Counts a recorded narinfo that today's trust policy no longer serves.
+    pub fn trust_dropped(&self, source_gone: bool) {
+        let reason = if source_gone {
+            "source_gone"
+        } else {
+            "refused"
+        };
+        self.inner.trust_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts what one index GC pass removed.
+    pub fn index_collected(&self, narinfos: usize, nars: usize) {
+        let i = &self.inner;
+        i.index_collected
+            .with_label_values(&["narinfo"])
+            .inc_by(narinfos as u64);
+        i.index_collected
+            .with_label_values(&["nar"])
+            .inc_by(nars as u64);
+    }
+
+    /// Counts NARs the scrub (or a read) found damaged on disk.
+    pub fn damaged(&self, nars: usize) {
+        self.inner.store_damaged.inc_by(nars as u64);
+        if nars > 0 {
+            self.inner.activity.record(
+                EventKind::Rejected,
+                format!(
+                    "{nars} stored NAR file(s) failed their hash check and will be fetched again"
+                ),
+            );
+        }
+    }
+
+    /// Counts a background task restarted after it panicked.
+    pub fn task_restarted(&self, task: &'static str) {
+        self.inner.task_restarts.inc();
+        self.inner.activity.record(
+            EventKind::Failed,
+            format!("background task {task} failed and was restarted"),
+        );
+    }
+
+    /// Counts bytes the scrub read.
+    pub fn scrubbed(&self, bytes: u64) {
+        self.inner.scrubbed_bytes.inc_by(bytes);
     }
 
     /// Counts NARs evicted under the cap and notes it in the recent activity.
@@ -186,6 +244,10 @@ impl Metrics {
         i.index_narinfos.set(clamp(snapshot.index.narinfos));
         i.index_nars.set(clamp(snapshot.index.nars_known));
         i.index_negative.set(clamp(snapshot.index.negative));
+        i.index_bytes.set(clamp(snapshot.index.file_bytes));
+        i.index_writable.set(i64::from(snapshot.index_writable));
+        i.reserved_bytes.set(clamp(snapshot.reserved_bytes));
+        i.fs_free_bytes.set(clamp(snapshot.fs_free_bytes));
         i.fills_in_flight
             .set(clamp(snapshot.fills_in_flight as u64));
         for (name, health) in &snapshot.health {
@@ -267,6 +329,9 @@ mod tests {
             fills_in_flight: 0,
             health: Vec::new(),
             oci_index: None,
+            index_writable: true,
+            reserved_bytes: 0,
+            fs_free_bytes: 0,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! A file appears under its final name only after it was verified and made durable:
 //! temp file in `tmp/` (same filesystem) → write → `sync_all` → rename → fsync the folder → index row.
-//! `tmp/` is emptied at start, so a crash mid-download leaves nothing behind.
+//! Temp files are named `<NAR name>.<n>.part`; at start the ones with such names are removed (a crash
+//! mid-download leaves nothing behind), and anything else someone put in `tmp/` is left alone.
 
 use std::fs::File;
 use std::io;
@@ -52,7 +53,11 @@ impl NarStore {
         }
         for entry in std::fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {
             let path = entry.map_err(io_err("list", &tmp_dir))?.path();
-            std::fs::remove_file(&path).map_err(io_err("remove leftover temp file", &path))?;
+            if is_temp_name(&path) {
+                std::fs::remove_file(&path).map_err(io_err("remove leftover temp file", &path))?;
+            } else {
+                tracing::warn!(path = ?path, "leaving a file nixcache did not name in its tmp folder");
+            }
         }
         let probe = tmp_dir.join("write-probe");
         File::create(&probe).map_err(io_err("write to", &tmp_dir))?;
@@ -73,7 +78,7 @@ impl NarStore {
     /// Creates a new temp file for `name`, readable and writable, removed when the guard drops.
     pub fn temp_file(&self, name: &NarName) -> Result<(TempGuard, File), StoreError> {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp_dir.join(format!("{name}.{n}"));
+        let path = self.tmp_dir.join(format!("{name}.{n}.{TEMP_SUFFIX}"));
         let file = File::options()
             .read(true)
             .write(true)
@@ -128,6 +133,23 @@ impl NarStore {
         Ok(out)
     }
 
+    /// Bytes free on the store's filesystem for unprivileged users (`statvfs`).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        free_bytes(&self.nar_dir)
+    }
+
+    /// Temp files in `tmp/` named by the appliance (running fills, or leftovers), for checks.
+    pub fn temp_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.tmp_dir).map_err(io_err("list", &self.tmp_dir))? {
+            let path = entry.map_err(io_err("list", &self.tmp_dir))?.path();
+            if is_temp_name(&path) {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes a stored file (eviction). A missing file is not an error.
     pub fn remove(&self, name: &NarName) -> Result<(), StoreError> {
         let path = self.path(name);
@@ -138,6 +160,39 @@ impl NarStore {
     }
 }
 
+/// The last part of every temp file's name.
+const TEMP_SUFFIX: &str = "part";
+
+/// Whether `path` is named like the appliance's temp files: `<NAR name>.<n>.part`.
+fn is_temp_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(rest) = name
+        .strip_suffix(TEMP_SUFFIX)
+        .and_then(|r| r.strip_suffix('.'))
+    else {
+        return false;
+    };
+    let Some((nar, n)) = rest.rsplit_once('.') else {
+        return false;
+    };
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && nar.parse::<NarName>().is_ok()
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains a NUL byte"))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 /// Removes its temp file when dropped, unless the file was committed.
 #[derive(Debug)]
 pub struct TempGuard {
@@ -145,6 +200,11 @@ pub struct TempGuard {
 }
 
 impl TempGuard {
+    /// Where the temp file is.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     fn disarm(mut self) {
         self.path = None;
     }
@@ -155,5 +215,30 @@ impl Drop for TempGuard {
         if let Some(path) = self.path.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_its_own_temp_files_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NarStore::open(dir.path()).unwrap();
+        let name: NarName = "1ycmgz5w1mh7iyw2dc6w2qkwa5vgaqyrbhrflbdbzq2idfyhk3yf.nar.xz"
+            .parse()
+            .unwrap();
+        let (guard, _file) = store.temp_file(&name).unwrap();
+        let ours = guard.path().unwrap().to_path_buf();
+        std::mem::forget(guard);
+        let theirs = dir.path().join("tmp").join("notes.txt");
+        std::fs::write(&theirs, "keep me").unwrap();
+        assert_eq!(store.temp_files().unwrap(), vec![ours.clone()]);
+        drop(store);
+        NarStore::open(dir.path()).unwrap();
+        assert!(!ours.exists(), "a leftover temp file survived the start");
+        assert!(theirs.exists(), "a file nixcache did not name was removed");
+        assert!(free_bytes(dir.path()).unwrap() > 0);
     }
 }

@@ -176,7 +176,7 @@ async fn sigterm_drains_and_closes_the_index() {
     let logged: Vec<String> = logs.try_iter().collect();
     assert!(logged.iter().any(|l| l.contains("stopped")), "{logged:?}");
     // The index is closed (its lock released) and reopens.
-    nixcache::index::Index::open(&data.path().join("index.redb")).expect("reopen index");
+    nixcache::index::Index::open(&data.path().join("index.redb"), None).expect("reopen index");
 }
 
 #[tokio::test(flavor = "multi_thread")]

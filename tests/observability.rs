@@ -348,8 +348,6 @@ async fn prometheus_scrapes_and_every_dashboard_panel_has_data() {
     bad.set_fault(Fault::ServerError);
     let work = tempfile::tempdir().unwrap();
     let mut config = test_config(&work.path().join("data"), &[&bad.url, &good.url]);
-    // Smaller than the 4 MiB NAR: every fill of it is evicted again, so evictions have data too.
-    config.max_size = 3 << 20;
     config.oci = Some(OciConfig {
         registry: registry.url.clone(),
         repo: repo.to_string(),
@@ -358,6 +356,17 @@ async fn prometheus_scrapes_and_every_dashboard_panel_has_data() {
         accept_unsigned: false,
         token: None,
     });
+    // First the 4 MiB NAR is stored; then the appliance restarts with a cap below it: it is evicted at
+    // start (so evictions have data), and passed through, verified, when asked for again.
+    let cache = Nixcache::start(config.clone()).await;
+    let (big, _) = narinfo(&cache, &fx.big).await;
+    get(&format!("{}/{big}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    cache.stop().await;
+    config.max_size = 3 << 20;
     let cache = Nixcache::start(config).await;
     let prometheus = Prometheus::start(cache.url.trim_start_matches("http://")).await;
 

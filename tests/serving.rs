@@ -407,8 +407,25 @@ async fn least_recently_used_nars_are_evicted_over_the_cap() {
     let data = tempfile::tempdir().unwrap();
     let big_info = std::fs::read_to_string(narinfo_path(&fx.caches["none"], &fx.big)).unwrap();
     let big_size: u64 = field(&big_info, "NarSize").unwrap().parse().unwrap();
+    // The index file counts against the cap too: measure what it grows to for this traffic first.
+    let index_bytes = {
+        let rehearsal = tempfile::tempdir().unwrap();
+        let cache = Nixcache::start(test_config(rehearsal.path(), &[&up.url])).await;
+        for path in std::iter::once(&fx.big).chain(&fx.closure) {
+            let (_, url) = narinfo(&cache, path).await;
+            get(&format!("{}/{url}", cache.url))
+                .await
+                .bytes()
+                .await
+                .unwrap();
+        }
+        let status = cache.status().await;
+        cache.stop().await;
+        status["store"]["index_bytes"].as_u64().unwrap()
+    };
     let mut config = test_config(data.path(), &[&up.url]);
-    config.max_size = big_size + 100; // the big NAR fits, not with the small ones beside it
+    // The big NAR fits, not with the small ones beside it.
+    config.max_size = big_size + index_bytes + 100;
     let cache = Nixcache::start(config).await;
     let (_, big) = narinfo(&cache, &fx.big).await;
     get(&format!("{}/{big}", cache.url))

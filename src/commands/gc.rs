@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use crate::app::unix_now;
 use crate::cli::GcArgs;
+use crate::clock::unix_now;
 use crate::nix::narinfo::NarInfo;
 use crate::oci::format::{CacheIndex, parse_timestamp};
 use crate::oci::publish::{read_index, update_index};

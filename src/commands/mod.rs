@@ -6,3 +6,4 @@ pub mod keygen;
 pub mod publish_common;
 pub mod push;
 pub mod serve;
+pub mod verify;

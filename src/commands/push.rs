@@ -9,8 +9,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use crate::app::unix_now;
 use crate::cli::PushArgs;
+use crate::clock::unix_now;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::signing::SecretKey;
 use crate::oci::client::Registry;

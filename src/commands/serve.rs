@@ -9,7 +9,7 @@ use crate::config::Config;
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(&args, &|k| std::env::var(k).ok())?;
+    let config = Config::resolve(&args.overrides(), &|k| std::env::var(k).ok())?;
     if args.check_config {
         println!("{config:#?}");
         return Ok(());

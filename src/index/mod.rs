@@ -1,19 +1,43 @@
 //! The index: everything the appliance knows, in one redb file. Opening it is the whole cold start.
 //!
-//! redb is synchronous and has one writer at a time: callers on the async side run these methods in
-//! `spawn_blocking`. Durable commits use quick repair so that a reopen after `kill -9` stays instant.
+//! redb is synchronous and has one writer at a time: callers on the async side run the writing methods
+//! in `spawn_blocking`; small reads are done inline.
+//!
+//! **Durability (group commit).** Every routine write is committed with `Durability::None` (visible at
+//! once, no fsync) and made durable by [`Index::flush`], one fsync for everything committed since the
+//! last one. The flusher runs as soon as someone waits for durability, and every second otherwise.
+//! Only a narinfo answer waits ([`Index::durable`]): a client told that a path exists will find its NAR
+//! record after a crash, and concurrent lookups share one fsync. Nobody waits for the rest — negative
+//! entries, access times, and stored-NAR rows (whose file is fsynced and renamed into place before its
+//! row is written): a crash loses at most the last second of them, which costs a refetch, and a durable
+//! row never points at a file that is not durable. Evictions and mirror updates commit durably at once.
+//! Durable commits use quick repair, so reopening after `kill -9` stays instant.
+//!
+//! **Healing.** After one failed write, sync or file growth (a full or failing disk), redb answers
+//! `PreviousIo` to every later write and to reads its cache cannot serve. The index remembers why it
+//! is broken (shown by `/healthz`), and [`Index::heal`] closes and reopens the database once there is
+//! room again, without a restart.
 
+mod gc;
+mod migrate;
+mod narinfos;
+mod nars;
+mod records;
 mod tables;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use serde::{Deserialize, Serialize};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
+use serde::Serialize;
 
-use crate::nix::hash::Sha256Hash;
-use crate::nix::store_path::StoreHash;
+pub use gc::GcReport;
+pub use narinfos::{Applied, MirroredEntry};
+pub use records::{Evicted, NarRecord, NarinfoRow, NewNarinfo, Recorded, StoredNar};
 use tables::*;
 
 /// Failures of the index. All of them are internal errors to a client.
@@ -40,29 +64,31 @@ pub enum IndexError {
     /// A stored record does not decode.
     #[error("corrupt index record: {0}")]
     Corrupt(String),
-    /// The file was written by an incompatible version.
+    /// The file was written by a newer, unknown version.
     #[error("index schema {found} is not supported by this version (expects {SCHEMA})")]
     Schema {
         /// What the file says.
         found: String,
     },
+    /// The database is being reopened after an I/O error (or could not be reopened yet).
+    #[error("index unavailable while it recovers from an I/O error")]
+    Unavailable,
 }
 
-/// What the index knows about one NAR file (keyed by its FileHash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NarRecord {
-    /// Compression as written in narinfos (`xz`, `none`, ...).
-    pub compression: String,
-    /// Size of the file, when known (always known once stored).
-    pub file_size: Option<u64>,
-    /// NarHash of the uncompressed NAR, `sha256:<nix32>`.
-    pub nar_hash: String,
-    /// NarSize.
-    pub nar_size: u64,
-    /// The source it comes from (its base URL).
-    pub source: String,
-    /// Absolute URL of the file at that source.
-    pub url: String,
+impl IndexError {
+    /// Whether this is an I/O failure of the disk (full, failing), after which redb must be reopened.
+    pub fn is_io(&self) -> bool {
+        use redb::StorageError as S;
+        let storage = match self {
+            IndexError::Storage(s) => Some(s),
+            IndexError::Commit(redb::CommitError::Storage(s)) => Some(s),
+            IndexError::Transaction(redb::TransactionError::Storage(s)) => Some(s),
+            IndexError::Table(redb::TableError::Storage(s)) => Some(s),
+            IndexError::Open(redb::DatabaseError::Storage(s)) => Some(s),
+            _ => None,
+        };
+        matches!(storage, Some(S::Io(_) | S::PreviousIo))
+    }
 }
 
 /// Counts shown by `/_status`.
@@ -78,395 +104,306 @@ pub struct IndexStats {
     pub store_bytes: u64,
     /// Negative entries (expired ones included until purged).
     pub negative: u64,
+    /// NAR files kept from eviction by pins or pushes.
+    pub nars_protected: u64,
+    /// Size of the index file in bytes.
+    pub file_bytes: u64,
 }
-
-/// One narinfo of a mirrored OCI index, ready to record.
-#[derive(Debug, Clone)]
-pub struct MirroredEntry {
-    /// Its store hash.
-    pub hash: StoreHash,
-    /// The narinfo text as served (canonical URL, signed).
-    pub text: String,
-    /// sha256 of the raw index entry, to recognise it unchanged next time.
-    pub entry_digest: [u8; 32],
-    /// Its FileHash (the blob digest).
-    pub file_hash: Sha256Hash,
-    /// The NAR record.
-    pub nar: NarRecord,
-}
-
-/// What applying a mirrored index changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Applied {
-    /// Entries written (new or updated).
-    pub written: usize,
-    /// Entries unchanged since the last refresh (neither checked again nor rewritten).
-    pub unchanged: usize,
-    /// Entries of this source that are no longer in its index, removed.
-    pub removed: usize,
-}
-
-/// A NAR chosen for eviction: its FileHash and record (the caller removes the file).
-pub type Evicted = (Sha256Hash, NarRecord);
 
 /// The redb index.
 pub struct Index {
-    db: Database,
-    /// Access times not yet written: hits are counted here and flushed in batches.
-    pending_access: Mutex<HashMap<Sha256Hash, u64>>,
+    path: PathBuf,
+    cache_size: Option<usize>,
+    /// `None` only for the moment of a reopen (or while a reopen keeps failing).
+    db: RwLock<Option<Arc<Database>>>,
+    /// Why the index cannot be written, until a heal succeeds.
+    broken: Mutex<Option<String>>,
+    /// Sequence number of the last non-durable commit.
+    committed: AtomicU64,
+    /// The sequence number up to which commits are durable.
+    durable: tokio::sync::watch::Sender<u64>,
+    /// Wakes the flusher: someone waits for durability.
+    flush_wanted: tokio::sync::Notify,
+    access: nars::PendingAccess,
 }
 
 impl Index {
-    /// Opens (or creates) the index file and its tables. Fails if another process holds it.
-    pub fn open(path: &Path) -> Result<Index, IndexError> {
-        let db = Database::create(path)?;
-        let mut tx = db.begin_write()?;
-        tx.set_quick_repair(true);
-        {
-            let mut meta = tx.open_table(META)?;
-            let found = meta.get("schema")?.map(|v| v.value().to_string());
-            match found {
-                Some(s) if s != SCHEMA => return Err(IndexError::Schema { found: s }),
-                Some(_) => {}
-                None => {
-                    meta.insert("schema", SCHEMA)?;
-                }
-            }
-            tx.open_table(NARINFO)?;
-            tx.open_table(NAR)?;
-            tx.open_table(NAR_STORED)?;
-            tx.open_table(NEGATIVE)?;
-            tx.open_table(COUNTERS)?;
-            tx.open_table(MIRROR)?;
-        }
-        tx.commit()?;
+    /// Opens (or creates, or migrates) the index file. Fails if another process holds it.
+    /// `cache_size` bounds redb's page cache (its default otherwise).
+    pub fn open(path: &Path, cache_size: Option<usize>) -> Result<Index, IndexError> {
+        let db = open_database(path, cache_size)?;
         Ok(Index {
-            db,
-            pending_access: Mutex::new(HashMap::new()),
+            path: path.to_path_buf(),
+            cache_size,
+            db: RwLock::new(Some(Arc::new(db))),
+            broken: Mutex::new(None),
+            committed: AtomicU64::new(0),
+            durable: tokio::sync::watch::Sender::new(0),
+            flush_wanted: tokio::sync::Notify::new(),
+            access: nars::PendingAccess::default(),
         })
     }
 
-    /// The narinfo recorded for `hash`: (source, signer, text), the text signed by `signer`.
-    pub fn narinfo(
-        &self,
-        hash: &StoreHash,
-    ) -> Result<Option<(String, String, String)>, IndexError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(NARINFO)?;
-        Ok(table.get(hash.as_str())?.map(|v| {
-            let (_, source, signer, text) = v.value();
-            (source.to_string(), signer.to_string(), text.to_string())
-        }))
-    }
-
-    /// Whether `hash` is known to be absent everywhere at `now` (unix seconds).
-    pub fn is_negative(&self, hash: &StoreHash, now: u64) -> Result<bool, IndexError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(NEGATIVE)?;
-        Ok(table.get(hash.as_str())?.is_some_and(|v| v.value() > now))
-    }
-
-    /// Records a narinfo as served and the NAR it points to, in one durable transaction.
-    ///
-    /// The NAR record is replaced unless that NAR is already stored (the stored file's record stays true).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_narinfo(
-        &self,
-        hash: &StoreHash,
-        now: u64,
-        signer: &str,
-        text: &str,
-        file_hash: &Sha256Hash,
-        nar: &NarRecord,
-    ) -> Result<(), IndexError> {
-        let encoded = serde_json::to_vec(nar).map_err(|e| IndexError::Corrupt(e.to_string()))?;
-        let mut tx = self.db.begin_write()?;
-        tx.set_quick_repair(true);
-        {
-            let mut narinfos = tx.open_table(NARINFO)?;
-            narinfos.insert(hash.as_str(), (now, nar.source.as_str(), signer, text))?;
-            let stored = tx.open_table(NAR_STORED)?.get(file_hash.0)?.is_some();
-            if !stored {
-                tx.open_table(NAR)?
-                    .insert(file_hash.0, encoded.as_slice())?;
-            }
-            tx.open_table(NEGATIVE)?.remove(hash.as_str())?;
+    /// `Err(reason)` while writes fail (a full or failing disk), until [`Index::heal`] succeeds.
+    pub fn writable(&self) -> Result<(), String> {
+        match self.broken.lock().map(|b| b.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => Err(reason),
+            Err(_) => Err("index state lock poisoned".into()),
         }
-        tx.commit()?;
-        Ok(())
     }
 
-    /// The raw-entry digests of what was mirrored last time (store hash → digest).
-    pub fn mirror_digests(&self) -> Result<HashMap<String, [u8; 32]>, IndexError> {
-        let tx = self.db.begin_read()?;
-        let mut out = HashMap::new();
-        for row in tx.open_table(MIRROR)?.iter()? {
-            let (k, v) = row?;
-            out.insert(k.value().to_string(), v.value());
+    /// Size of the index file in bytes (counted in the disk budget).
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Closes and reopens the database after an I/O error, and checks that a durable write works.
+    /// Returns whether the index is writable afterwards. Cheap when it is not broken.
+    pub fn heal(&self) -> bool {
+        if self.writable().is_ok() {
+            return true;
         }
-        Ok(out)
-    }
-
-    /// Makes `source`'s rows the mirrored index: `changed` entries are written, rows of `keep` stay as
-    /// they are, every other row of `source` goes — in one transaction, so readers see the old index or
-    /// the new one, never a mix. Remembers the manifest digest it came from.
-    pub fn apply_mirror(
-        &self,
-        source: &str,
-        signer: &str,
-        changed: &[MirroredEntry],
-        keep: &std::collections::HashSet<String>,
-        manifest_digest: &str,
-        now: u64,
-    ) -> Result<Applied, IndexError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_quick_repair(true);
-        let mut applied = Applied::default();
-        {
-            let mut narinfos = tx.open_table(NARINFO)?;
-            let mut mirror = tx.open_table(MIRROR)?;
-            let mut stale = Vec::new();
-            for row in narinfos.iter()? {
-                let (k, v) = row?;
-                if v.value().1 == source && !keep.contains(k.value()) {
-                    stale.push(k.value().to_string());
+        let Ok(mut slot) = self.db.write() else {
+            return false;
+        };
+        if let Some(current) = slot.take() {
+            // Operations in progress hold their own handle for a few milliseconds; redb's file lock is
+            // released only when the last one drops it.
+            match wait_unique(current, Duration::from_secs(2)) {
+                Ok(db) => drop(db),
+                Err(still_shared) => {
+                    *slot = Some(still_shared);
+                    return false;
                 }
             }
-            for key in &stale {
-                narinfos.remove(key.as_str())?;
-                mirror.remove(key.as_str())?;
+        }
+        match open_database(&self.path, self.cache_size) {
+            Ok(db) => *slot = Some(Arc::new(db)),
+            Err(e) => {
+                tracing::warn!(error = %e, "reopening the index failed; retrying later");
+                return false;
             }
-            applied.removed = stale.len();
-            let mut nars = tx.open_table(NAR)?;
-            let stored = tx.open_table(NAR_STORED)?;
-            let mut negative = tx.open_table(NEGATIVE)?;
-            for e in changed {
-                narinfos.insert(e.hash.as_str(), (now, source, signer, e.text.as_str()))?;
-                mirror.insert(e.hash.as_str(), e.entry_digest)?;
-                if stored.get(e.file_hash.0)?.is_none() {
-                    let encoded = serde_json::to_vec(&e.nar)
-                        .map_err(|err| IndexError::Corrupt(err.to_string()))?;
-                    nars.insert(e.file_hash.0, encoded.as_slice())?;
-                }
-                negative.remove(e.hash.as_str())?;
-            }
-            applied.written = changed.len();
-            applied.unchanged = keep.len().saturating_sub(changed.len());
+        }
+        drop(slot);
+        // The reopened database must take a durable write before the index counts as healed.
+        match self.write(true, |tx| {
             tx.open_table(META)?
-                .insert(format!("manifest {source}").as_str(), manifest_digest)?;
-        }
-        tx.commit()?;
-        Ok(applied)
-    }
-
-    /// The manifest digest last applied for `source`.
-    pub fn mirrored_digest(&self, source: &str) -> Result<Option<String>, IndexError> {
-        let tx = self.db.begin_read()?;
-        let meta = tx.open_table(META)?;
-        Ok(meta
-            .get(format!("manifest {source}").as_str())?
-            .map(|v| v.value().to_string()))
-    }
-
-    /// How many narinfos are recorded from `source` (a scan: for status after a refresh, not per request).
-    pub fn count_from(&self, source: &str) -> Result<u64, IndexError> {
-        let tx = self.db.begin_read()?;
-        let mut n = 0;
-        for row in tx.open_table(NARINFO)?.iter()? {
-            if row?.1.value().1 == source {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Remembers that `hash` is absent everywhere until `until`. Not durable: losing it costs one lookup.
-    pub fn record_negative(&self, hash: &StoreHash, until: u64) -> Result<(), IndexError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::None)?;
-        tx.open_table(NEGATIVE)?.insert(hash.as_str(), until)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The NAR record for `file_hash` and whether the file is on disk.
-    pub fn nar(&self, file_hash: &Sha256Hash) -> Result<Option<(NarRecord, bool)>, IndexError> {
-        let tx = self.db.begin_read()?;
-        let Some(raw) = tx.open_table(NAR)?.get(file_hash.0)? else {
-            return Ok(None);
-        };
-        let record = decode_record(raw.value())?;
-        let stored = tx.open_table(NAR_STORED)?.get(file_hash.0)?.is_some();
-        Ok(Some((record, stored)))
-    }
-
-    /// Marks a NAR as stored (its file was just renamed into place) with its exact size.
-    /// Returns the new total of stored bytes.
-    pub fn commit_nar(
-        &self,
-        file_hash: &Sha256Hash,
-        size: u64,
-        now: u64,
-    ) -> Result<u64, IndexError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_quick_repair(true);
-        let total;
-        {
-            let mut nars = tx.open_table(NAR)?;
-            let mut record = match nars.get(file_hash.0)? {
-                Some(raw) => decode_record(raw.value())?,
-                None => return Err(IndexError::Corrupt("stored NAR has no record".into())),
-            };
-            record.file_size = Some(size);
-            let encoded =
-                serde_json::to_vec(&record).map_err(|e| IndexError::Corrupt(e.to_string()))?;
-            nars.insert(file_hash.0, encoded.as_slice())?;
-            let mut stored = tx.open_table(NAR_STORED)?;
-            let mut counters = tx.open_table(COUNTERS)?;
-            let replaced = stored.insert(file_hash.0, now)?.is_some();
-            let bytes = counter(&counters, STORE_BYTES)?;
-            let count = counter(&counters, STORE_NARS)?;
-            total = if replaced { bytes } else { bytes + size };
-            counters.insert(STORE_BYTES, total)?;
-            counters.insert(STORE_NARS, if replaced { count } else { count + 1 })?;
-        }
-        tx.commit()?;
-        Ok(total)
-    }
-
-    /// Forgets that a NAR is stored (its file vanished or is being evicted). Returns its record.
-    pub fn unstore_nar(&self, file_hash: &Sha256Hash) -> Result<Option<NarRecord>, IndexError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_quick_repair(true);
-        let record = unstore(&tx, file_hash)?;
-        tx.commit()?;
-        Ok(record)
-    }
-
-    /// Notes an access to a stored NAR; written by the next [`Index::flush_access`].
-    pub fn touch(&self, file_hash: &Sha256Hash, now: u64) {
-        if let Ok(mut pending) = self.pending_access.lock() {
-            pending.insert(*file_hash, now);
-        }
-    }
-
-    /// Writes the batched access times in one transaction. Returns how many rows were updated.
-    pub fn flush_access(&self) -> Result<usize, IndexError> {
-        let pending = match self.pending_access.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(_) => return Ok(0),
-        };
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.db.begin_write()?;
-        tx.set_quick_repair(true);
-        let mut updated = 0;
-        {
-            let mut stored = tx.open_table(NAR_STORED)?;
-            for (hash, at) in pending {
-                let current = stored.get(hash.0)?.map(|v| v.value());
-                if let Some(old) = current
-                    && at > old
-                {
-                    stored.insert(hash.0, at)?;
-                    updated += 1;
+                .insert("healed_at", crate::clock::unix_now().to_string().as_str())?;
+            Ok(())
+        }) {
+            Ok(()) => {
+                if let Ok(mut b) = self.broken.lock() {
+                    *b = None;
                 }
+                tracing::info!("index reopened and writable again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "index reopened but still not writable");
+                false
             }
         }
-        tx.commit()?;
-        Ok(updated)
     }
 
-    /// Takes least-recently-used NARs out of the index until at most `target` bytes remain stored.
-    /// The caller deletes their files after this returns (a crash in between leaves only orphan files).
-    pub fn evict_to(&self, target: u64) -> Result<Vec<Evicted>, IndexError> {
+    /// Makes every non-durable commit since the last flush durable (one fsync for all of them).
+    pub fn flush(&self) -> Result<(), IndexError> {
         self.flush_access()?;
-        let mut tx = self.db.begin_write()?;
-        tx.set_quick_repair(true);
-        let mut evicted = Vec::new();
-        {
-            let total = counter(&tx.open_table(COUNTERS)?, STORE_BYTES)?;
-            if total <= target {
-                return Ok(evicted);
-            }
-            let mut by_age: Vec<(u64, [u8; 32])> = Vec::new();
-            for row in tx.open_table(NAR_STORED)?.iter()? {
-                let (k, v) = row?;
-                by_age.push((v.value(), k.value()));
-            }
-            by_age.sort_unstable();
-            let mut remaining = total;
-            for (_, key) in by_age {
-                if remaining <= target {
-                    break;
-                }
-                let hash = Sha256Hash(key);
-                if let Some(record) = unstore(&tx, &hash)? {
-                    remaining = remaining.saturating_sub(record.file_size.unwrap_or(0));
-                    evicted.push((hash, record));
-                }
-            }
+        let target = self.committed.load(Ordering::Acquire);
+        if target <= *self.durable.borrow() {
+            return Ok(());
         }
-        tx.commit()?;
-        Ok(evicted)
-    }
-
-    /// Drops negative entries that expired before `now`.
-    pub fn purge_negative(&self, now: u64) -> Result<(), IndexError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::None)?;
-        tx.open_table(NEGATIVE)?.retain(|_, until| until > now)?;
-        tx.commit()?;
+        // A durable commit makes every commit before it durable too.
+        self.write(true, |tx| {
+            tx.open_table(META)?
+                .insert("flushed_at", crate::clock::unix_now().to_string().as_str())?;
+            Ok(())
+        })?;
+        self.durable.send_if_modified(|d| {
+            let moved = target > *d;
+            *d = (*d).max(target);
+            moved
+        });
         Ok(())
     }
 
-    /// Bytes of NAR files on disk (one counter read).
-    pub fn store_bytes(&self) -> Result<u64, IndexError> {
-        let tx = self.db.begin_read()?;
-        counter(&tx.open_table(COUNTERS)?, STORE_BYTES)
+    /// Waits until the commit numbered `seq` (see [`Index::record_narinfo`]) is durable, for at most
+    /// `limit`. Wakes the flusher, so the wait is about one fsync, shared with every other waiter.
+    pub async fn durable(&self, seq: u64, limit: Duration) -> Result<(), IndexError> {
+        let mut durable = self.durable.subscribe();
+        if *durable.borrow_and_update() >= seq {
+            return Ok(());
+        }
+        self.flush_wanted.notify_one();
+        match tokio::time::timeout(limit, durable.wait_for(|d| *d >= seq)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(IndexError::Unavailable),
+        }
+    }
+
+    /// Resolves when someone waits for durability (the flusher's cue).
+    pub async fn flush_wanted(&self) {
+        self.flush_wanted.notified().await;
+    }
+
+    fn handle(&self) -> Result<Arc<Database>, IndexError> {
+        self.db
+            .read()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or(IndexError::Unavailable)
+    }
+
+    /// Notes an I/O failure: the index is broken until healed.
+    fn check<T>(&self, result: Result<T, IndexError>) -> Result<T, IndexError> {
+        if let Err(e) = &result
+            && e.is_io()
+            && let Ok(mut broken) = self.broken.lock()
+            && broken.is_none()
+        {
+            tracing::error!(error = %e, "index write failed; serving what it has until it can be reopened");
+            *broken = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Runs `f` in a read transaction.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let db = self.handle()?;
+        let result = db
+            .begin_read()
+            .map_err(IndexError::from)
+            .and_then(|tx| f(&tx));
+        self.check(result)
+    }
+
+    /// The sequence number of the last commit (for [`Index::durable`]).
+    pub fn last_commit(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` in a write transaction and commits it, durably or not (see the module's notes).
+    fn write<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let db = self.handle()?;
+        let result = (|| {
+            let mut tx = db.begin_write()?;
+            if durable {
+                tx.set_quick_repair(true);
+            } else {
+                tx.set_durability(Durability::None)?;
+            }
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        if result.is_ok() {
+            let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+            if durable {
+                self.durable.send_if_modified(|d| {
+                    let moved = seq > *d;
+                    *d = (*d).max(seq);
+                    moved
+                });
+            }
+        }
+        self.check(result)
     }
 
     /// Counts for `/_status`.
     pub fn stats(&self) -> Result<IndexStats, IndexError> {
-        let tx = self.db.begin_read()?;
-        let counters = tx.open_table(COUNTERS)?;
-        Ok(IndexStats {
-            narinfos: tx.open_table(NARINFO)?.len()?,
-            nars_known: tx.open_table(NAR)?.len()?,
-            nars_stored: counter(&counters, STORE_NARS)?,
-            store_bytes: counter(&counters, STORE_BYTES)?,
-            negative: tx.open_table(NEGATIVE)?.len()?,
-        })
+        let mut stats = self.read(|tx| {
+            use redb::ReadableTableMetadata;
+            let counters = tx.open_table(COUNTERS)?;
+            Ok(IndexStats {
+                narinfos: tx.open_table(NARINFO)?.len()?,
+                nars_known: tx.open_table(NAR)?.len()?,
+                nars_stored: counter(&counters, STORE_NARS)?,
+                store_bytes: counter(&counters, STORE_BYTES)?,
+                negative: tx.open_table(NEGATIVE)?.len()?,
+                nars_protected: tx.open_table(PROTECTED)?.len()?,
+                file_bytes: 0,
+            })
+        })?;
+        stats.file_bytes = self.file_bytes();
+        Ok(stats)
     }
 }
 
-fn decode_record(raw: &[u8]) -> Result<NarRecord, IndexError> {
-    serde_json::from_slice(raw).map_err(|e| IndexError::Corrupt(e.to_string()))
+/// Opens the file, creating the tables of this schema, or migrating an older one in place.
+fn open_database(path: &Path, cache_size: Option<usize>) -> Result<Database, IndexError> {
+    let mut builder = Database::builder();
+    if let Some(bytes) = cache_size {
+        builder.set_cache_size(bytes);
+    }
+    let db = builder.create(path)?;
+    let mut tx = db.begin_write()?;
+    tx.set_quick_repair(true);
+    let found = tx
+        .open_table(META)?
+        .get("schema")?
+        .map(|v| v.value().to_string());
+    match found.as_deref() {
+        Some(SCHEMA) => {}
+        None => {
+            tx.open_table(META)?.insert("schema", SCHEMA)?;
+        }
+        Some(v1::SCHEMA) => migrate::from_v1(&tx)?,
+        Some(other) => {
+            return Err(IndexError::Schema {
+                found: other.to_string(),
+            });
+        }
+    }
+    tx.open_table(NARINFO)?;
+    tx.open_table(NARINFO_ASKED)?;
+    tx.open_table(NAR)?;
+    tx.open_table(NAR_REFS)?;
+    tx.open_table(STORED)?;
+    tx.open_table(PROTECTED)?;
+    tx.open_table(NEGATIVE)?;
+    tx.open_table(COUNTERS)?;
+    tx.open_table(MIRROR)?;
+    tx.commit()?;
+    Ok(db)
+}
+
+/// Waits until `db` is held only by the caller, for at most `limit`.
+fn wait_unique(mut db: Arc<Database>, limit: Duration) -> Result<Database, Arc<Database>> {
+    let started = Instant::now();
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Ok(db),
+            Err(shared) if started.elapsed() < limit => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(shared) => return Err(shared),
+        }
+    }
 }
 
 fn counter(table: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, IndexError> {
     Ok(table.get(key)?.map(|v| v.value()).unwrap_or(0))
 }
 
-/// Removes the stored row of `file_hash` and subtracts its size, inside `tx`.
-fn unstore(
-    tx: &redb::WriteTransaction,
-    file_hash: &Sha256Hash,
-) -> Result<Option<NarRecord>, IndexError> {
-    let mut stored = tx.open_table(NAR_STORED)?;
-    if stored.remove(file_hash.0)?.is_none() {
-        return Ok(None);
-    }
-    let record = match tx.open_table(NAR)?.get(file_hash.0)? {
-        Some(raw) => decode_record(raw.value())?,
-        None => return Err(IndexError::Corrupt("stored NAR has no record".into())),
-    };
-    let mut counters = tx.open_table(COUNTERS)?;
-    let bytes = counter(&counters, STORE_BYTES)?;
-    let count = counter(&counters, STORE_NARS)?;
-    let size = record.file_size.unwrap_or(0);
-    counters.insert(STORE_BYTES, bytes.saturating_sub(size))?;
-    counters.insert(STORE_NARS, count.saturating_sub(1))?;
-    Ok(Some(record))
+/// Adds `delta` (which may be negative) to a counter, saturating at 0.
+fn add_counter(
+    table: &mut redb::Table<&'static str, u64>,
+    key: &str,
+    delta: i64,
+) -> Result<u64, IndexError> {
+    let now = counter(table, key)?;
+    let next = now.saturating_add_signed(delta);
+    table.insert(key, next)?;
+    Ok(next)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,19 +1,34 @@
-//! Every redb table of the index, in one place. A change of a table's layout gets a new versioned name.
+//! Every redb table of the index, in one place. A change of a table's layout gets a new versioned name;
+//! the tables of older layouts stay here (in [`v1`]) for as long as an index written by them can be
+//! migrated (see `migrate.rs`).
 
 use redb::TableDefinition;
 
-/// Store hash (32 nix32 chars) → (unix time recorded, source URL, signer, narinfo text as served).
+/// Store hash (32 nix32 chars) → (recorded at, trust policy tag, source, signer, FileHash, narinfo text).
 ///
-/// The text is already rewritten to the canonical NAR URL and signed by `signer` (the appliance's public
-/// key `name:base64` at the time, or empty), so a hit is one lookup and a copy while the key is unchanged.
-pub const NARINFO: TableDefinition<&str, (u64, &str, &str, &str)> =
-    TableDefinition::new("narinfo-v1");
+/// The text is what is served: rewritten to the canonical NAR URL and signed by `signer` (the appliance's
+/// public key `name:base64` at the time, or empty), so a hit is one lookup and a copy while neither the
+/// key nor the source's trust policy changed. The policy tag says under which policy of `source` the
+/// narinfo was accepted (see `trust.rs`); FileHash names the NAR the text points at.
+pub const NARINFO: TableDefinition<&str, NarinfoValue> = TableDefinition::new("narinfo-v2");
+
+/// The value of [`NARINFO`]: (recorded at, policy tag, source, signer, FileHash, text).
+pub type NarinfoValue<'a> = (u64, u64, &'a str, &'a str, [u8; 32], &'a str);
+
+/// Store hash → unix time a client last asked for it (written in batches), for the index's GC.
+pub const NARINFO_ASKED: TableDefinition<&str, u64> = TableDefinition::new("narinfo-asked-v1");
 
 /// FileHash (sha256 of the file as served) → NAR record, JSON ([`super::NarRecord`]).
 pub const NAR: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("nar-v1");
 
-/// FileHash → unix time of the last access. A row exists exactly for the NARs stored on disk.
-pub const NAR_STORED: TableDefinition<[u8; 32], u64> = TableDefinition::new("nar-stored-v1");
+/// FileHash → how many narinfo rows point at it. A NAR record nobody points at can go.
+pub const NAR_REFS: TableDefinition<[u8; 32], u64> = TableDefinition::new("nar-refs-v1");
+
+/// FileHash → (unix time of the last access, file size). A row exists exactly for the NARs on disk.
+pub const STORED: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("stored-v2");
+
+/// FileHash → how many holders (pins, pushes) keep it from eviction.
+pub const PROTECTED: TableDefinition<[u8; 32], u64> = TableDefinition::new("protected-v1");
 
 /// Store hash → unix time until which "absent everywhere" is believed.
 pub const NEGATIVE: TableDefinition<&str, u64> = TableDefinition::new("negative-v1");
@@ -21,16 +36,29 @@ pub const NEGATIVE: TableDefinition<&str, u64> = TableDefinition::new("negative-
 /// Named counters kept in step with the tables they summarise (so start-up needs no scan).
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters-v1");
 
-/// Store hash → sha256 of the raw index entry it was mirrored from (the OCI source), so a refresh only
-/// checks, signs and writes the entries that changed.
+/// Store hash → sha256 of the raw index entry (and the trust policy) it was mirrored from (the OCI
+/// source), so a refresh only checks, signs and writes the entries that changed.
 pub const MIRROR: TableDefinition<&str, [u8; 32]> = TableDefinition::new("mirror-v1");
 
-/// Free-form metadata (`schema`).
+/// Free-form metadata (`schema`, `manifest <source>`).
 pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta-v1");
 
 /// Key of [`COUNTERS`]: bytes of NAR files on disk.
 pub const STORE_BYTES: &str = "store_bytes";
 /// Key of [`COUNTERS`]: number of NAR files on disk.
 pub const STORE_NARS: &str = "store_nars";
-/// The schema this build writes; a database with another one is refused rather than misread.
-pub const SCHEMA: &str = "1";
+/// The schema this build writes; older ones are migrated, newer ones refused rather than misread.
+pub const SCHEMA: &str = "2";
+
+/// The layout of schema 1 (nixcache 0.1, 2026-11-25), read only to migrate it.
+pub mod v1 {
+    use redb::TableDefinition;
+
+    /// Store hash → (unix time recorded, source URL, signer, narinfo text as served).
+    pub const NARINFO: TableDefinition<&str, (u64, &str, &str, &str)> =
+        TableDefinition::new("narinfo-v1");
+    /// FileHash → unix time of the last access; a row exists exactly for the NARs on disk.
+    pub const NAR_STORED: TableDefinition<[u8; 32], u64> = TableDefinition::new("nar-stored-v1");
+    /// The schema string of this layout.
+    pub const SCHEMA: &str = "1";
+}

@@ -7,8 +7,8 @@ use prometheus::{
 };
 
 use super::labels::{
-    CHECKS, FILL_RESULTS, FROM_DISK, NO_SOURCE, NarResult, NarinfoResult, REFRESH_OUTCOMES,
-    RequestKind, SOURCE_ERRORS, SourceName,
+    CHECKS, FILL_FAILURE_REASONS, FILL_RESULTS, FROM_DISK, NO_SOURCE, NarResult, NarinfoResult,
+    REFRESH_OUTCOMES, RequestKind, SOURCE_ERRORS, SourceName,
 };
 use crate::activity::Activity;
 use crate::sources::Rejection;
@@ -45,6 +45,16 @@ pub(super) struct Inner {
     pub(super) index_refresh_duration: HistogramVec,
     pub(super) index_last_success: IntGaugeVec,
     pub(super) index_rejected: IntCounterVec,
+    pub(super) fill_failures: IntCounterVec,
+    pub(super) trust_dropped: IntCounterVec,
+    pub(super) index_collected: IntCounterVec,
+    pub(super) store_damaged: IntCounter,
+    pub(super) scrubbed_bytes: IntCounter,
+    pub(super) index_bytes: IntGauge,
+    pub(super) index_writable: IntGauge,
+    pub(super) reserved_bytes: IntGauge,
+    pub(super) fs_free_bytes: IntGauge,
+    pub(super) task_restarts: IntCounter,
 }
 
 fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -196,6 +206,55 @@ impl Inner {
                 "The store's size cap (max_size).",
             ),
             store_nars: gauge(&r, "nixcache_store_nars", "NAR files on disk."),
+            fill_failures: counter_vec(
+                &r,
+                "nixcache_fill_failures_total",
+                "NAR downloads that stopped without a bad file, by source and reason (source, too_slow, abandoned, no_room, busy, shutdown, local, internal).",
+                &["source", "reason"],
+            ),
+            trust_dropped: counter_vec(
+                &r,
+                "nixcache_trust_dropped_total",
+                "Recorded narinfos no longer served because today's trust policy refuses them or their source is gone.",
+                &["reason"],
+            ),
+            index_collected: counter_vec(
+                &r,
+                "nixcache_index_collected_total",
+                "Index rows removed by the index GC (narinfo rows, unreferenced stored NARs).",
+                &["what"],
+            ),
+            store_damaged: counter(
+                &r,
+                "nixcache_store_damaged_total",
+                "Stored NAR files found damaged (hash mismatch, missing, wrong size) and dropped.",
+            ),
+            scrubbed_bytes: counter(
+                &r,
+                "nixcache_scrubbed_bytes_total",
+                "Bytes of stored NAR files re-hashed by the background scrub.",
+            ),
+            index_bytes: gauge(&r, "nixcache_index_bytes", "Size of the index file."),
+            task_restarts: counter(
+                &r,
+                "nixcache_task_restarts_total",
+                "Background tasks restarted after they panicked (the log and the status page name the task).",
+            ),
+            index_writable: gauge(
+                &r,
+                "nixcache_index_writable",
+                "1 while the index takes writes, 0 while it is broken by a disk error (see /healthz).",
+            ),
+            reserved_bytes: gauge(
+                &r,
+                "nixcache_reserved_bytes",
+                "Bytes reserved in the disk budget by running downloads.",
+            ),
+            fs_free_bytes: gauge(
+                &r,
+                "nixcache_fs_free_bytes",
+                "Bytes free on the data folder's filesystem.",
+            ),
             evictions: counter(
                 &r,
                 "nixcache_evictions_total",
@@ -268,7 +327,7 @@ impl Inner {
             "nixcache_start_time_seconds",
             "Unix time the appliance started.",
         )
-        .set(crate::app::unix_now() as i64);
+        .set(crate::clock::unix_now() as i64);
         inner.create_label_sets();
         inner
     }
@@ -280,6 +339,12 @@ impl Inner {
                 .with_label_values(&[r.as_str(), NO_SOURCE]);
         }
         self.served_bytes.with_label_values(&[FROM_DISK]);
+        for reason in ["source_gone", "refused"] {
+            self.trust_dropped.with_label_values(&[reason]);
+        }
+        for what in ["narinfo", "nar"] {
+            self.index_collected.with_label_values(&[what]);
+        }
         for s in &self.sources {
             let name = s.name.as_str();
             for r in NarinfoResult::ALL.iter().filter(|r| r.has_source()) {
@@ -292,6 +357,9 @@ impl Inner {
             self.fetched_bytes.with_label_values(&[name]);
             for r in FILL_RESULTS {
                 self.fills.with_label_values(&[name, r]);
+            }
+            for reason in FILL_FAILURE_REASONS {
+                self.fill_failures.with_label_values(&[name, reason]);
             }
             for c in CHECKS {
                 self.verification_failures.with_label_values(&[name, c]);

@@ -1,9 +1,7 @@
 //! The fixed label values of the metrics, and how failures map onto them. Every mapping is an exhaustive
 //! match: a new kind of failure has to pick its label here.
 
-use crate::fill::FillError;
 use crate::sources::SourceError;
-use crate::verify::VerifyError;
 
 /// `source` label of a source recorded in the index that is not configured any more.
 pub const OTHER_SOURCE: &str = "other";
@@ -36,8 +34,23 @@ pub enum NarResult {
     Miss,
     /// Not on disk: joined a download already running (no second download).
     Coalesced,
-    /// The download failed before its first byte (502).
+    /// The download failed before its first byte (502, 503 or 504).
     Error,
+    /// Larger than the store's cap: streamed from the source, verified, not stored.
+    PassThrough,
+    /// Refused: too many downloads waiting, or no room (503).
+    Busy,
+}
+
+/// How a fill ended, as metrics count it (the core maps its errors onto this at the call site).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    /// Verified and stored; the file has this size.
+    Stored(u64),
+    /// The file failed a check: one of [`CHECKS`].
+    Rejected(&'static str),
+    /// It stopped for another reason: one of [`FILL_FAILURE_REASONS`].
+    Failed(&'static str),
 }
 
 /// What kind of request was made to a source.
@@ -75,11 +88,13 @@ impl NarinfoResult {
 }
 
 impl NarResult {
-    pub(super) const ALL: [NarResult; 4] = [
+    pub(super) const ALL: [NarResult; 6] = [
         NarResult::Hit,
         NarResult::Miss,
         NarResult::Coalesced,
         NarResult::Error,
+        NarResult::PassThrough,
+        NarResult::Busy,
     ];
     pub(super) fn as_str(self) -> &'static str {
         match self {
@@ -87,6 +102,8 @@ impl NarResult {
             NarResult::Miss => "miss",
             NarResult::Coalesced => "coalesced",
             NarResult::Error => "error",
+            NarResult::PassThrough => "pass_through",
+            NarResult::Busy => "busy",
         }
     }
 }
@@ -102,7 +119,19 @@ impl RequestKind {
 }
 
 pub(super) const FILL_RESULTS: [&str; 3] = ["stored", "failed", "rejected"];
-pub(super) const CHECKS: [&str; 7] = [
+/// Why a fill stopped without a bad file: the `reason` of `nixcache_fill_failures_total`.
+pub const FILL_FAILURE_REASONS: [&str; 8] = [
+    "source",
+    "too_slow",
+    "abandoned",
+    "no_room",
+    "busy",
+    "shutdown",
+    "local",
+    "internal",
+];
+/// The checks a NAR file can fail: the `check` of `nixcache_verification_failures_total`.
+pub const CHECKS: [&str; 7] = [
     "signature",
     "file_size",
     "file_hash",
@@ -136,33 +165,6 @@ pub(super) fn error_label(e: &SourceError) -> &'static str {
         SourceError::NarDownload | SourceError::RefreshFailed => "internal",
         SourceError::Registry(r) if r.is_timeout() => "timeout",
         SourceError::Registry(_) => "registry",
-    }
-}
-
-/// The `check` label of a NAR that failed verification.
-pub(super) fn check_label(e: &VerifyError) -> &'static str {
-    match e {
-        VerifyError::Unsupported(_) => "compression",
-        VerifyError::Decode(_) => "decompress",
-        VerifyError::TooLarge { .. } | VerifyError::NarSize { .. } => "nar_size",
-        VerifyError::FileSize { .. } => "file_size",
-        VerifyError::FileHash { .. } => "file_hash",
-        VerifyError::NarHash { .. } => "nar_hash",
-    }
-}
-
-/// How a failed fill counts (`failed` or `rejected`), the check that refused it, and a reason fit for
-/// the status page (never a filesystem path: local failures only say where to look).
-pub(super) fn fill_failure(e: &FillError) -> (&'static str, Option<&'static str>, String) {
-    match e {
-        FillError::Verify(v) => ("rejected", Some(check_label(v)), e.to_string()),
-        FillError::Size { .. } => ("rejected", Some("file_size"), e.to_string()),
-        FillError::Source(_) | FillError::Stalled | FillError::ShuttingDown => {
-            ("failed", None, e.to_string())
-        }
-        FillError::Record(_) | FillError::Store(_) | FillError::Index(_) | FillError::Io(_) => {
-            ("failed", None, "local storage error (see the log)".into())
-        }
     }
 }
 

@@ -11,7 +11,7 @@ pub mod signing;
 pub mod store_path;
 
 #[cfg(test)]
-mod test_vectors;
+pub(crate) mod test_vectors;
 
 /// The only store directory nixcache serves; narinfos naming another one are rejected.
 pub const STORE_DIR: &str = "/nix/store";

@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::fill::FillError;
+use crate::fill::{Failure, FillError};
 use crate::index::IndexError;
 use crate::lookup::LookupError;
 use crate::sources::SourceError;
@@ -30,6 +30,10 @@ pub enum ApiError {
     /// The sources could not answer (502, or 504 on a time-out).
     #[error("upstream: {0}")]
     Upstream(#[from] SourceError),
+    /// The appliance cannot take this now: no room on disk, too many downloads waiting, or the index
+    /// recovering from a disk error (503 with Retry-After; hits keep being served).
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// Something broke inside: logged with its cause, 500 to the client.
     #[error("internal: {0}")]
     Internal(String),
@@ -37,7 +41,26 @@ pub enum ApiError {
 
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_io() || matches!(e, IndexError::Unavailable) {
+            tracing::warn!(error = %e, "answering 503: the index cannot be written");
+            ApiError::Unavailable("the cache's disk is full or failing; try again later")
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Upstream => ApiError::Upstream(SourceError::NarDownload),
+            Failure::Timeout => ApiError::Upstream(SourceError::Timeout),
+            Failure::NoSpace => {
+                ApiError::Unavailable("no room in the cache's store; try again later")
+            }
+            Failure::Busy => ApiError::Unavailable("too many downloads waiting; try again later"),
+            Failure::Internal => ApiError::Internal("NAR fill failed inside".into()),
+        }
     }
 }
 
@@ -61,7 +84,8 @@ impl From<FillError> for ApiError {
     fn from(e: FillError) -> Self {
         match e {
             FillError::Source(s) => ApiError::Upstream(s),
-            other => ApiError::Internal(other.to_string()),
+            FillError::Index(i) => i.into(),
+            other => other.failure().into(),
         }
     }
 }
@@ -83,6 +107,7 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %e, "answering 502");
                 (StatusCode::BAD_GATEWAY, "upstream cache unavailable")
             }
+            ApiError::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
             ApiError::Internal(cause) => {
                 tracing::error!(cause = %cause, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -96,7 +121,7 @@ impl IntoResponse for ApiError {
         }
         if matches!(
             status,
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE
         ) {
             // Nix 2.35+ honours it; others retry with their own back-off.
             response

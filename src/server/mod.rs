@@ -34,7 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(status_page::page))
         .route("/metrics", get(observe::metrics))
         .route("/nix-cache-info", get(cache_info))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/_status", get(status))
         .route("/public-key", get(public_key))
         .route("/_refresh", axum::routing::post(refresh))
@@ -52,8 +52,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// Serves `listener` until `app.shutdown` is cancelled, then drains for at most [`DRAIN_TIMEOUT`] and
 /// stops the background tasks. The caller binds the socket (tests pass a port-0 listener).
 pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
-    let housekeeping = tokio::spawn(crate::housekeeping::run(app.clone()));
-    let refresh = tokio::spawn(crate::sources::oci::run_refresh(app.clone()));
+    let background = app.start_background();
     let shutdown = app.shutdown.clone();
     // Headers and a small body go out in separate writes: without TCP_NODELAY the body waits for the
     // client's delayed ACK (~40 ms per small NAR on a kept-alive connection).
@@ -80,13 +79,20 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     };
     app.shutdown.cancel();
     app.stopped.cancel();
-    if let Err(e) = refresh.await {
-        tracing::error!(error = %e, "index refresh task failed");
-    }
-    if let Err(e) = housekeeping.await {
-        tracing::error!(error = %e, "housekeeping task failed");
-    }
+    background.join(&app).await;
     result
+}
+
+/// `/healthz`: 200 while the appliance can do its job, 503 with the reason otherwise (see `health.rs`).
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match crate::health::check(&app) {
+        Ok(()) => "ok\n".into_response(),
+        Err(why) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn cache_info(State(app): State<Arc<App>>) -> Response {
@@ -159,10 +165,10 @@ async fn refresh(
             "refresh is allowed from loopback or with the admin token",
         ));
     }
-    let Some(oci) = app.sources.oci() else {
+    if app.sources.oci().is_none() {
         return Err(ApiError::NotFound("no OCI source configured"));
-    };
-    match oci.refresh_once(&app).await {
+    }
+    match crate::mirror::refresh_once(&app).await {
         Ok(outcome) => Ok(Json(outcome).into_response()),
         Err(e) => {
             tracing::warn!(error = %e, "forced refresh failed");
@@ -195,6 +201,9 @@ struct Status {
     /// The signing key's name, if the appliance signs.
     signing_key: Option<String>,
     public_key: Option<String>,
+    /// Whether the appliance can do its job (what `/healthz` says), and why not.
+    healthy: bool,
+    unhealthy_reason: Option<String>,
     index: IndexStats,
     store: StoreStatus,
     fills_in_flight: usize,
@@ -211,6 +220,13 @@ struct StoreStatus {
     bytes: u64,
     max_bytes: u64,
     nars: u64,
+    /// Bytes reserved by running downloads (counted against `max_bytes`).
+    reserved_bytes: u64,
+    /// Bytes of the index file (counted against `max_bytes`).
+    index_bytes: u64,
+    /// Free space on the data folder's filesystem, and the floor kept.
+    fs_free_bytes: u64,
+    min_free_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -230,16 +246,25 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
 /// What `/_status` answers and the status page shows.
 async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
     let a = app.clone();
-    let index = tokio::task::spawn_blocking(move || a.index.stats()).await??;
+    let (index, usage) =
+        tokio::task::spawn_blocking(move || a.index.stats().map(|s| (s, a.budget.usage(&a))))
+            .await??;
+    let health = crate::health::check(app);
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: app.started.elapsed().as_secs(),
         signing_key: app.signing_key.as_ref().map(|k| k.name().to_string()),
         public_key: (!app.signer.is_empty()).then(|| app.signer.clone()),
+        healthy: health.is_ok(),
+        unhealthy_reason: health.err(),
         store: StoreStatus {
             bytes: index.store_bytes,
             max_bytes: app.config.max_size,
             nars: index.nars_stored,
+            reserved_bytes: usage.reserved,
+            index_bytes: index.file_bytes,
+            fs_free_bytes: usage.fs_free,
+            min_free_bytes: usage.min_free,
         },
         index,
         fills_in_flight: app.fills.in_flight(),

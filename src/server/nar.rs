@@ -14,11 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::error::ApiError;
-use crate::app::{App, unix_now};
-use crate::fill::{self, Fills, Joined};
+use crate::app::App;
+use crate::clock::unix_now;
+use crate::fill::{self, Fills, Joined, Subscription, Want};
 use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
-use crate::sources::SourceError;
 
 /// Bytes per read when sending a stored file (large reads matter for throughput, see DESIGN.md).
 const SEND_CHUNK: usize = 1 << 20;
@@ -61,7 +61,7 @@ pub async fn get_nar(
     let Some((record, stored)) = app.index.nar(&name.file_hash)? else {
         return Err(ApiError::NotFound("unknown NAR"));
     };
-    if record.compression != name.compression.as_str() {
+    if record.compression != name.compression {
         return Err(ApiError::NotFound("unknown NAR"));
     }
     let range = parse_range(headers.get(header::RANGE));
@@ -72,10 +72,7 @@ pub async fn get_nar(
             }
             return Ok(response);
         }
-        // The index said stored but the file is gone (removed by hand?): forget it and fetch again.
-        tracing::warn!(nar = %name, "stored NAR file missing, fetching it again");
-        let a = app.clone();
-        tokio::task::spawn_blocking(move || a.index.unstore_nar(&name.file_hash)).await??;
+        forget_missing_file(&app, &name).await?;
     }
     if method == Method::HEAD {
         // Answer what a GET would, without starting a download.
@@ -89,23 +86,58 @@ pub async fn get_nar(
         return Ok(response);
     }
     let source = record.source.clone();
-    match Fills::join_or_start(&app, name, record)? {
-        Joined::Stored => {
-            let response = serve_file(&app, &name, range)
-                .await?
-                .ok_or_else(|| ApiError::Internal("stored NAR vanished".into()))?;
-            app.metrics.nar(NarResult::Hit, &source);
-            Ok(response)
-        }
-        Joined::Fill(fill) => {
-            if !fill.started().await {
-                app.metrics.nar(NarResult::Error, &source);
-                return Err(ApiError::Upstream(SourceError::NarDownload));
+    // Twice at most: a NAR stored meanwhile may be evicted before it is opened; then it is fetched.
+    for _ in 0..2 {
+        let joined = match Fills::join_or_start(&app, name, record.clone(), Want::Client) {
+            Ok(j) => j,
+            Err(e) => {
+                app.metrics.nar(NarResult::Busy, &source);
+                return Err(e.into());
             }
-            let served = app.metrics.served_bytes(Some(&source));
-            Ok(serve_fill(fill, range, served))
+        };
+        match joined {
+            Joined::Stored => {
+                if let Some(response) = serve_file(&app, &name, range).await? {
+                    app.metrics.nar(NarResult::Hit, &source);
+                    return Ok(response);
+                }
+                forget_missing_file(&app, &name).await?;
+            }
+            Joined::Fill(subscription) => {
+                if let Err(failure) = subscription.fill().started().await {
+                    app.metrics.nar(NarResult::Error, &source);
+                    return Err(failure.into());
+                }
+                let served = app.metrics.served_bytes(Some(&source));
+                return Ok(serve_fill(subscription, range, served));
+            }
+            Joined::PassThrough => {
+                let body = fill::pass_through(&app, &name, &record).await?;
+                let mut response = Response::new(Body::empty());
+                nar_headers(response.headers_mut(), false);
+                if let Some(size) = record.file_size {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                }
+                let served = app.metrics.served_bytes(Some(&source));
+                *response.body_mut() = Body::from_stream(count_sent(body, served));
+                return Ok(response);
+            }
         }
     }
+    Err(ApiError::Unavailable(
+        "the NAR was evicted while it was opened; try again",
+    ))
+}
+
+/// The index said stored but the file is gone (evicted meanwhile, or removed by hand): forget it, so
+/// that it is fetched again.
+async fn forget_missing_file(app: &Arc<App>, name: &NarName) -> Result<(), ApiError> {
+    tracing::warn!(nar = %name, "stored NAR file missing, fetching it again");
+    let (a, name) = (app.clone(), *name);
+    tokio::task::spawn_blocking(move || a.index.unstore_nar(&name.file_hash)).await??;
+    Ok(())
 }
 
 fn nar_headers(headers: &mut HeaderMap, ranges: bool) {
@@ -183,10 +215,11 @@ where
 
 /// Streams a running fill. With a known size, `bytes=N-` is honoured (Nix resumes that way).
 fn serve_fill(
-    fill: Arc<fill::Fill>,
+    subscription: Subscription,
     range: Option<ByteRange>,
     served: prometheus::IntCounter,
 ) -> Response {
+    let fill = subscription.fill().clone();
     let mut response = Response::new(Body::empty());
     nar_headers(response.headers_mut(), fill.size.is_some());
     let mut start = 0;
@@ -208,7 +241,7 @@ fn serve_fill(
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size - start));
     }
-    *response.body_mut() = Body::from_stream(count_sent(fill::reader(fill, start), served));
+    *response.body_mut() = Body::from_stream(count_sent(fill::reader(subscription, start), served));
     response
 }
 

@@ -17,7 +17,9 @@ use crate::metrics::Snapshot;
 /// `GET /metrics`: the gauges read now (store, index, fills, source health), then every metric.
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let a = app.clone();
-    let index = tokio::task::spawn_blocking(move || a.index.stats()).await??;
+    let (index, usage) =
+        tokio::task::spawn_blocking(move || a.index.stats().map(|s| (s, a.budget.usage(&a))))
+            .await??;
     let oci = app.sources.oci();
     let mut health: Vec<_> = app
         .sources
@@ -36,6 +38,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
         fills_in_flight: app.fills.in_flight(),
         health,
         oci_index,
+        index_writable: app.index.writable().is_ok(),
+        reserved_bytes: usage.reserved,
+        fs_free_bytes: usage.fs_free,
     };
     let body = app
         .metrics

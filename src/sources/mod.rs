@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StoreHash;
+pub use crate::trust::Trust;
 pub use oci::OciSource;
-pub use upstream::{Trust, Upstream};
+pub use upstream::Upstream;
 
 /// Why a source could not answer.
 #[derive(Debug, thiserror::Error)]

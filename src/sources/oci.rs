@@ -1,11 +1,10 @@
-//! A cache published to an OCI registry in the nixcache-oci format, mirrored into the index.
+//! A cache published to an OCI registry in the nixcache-oci format: the source side of the mirror.
 //!
-//! Every `index_ttl` (and on `POST /_refresh`) the manifest digest is checked with a HEAD; only when it
-//! changed are the manifest and the index blob fetched, checked, and applied to redb in one transaction.
-//! A refresh runs beside the requests and never holds them up; a failed one keeps the last good index,
-//! which also survives restarts, so indexed paths are answered with the registry unreachable.
+//! It answers "what is published now" ([`OciSource::poll`]: a HEAD of the manifest, and the manifest
+//! and index blob only when the digest is not the one the caller already has), serves NAR blobs, and
+//! keeps the state `/_status` shows. What gets recorded is decided by the core (`mirror.rs`), which
+//! checks every entry against the source's trust policy.
 
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,17 +12,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{Health, HealthSnapshot, Rejection, SourceError, Trust};
-use crate::app::{App, unix_now};
+use crate::clock::unix_now;
 use crate::config::OciConfig;
-use crate::index::{Applied, IndexError, MirroredEntry, NarRecord};
+use crate::index::{Applied, IndexError};
 use crate::metrics::{RequestKind, SourceMetrics};
-use crate::nix::hash::Sha256Hash;
-use crate::nix::nar_name::NarName;
-use crate::nix::narinfo::NarInfo;
 use crate::nix::signing::PublicKey;
-use crate::nix::store_path::StoreHash;
 use crate::oci::client::{Registry, RegistryError};
-use crate::oci::format::{CacheIndex, IndexEntry, image_name};
+use crate::oci::format::image_name;
 
 /// The largest index blob accepted.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
@@ -220,19 +215,64 @@ impl OciSource {
         }
     }
 
-    /// Refreshes once: HEAD the manifest, and fetch and apply the index only if it changed.
-    pub async fn refresh_once(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
-        let _one_at_a_time = self.refreshing.lock().await;
-        let started = Instant::now();
-        let result = self.refresh_inner(app).await;
-        self.metrics.refreshed(&result, started.elapsed());
+    /// What is published now, unless it is `known` (the manifest digest the caller mirrored last).
+    pub async fn poll(&self, known: Option<&str>) -> Result<Poll, RefreshError> {
+        let Some(digest) = Self::limited(self.timeout, self.registry.manifest_digest()).await?
+        else {
+            return Ok(Poll::NotPublished);
+        };
+        if known == Some(digest.as_str()) {
+            return Ok(Poll::Unchanged { digest });
+        }
+        let Some((digest, manifest)) =
+            Self::limited(self.timeout, self.registry.manifest()).await?
+        else {
+            return Ok(Poll::NotPublished);
+        };
+        let layer = manifest.index_layer().map_err(RefreshError::Format)?;
+        let blob = Self::limited(
+            INDEX_DOWNLOAD_TIMEOUT,
+            self.registry.blob_bytes(&layer.digest, MAX_INDEX_BYTES),
+        )
+        .await?;
+        Ok(Poll::Changed { digest, blob })
+    }
+
+    /// One refresh at a time: held by the mirror while it polls and applies.
+    pub async fn refresh_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.refreshing.lock().await
+    }
+
+    /// Records how a refresh ended, for `/_status`, metrics and the back-off. `entries` and
+    /// `generated` describe the mirrored index when they are known.
+    pub fn record_refresh(
+        &self,
+        result: &Result<Refreshed, RefreshError>,
+        took: Duration,
+        entries: Option<u64>,
+        generated: Option<String>,
+    ) {
+        self.metrics.refreshed(result, took);
         let now = unix_now();
         if let Ok(mut state) = self.state.lock() {
             state.last_refresh = Some(now);
-            state.last_duration_secs = Some(started.elapsed().as_secs_f64());
-            match &result {
+            state.last_duration_secs = Some(took.as_secs_f64());
+            if let Some(n) = entries {
+                state.entries = n;
+            }
+            if generated.is_some() {
+                state.generated = generated;
+            }
+            match result {
                 Ok(r) => {
                     state.last_success = Some(now);
+                    if let Refreshed::Unchanged { manifest_digest }
+                    | Refreshed::Applied {
+                        manifest_digest, ..
+                    } = r
+                    {
+                        state.manifest_digest = Some(manifest_digest.clone());
+                    }
                     state.last_outcome = Some(match r {
                         Refreshed::Unchanged { .. } => "unchanged".into(),
                         Refreshed::NotPublished => "no cache-index published".into(),
@@ -247,203 +287,48 @@ impl OciSource {
                 Err(e) => state.last_outcome = Some(format!("failed: {e}")),
             }
         }
-        match &result {
+        match result {
             Ok(_) => self.health.success(),
             Err(e) => self.health.failure(e),
         }
-        result
     }
 
-    async fn refresh_inner(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
-        let Some(digest) = Self::limited(self.timeout, self.registry.manifest_digest()).await?
-        else {
-            return Ok(Refreshed::NotPublished);
-        };
-        let a = app.clone();
-        let id = self.id.clone();
-        let (known, count) = tokio::task::spawn_blocking(move || -> Result<_, IndexError> {
-            Ok((a.index.mirrored_digest(&id)?, a.index.count_from(&id)?))
-        })
-        .await??;
-        if known.as_deref() == Some(digest.as_str()) {
-            if let Ok(mut state) = self.state.lock() {
-                state.manifest_digest = Some(digest.clone());
-                state.entries = count;
-            }
-            return Ok(Refreshed::Unchanged {
-                manifest_digest: digest,
-            });
-        }
-        let Some((digest, manifest)) =
-            Self::limited(self.timeout, self.registry.manifest()).await?
-        else {
-            return Ok(Refreshed::NotPublished);
-        };
-        let layer = manifest.index_layer().map_err(RefreshError::Format)?;
-        let blob = Self::limited(
-            INDEX_DOWNLOAD_TIMEOUT,
-            self.registry.blob_bytes(&layer.digest, MAX_INDEX_BYTES),
-        )
-        .await?;
-        let a = app.clone();
-        let id = self.id.clone();
-        let trust = self.trust.clone();
-        let metrics = self.metrics.clone();
-        let manifest_digest = digest.clone();
-        let (applied, rejected, generated) =
-            tokio::task::spawn_blocking(move || -> Result<_, RefreshError> {
-                let index = CacheIndex::parse(&blob).map_err(RefreshError::Format)?;
-                // Only entries that differ from what was mirrored last time are checked, signed and
-                // written: a refresh costs what changed, not the size of the index.
-                let previous = a.index.mirror_digests()?;
-                let mut changed = Vec::new();
-                let mut keep = std::collections::HashSet::with_capacity(index.entries.len());
-                let mut rejected = 0;
-                for (key, entry) in &index.entries {
-                    let digest = entry_digest(entry);
-                    if previous.get(key) == Some(&digest) {
-                        keep.insert(key.clone());
-                        continue;
-                    }
-                    match mirror_entry(&a, &id, &trust, key, entry, digest) {
-                        Ok(e) => {
-                            keep.insert(key.clone());
-                            changed.push(e);
-                        }
-                        Err((why, reason)) => {
-                            rejected += 1;
-                            metrics.entry_rejected(why, &reason);
-                            tracing::warn!(source = %id, hash = %key, reason = %reason, "index entry rejected");
-                        }
-                    }
-                }
-                let applied = a.index.apply_mirror(
-                    &id,
-                    &a.signer,
-                    &changed,
-                    &keep,
-                    &manifest_digest,
-                    unix_now(),
-                )?;
-                Ok((applied, rejected, index.generated))
-            })
-            .await??;
-        self.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
-        if let Ok(mut state) = self.state.lock() {
-            state.manifest_digest = Some(digest.clone());
-            state.generated = Some(generated);
-            state.entries = (applied.written + applied.unchanged) as u64;
-        }
-        tracing::info!(
-            source = %self.id, repo = %self.repo, written = applied.written,
-            unchanged = applied.unchanged, removed = applied.removed, rejected, "OCI index applied"
-        );
-        Ok(Refreshed::Applied {
-            manifest_digest: digest,
-            applied,
-            rejected,
-        })
+    /// Counts one refused index entry.
+    pub fn count_rejected(&self, why: Rejection, reason: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.entry_rejected(why, reason);
+    }
+
+    /// Its trust policy.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// Time between refreshes.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The repository, for logs.
+    pub fn repo(&self) -> &str {
+        &self.repo
     }
 }
 
-/// sha256 over what an entry says (its narinfo, blob digest and size), to recognise it next time.
-fn entry_digest(entry: &IndexEntry) -> [u8; 32] {
-    use sha2::Digest;
-    let mut sha = sha2::Sha256::new();
-    sha.update(entry.narinfo.as_bytes());
-    sha.update([0]);
-    sha.update(entry.nar_digest.as_bytes());
-    sha.update(entry.nar_size.to_le_bytes());
-    sha.finalize().into()
-}
-
-/// Checks one index entry and turns it into what the index records, signed by the appliance.
-fn mirror_entry(
-    app: &App,
-    source: &str,
-    trust: &Trust,
-    key: &str,
-    entry: &IndexEntry,
-    entry_digest: [u8; 32],
-) -> Result<MirroredEntry, (Rejection, String)> {
-    let invalid = |reason: String| (Rejection::Invalid, reason);
-    let hash: StoreHash = key
-        .parse()
-        .map_err(|_| invalid("key is not a store hash".into()))?;
-    let mut narinfo =
-        NarInfo::parse(&entry.narinfo).map_err(|e| invalid(format!("invalid narinfo: {e}")))?;
-    if narinfo.store_path.hash != hash {
-        return Err((
-            Rejection::StorePath,
-            "StorePath does not match its key".into(),
-        ));
-    }
-    if let Trust::Keys(keys) = trust
-        && !narinfo.verify_with(keys)
-    {
-        return Err((
-            Rejection::Signature,
-            "no valid signature by a key trusted for this source".into(),
-        ));
-    }
-    if !crate::verify::supported(narinfo.compression) {
-        return Err((
-            Rejection::Compression,
-            format!("compression {} cannot be verified", narinfo.compression),
-        ));
-    }
-    let file_hash_error = |reason: String| (Rejection::FileHash, reason);
-    let hex = entry
-        .nar_digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| file_hash_error("nar_digest is not sha256".into()))?;
-    let file_hash =
-        Sha256Hash::from_hex(hex).map_err(|e| file_hash_error(format!("nar_digest: {e}")))?;
-    if narinfo.file_hash.is_some_and(|h| h != file_hash) {
-        return Err(file_hash_error("FileHash differs from nar_digest".into()));
-    }
-    let name = NarName {
-        file_hash,
-        compression: narinfo.compression,
-    };
-    narinfo.url = name.url_path();
-    narinfo.file_hash = Some(file_hash);
-    narinfo.file_size = Some(entry.nar_size);
-    if let Some(k) = &app.signing_key {
-        narinfo.sign_with(k);
-    }
-    Ok(MirroredEntry {
-        hash,
-        text: narinfo.to_text(),
-        entry_digest,
-        file_hash,
-        nar: NarRecord {
-            compression: narinfo.compression.as_str().to_string(),
-            file_size: Some(entry.nar_size),
-            nar_hash: narinfo.nar_hash.to_string(),
-            nar_size: narinfo.nar_size,
-            source: source.to_string(),
-            url: format!("sha256:{hex}"),
-        },
-    })
-}
-
-/// Refreshes at start and then every `index_ttl` (or when woken), until shutdown.
-pub async fn run_refresh(app: Arc<App>) {
-    let Some(oci) = app.sources.oci() else {
-        return;
-    };
-    loop {
-        match oci.refresh_once(&app).await {
-            Ok(r) => tracing::debug!(outcome = ?r, "OCI refresh"),
-            Err(e) => {
-                tracing::warn!(source = %oci.id(), error = %e, "OCI refresh failed; keeping the last index")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(oci.ttl) => {}
-            () = oci.wake.notified() => {}
-            () = app.stopped.cancelled() => return,
-        }
-    }
+/// What [`OciSource::poll`] found.
+pub enum Poll {
+    /// No `cache-index` manifest exists (nothing published yet).
+    NotPublished,
+    /// The manifest digest is the one the caller already has.
+    Unchanged {
+        /// The digest.
+        digest: String,
+    },
+    /// A new index: its manifest digest and the index blob (digest-checked).
+    Changed {
+        /// The manifest digest.
+        digest: String,
+        /// The index blob.
+        blob: Vec<u8>,
+    },
 }

@@ -10,17 +10,8 @@ use reqwest::{StatusCode, Url};
 use super::{Health, NarinfoAnswer, Rejection, SourceError};
 use crate::metrics::{RequestKind, SourceMetrics};
 use crate::nix::narinfo::{MAX_NARINFO_BYTES, NarInfo};
-use crate::nix::signing::PublicKey;
 use crate::nix::store_path::StoreHash;
-
-/// Which narinfos of a source are acceptable.
-#[derive(Debug, Clone)]
-pub enum Trust {
-    /// Those with a valid signature by one of these keys.
-    Keys(Vec<PublicKey>),
-    /// All of them, signed or not (configured explicitly with `accept_unsigned`).
-    AcceptUnsigned,
-}
+use crate::trust::Trust;
 
 /// One upstream cache.
 pub struct Upstream {
@@ -72,6 +63,17 @@ impl Upstream {
     /// How many of its narinfos were refused (invalid, unsigned, badly signed, unverifiable).
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Counts a narinfo of this source that was refused after it was fetched.
+    pub fn count_rejected(&self, why: Rejection, reason: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected(why, reason);
+    }
+
+    /// Its trust policy.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// Whether it is trusted without signatures.
@@ -160,9 +162,7 @@ impl Upstream {
                 ),
             ));
         }
-        if let Trust::Keys(keys) = &self.trust
-            && !narinfo.verify_with(keys)
-        {
+        if !self.trust.accepts(&narinfo) {
             return Ok(NarinfoAnswer::Rejected(
                 Rejection::Signature,
                 "no valid signature by a key trusted for this source".into(),

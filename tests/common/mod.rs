@@ -413,30 +413,28 @@ pub struct Nixcache {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// A configuration for tests: loopback, short time-outs, the given upstreams.
+/// A configuration for tests: the defaults, with loopback, short time-outs and the given upstreams.
 pub fn test_config(data_dir: &Path, upstreams: &[&str]) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.to_path_buf(),
-        max_size: 1 << 30,
-        priority: 30,
-        negative_ttl: Duration::from_secs(60),
-        upstream_timeout: Duration::from_secs(2),
-        stall_timeout: Duration::from_secs(2),
-        upstreams: upstreams
-            .iter()
-            .map(|u| nixcache::config::UpstreamConfig {
-                url: format!("{u}/"),
-                trusted_keys: vec![fixture().public_key.clone()],
-                accept_unsigned: false,
-            })
-            .collect(),
-        signing_key_file: None,
-        oci: None,
-        admin_token_file: None,
-        mdns: false,
-        mdns_interfaces: Vec::new(),
-    }
+    let overrides = nixcache::config::Overrides {
+        data_dir: Some(data_dir.to_path_buf()),
+        ..Default::default()
+    };
+    let mut c = Config::resolve(&overrides, &|_| None).expect("the defaults resolve");
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.max_size = 1 << 30;
+    c.min_free = 0;
+    c.upstream_timeout = Duration::from_secs(2);
+    c.stall_timeout = Duration::from_secs(2);
+    c.upstreams = upstreams
+        .iter()
+        .map(|u| nixcache::config::UpstreamConfig {
+            url: format!("{u}/"),
+            trusted_keys: vec![fixture().public_key.clone()],
+            accept_unsigned: false,
+        })
+        .collect();
+    c.mdns = false;
+    c
 }
 
 impl Nixcache {

@@ -1,0 +1,218 @@
+use super::*;
+use crate::nix::hash::Sha256Hash;
+use crate::nix::narinfo::Compression;
+use crate::nix::store_path::StoreHash;
+
+fn temp_index() -> (tempfile::TempDir, Index) {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+    (dir, index)
+}
+
+fn hash(c: char) -> StoreHash {
+    std::iter::repeat_n(c, 32)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn nar(nar_hash: u8) -> NarRecord {
+    NarRecord {
+        compression: Compression::Xz,
+        file_size: Some(100),
+        nar_hash: Sha256Hash([nar_hash; 32]),
+        nar_size: 1000,
+        source: "http://up/".into(),
+        url: "http://up/nar/x.nar.xz".into(),
+    }
+}
+
+fn row(file: u8, text: &str) -> NarinfoRow {
+    NarinfoRow {
+        recorded: 100,
+        policy: 7,
+        source: "http://up/".into(),
+        signer: String::new(),
+        file_hash: Sha256Hash([file; 32]),
+        text: text.into(),
+    }
+}
+
+fn record(index: &Index, h: StoreHash, row: &NarinfoRow, nar: &NarRecord) -> Recorded {
+    index
+        .record_narinfo(&NewNarinfo { hash: h, row, nar })
+        .unwrap()
+}
+
+#[test]
+fn a_narinfo_and_its_nar_are_recorded_and_read_back() {
+    let (_d, index) = temp_index();
+    let r = row(1, "text\n");
+    assert_eq!(record(&index, hash('a'), &r, &nar(9)), Recorded::Yes);
+    assert_eq!(index.narinfo(&hash('a')).unwrap(), Some(r));
+    let (got, stored) = index.nar(&Sha256Hash([1; 32])).unwrap().unwrap();
+    assert_eq!((got, stored), (nar(9), false));
+}
+
+#[test]
+fn a_known_file_hash_with_other_content_is_refused_and_the_first_record_stays() {
+    let (_d, index) = temp_index();
+    assert_eq!(
+        record(&index, hash('a'), &row(1, "a\n"), &nar(9)),
+        Recorded::Yes
+    );
+    // Another path claims the same file with another NarHash: refused.
+    assert_eq!(
+        record(&index, hash('b'), &row(1, "b\n"), &nar(8)),
+        Recorded::Conflict
+    );
+    assert_eq!(index.narinfo(&hash('b')).unwrap(), None);
+    assert_eq!(index.nar(&Sha256Hash([1; 32])).unwrap().unwrap().0, nar(9));
+    // The same content under another path (a fixed-output twin) is fine.
+    assert_eq!(
+        record(&index, hash('c'), &row(1, "c\n"), &nar(9)),
+        Recorded::Yes
+    );
+}
+
+#[test]
+fn commit_checks_the_record_the_fill_verified_against() {
+    let (_d, index) = temp_index();
+    record(&index, hash('a'), &row(1, "a\n"), &nar(9));
+    let fh = Sha256Hash([1; 32]);
+    assert_eq!(index.commit_nar(&fh, &nar(8), 100, 5).unwrap(), None);
+    assert_eq!(index.commit_nar(&fh, &nar(9), 100, 5).unwrap(), Some(100));
+    assert!(index.nar(&fh).unwrap().unwrap().1);
+    assert_eq!(index.store_bytes().unwrap(), 100);
+    // Gone meanwhile (collected): nothing to commit against.
+    assert_eq!(
+        index
+            .commit_nar(&Sha256Hash([2; 32]), &nar(9), 1, 5)
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn eviction_takes_the_least_recently_used_and_skips_protected_nars() {
+    let (_d, index) = temp_index();
+    for (i, c) in ['a', 'b', 'c'].into_iter().enumerate() {
+        let fh = i as u8 + 1;
+        record(&index, hash(c), &row(fh, "x\n"), &nar(fh));
+        index
+            .commit_nar(&Sha256Hash([fh; 32]), &nar(fh), 100, 10 + i as u64)
+            .unwrap();
+    }
+    index.protect(&[Sha256Hash([1; 32])], 1).unwrap();
+    index.touch(&Sha256Hash([2; 32]), 50);
+    let evicted = index.evict(150).unwrap();
+    let gone: Vec<u8> = evicted.iter().map(|e| e.file_hash.0[0]).collect();
+    assert_eq!(
+        gone,
+        vec![3, 2],
+        "oldest unprotected first, the protected one stays"
+    );
+    assert_eq!(index.store_bytes().unwrap(), 100);
+    assert!(index.nar(&Sha256Hash([1; 32])).unwrap().unwrap().1);
+}
+
+#[test]
+fn gc_removes_unasked_narinfos_of_unstored_nars_and_their_records() {
+    let (_d, index) = temp_index();
+    record(&index, hash('a'), &row(1, "a\n"), &nar(1)); // recorded at 100, never asked
+    record(&index, hash('b'), &row(2, "b\n"), &nar(2));
+    index.asked(&hash('b'), 500); // asked recently
+    record(&index, hash('c'), &row(3, "c\n"), &nar(3));
+    index
+        .commit_nar(&Sha256Hash([3; 32]), &nar(3), 10, 100)
+        .unwrap(); // its NAR is on disk
+    index.flush().unwrap();
+    let (removed, next) = index.collect_narinfos(None, 100, 400).unwrap();
+    assert_eq!((removed, next), (1, None));
+    assert_eq!(index.narinfo(&hash('a')).unwrap(), None);
+    assert!(
+        index.nar(&Sha256Hash([1; 32])).unwrap().is_none(),
+        "its NAR record went with it"
+    );
+    assert!(index.narinfo(&hash('b')).unwrap().is_some());
+    assert!(index.narinfo(&hash('c')).unwrap().is_some());
+    // Paging: a full page says where to go on.
+    let (_, next) = index.collect_narinfos(None, 1, 400).unwrap();
+    assert!(next.is_some());
+    // A stored NAR nobody points at any more, unread since the cut-off, is collected too.
+    index
+        .remove_narinfos(&[hash('c').as_str().to_string()])
+        .unwrap();
+    let evicted = index.collect_unreferenced_nars(400).unwrap();
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(index.store_bytes().unwrap(), 0);
+}
+
+#[test]
+fn an_index_written_by_schema_1_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let text = crate::nix::test_vectors::TOP_XZ;
+    let narinfo = crate::nix::narinfo::NarInfo::parse(text).unwrap();
+    let (file_hash, _) = narinfo.file_hash_or_nar().unwrap();
+    {
+        // Exactly the tables and values nixcache 0.1 wrote.
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert("schema", "1").unwrap();
+        tx.open_table(v1::NARINFO)
+            .unwrap()
+            .insert(
+                narinfo.store_path.hash.as_str(),
+                (1000u64, "http://up/", "", text),
+            )
+            .unwrap();
+        let v1_record = format!(
+            r#"{{"compression":"xz","file_size":{},"nar_hash":"{}","nar_size":{},"source":"http://up/","url":"http://up/x"}}"#,
+            narinfo.file_size.unwrap(),
+            narinfo.nar_hash,
+            narinfo.nar_size
+        );
+        let mut nars = tx.open_table(NAR).unwrap();
+        nars.insert(file_hash.0, v1_record.as_bytes()).unwrap();
+        nars.insert([7; 32], v1_record.as_bytes()).unwrap(); // an unused record
+        drop(nars);
+        tx.open_table(v1::NAR_STORED)
+            .unwrap()
+            .insert(file_hash.0, 2000u64)
+            .unwrap();
+        let mut counters = tx.open_table(COUNTERS).unwrap();
+        counters
+            .insert(STORE_BYTES, narinfo.file_size.unwrap())
+            .unwrap();
+        counters.insert(STORE_NARS, 1).unwrap();
+        drop(counters);
+        tx.commit().unwrap();
+    }
+    let index = Index::open(&path, None).unwrap();
+    let row = index.narinfo(&narinfo.store_path.hash).unwrap().unwrap();
+    assert_eq!(
+        (row.text.as_str(), row.policy, row.file_hash),
+        (text, 0, file_hash)
+    );
+    let (record, stored) = index.nar(&file_hash).unwrap().unwrap();
+    assert!(stored);
+    assert_eq!(record.compression, Compression::Xz);
+    assert!(index.nar(&Sha256Hash([7; 32])).unwrap().is_none());
+    let page = index.stored_page(None, 10).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].size, narinfo.file_size.unwrap());
+    drop(index);
+    // Opening again is a plain open of schema 2.
+    Index::open(&path, None).unwrap();
+}
+
+#[test]
+fn non_durable_commits_are_kept_by_a_flush() {
+    let (dir, index) = temp_index();
+    record(&index, hash('a'), &row(1, "a\n"), &nar(1));
+    index.flush().unwrap();
+    drop(index);
+    let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+    assert!(index.narinfo(&hash('a')).unwrap().is_some());
+}
