@@ -199,6 +199,18 @@ impl App {
             stall_timeout: config.stall_timeout,
         });
         let budget = Budget::new(config.max_size, config.min_free);
+        // Misses remembered under other trust settings prove nothing now.
+        if index
+            .forget_negative_unless(&policies.digest())
+            .map_err(|source| StartError::Index {
+                path: index_path.display().to_string(),
+                source,
+            })?
+        {
+            tracing::info!(
+                "trust settings changed since the last start: remembered misses forgotten"
+            );
+        }
         Ok(Arc::new(App {
             config,
             index,

@@ -445,13 +445,16 @@ async fn run_fill(
             permit = app.fills.permits.clone().acquire_owned() => {
                 break permit.map_err(|_| FillError::ShuttingDown)?;
             }
-            () = tokio::time::sleep(TICK) => {
-                if fill.abandoned(limits.abandon_grace) {
-                    return Err(FillError::Abandoned);
-                }
-            }
+            () = tokio::time::sleep(TICK) => {}
+        }
+        if fill.abandoned(limits.abandon_grace) {
+            return Err(FillError::Abandoned);
         }
     };
+    // Checked again with the slot in hand: a fill whose clients left while it waited starts nothing.
+    if fill.abandoned(limits.abandon_grace) {
+        return Err(FillError::Abandoned);
+    }
     let a = app.clone();
     let reservation = tokio::task::spawn_blocking(move || a.budget.reserve(&a, bound))
         .await

@@ -89,6 +89,17 @@ impl Policies {
         self.by_source.get(source).map(|p| p.tag)
     }
 
+    /// A digest of every source's policy: changes when any key, source or `accept_unsigned` does.
+    pub fn digest(&self) -> String {
+        let mut tags: Vec<u64> = self.by_source.values().map(|p| p.tag).collect();
+        tags.sort_unstable();
+        let mut sha = Sha256::new();
+        for t in tags {
+            sha.update(t.to_le_bytes());
+        }
+        hex::encode(&sha.finalize()[..16])
+    }
+
     /// Whether `row` may be served under today's policies. Cheap when its tag is current (one map
     /// look-up); otherwise the narinfo is parsed and its signatures checked.
     pub fn verdict(&self, row: &NarinfoRow) -> Verdict {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{ChildStderr, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -100,36 +100,8 @@ fn shipped_config_file_is_accepted() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("37515"));
 }
 
-/// Starts the binary (trusting the fixture's key) and returns it with the address it logged, and its
-/// stderr lines.
 fn start(data: &std::path::Path, upstream: &str) -> (ChildGuard, String, mpsc::Receiver<String>) {
-    let mut child = nixcache()
-        .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream])
-        .args(["--trusted-key", &fixture().public_key, "--data-dir"])
-        .arg(data)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nixcache");
-    let stderr: ChildStderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nixcache did not log its address");
-        };
-        if let Some(rest) = line.split("listen=").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_string();
-            return (ChildGuard(child), format!("http://{addr}"), rx);
-        }
-    }
+    start_daemon(data, upstream, &[])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -214,11 +214,16 @@ impl Index {
             return Ok(());
         }
         // A durable commit makes every commit before it durable too.
-        self.write(true, |tx| {
+        let flushed = self.write(true, |tx| {
             tx.open_table(META)?
                 .insert("flushed_at", crate::clock::unix_now().to_string().as_str())?;
             Ok(())
-        })?;
+        });
+        if let Err(e) = flushed {
+            // Waiters look at `writable` when woken: they give up instead of waiting for nothing.
+            self.durable.send_modify(|_| {});
+            return Err(e);
+        }
         self.durable.send_if_modified(|d| {
             let moved = target > *d;
             *d = (*d).max(target);
@@ -235,10 +240,19 @@ impl Index {
             return Ok(());
         }
         self.flush_wanted.notify_one();
-        match tokio::time::timeout(limit, durable.wait_for(|d| *d >= seq)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(IndexError::Unavailable),
-        }
+        let wait = async {
+            loop {
+                if durable.changed().await.is_err() || self.writable().is_err() {
+                    return Err(IndexError::Unavailable);
+                }
+                if *durable.borrow_and_update() >= seq {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or(Err(IndexError::Unavailable))
     }
 
     /// Resolves when someone waits for durability (the flusher's cue).

@@ -105,6 +105,27 @@ impl Index {
         })
     }
 
+    /// Forgets every negative entry when the sources' trust policies are not the ones `policies`
+    /// names (a digest of all of them): a miss decided under other keys or sources proves nothing now.
+    /// Returns whether they were forgotten.
+    pub fn forget_negative_unless(&self, policies: &str) -> Result<bool, IndexError> {
+        let same = self.read(|tx| {
+            Ok(tx
+                .open_table(META)?
+                .get("policies")?
+                .map(|v| v.value() == policies))
+        })?;
+        if same == Some(true) {
+            return Ok(false);
+        }
+        self.write(true, |tx| {
+            tx.open_table(NEGATIVE)?.retain(|_, _| false)?;
+            tx.open_table(META)?.insert("policies", policies)?;
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     /// Notes that a client asked for `hash`; written by the next flush (for the index's GC).
     pub fn asked(&self, hash: &StoreHash, now: u64) {
         self.access.asked(hash, now);

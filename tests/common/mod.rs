@@ -275,6 +275,8 @@ pub enum Fault {
     OtherFolderNarUrl,
     /// Narinfo URLs with a query string (`nar/...?hash=...`, as harmonia writes them).
     QueryNarUrl,
+    /// Send NARs at one byte per second (a source that trickles).
+    Trickle,
 }
 
 /// A static file server over a binary cache folder, written in the test so it can count requests and
@@ -284,6 +286,7 @@ pub struct TestUpstream {
     pub narinfo_requests: Arc<AtomicUsize>,
     pub nar_requests: Arc<AtomicUsize>,
     fault: Arc<Mutex<Fault>>,
+    overrides: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -294,6 +297,9 @@ struct UpstreamState {
     narinfo_requests: Arc<AtomicUsize>,
     nar_requests: Arc<AtomicUsize>,
     fault: Arc<Mutex<Fault>>,
+    /// Request path (`<hash>.narinfo`, `nar/...`) → body served instead of the file: hostile answers a
+    /// test writes itself.
+    overrides: Arc<Mutex<HashMap<String, Vec<u8>>>>,
 }
 
 impl TestUpstream {
@@ -308,6 +314,7 @@ impl TestUpstream {
             narinfo_requests: Arc::default(),
             nar_requests: Arc::default(),
             fault: Arc::new(Mutex::new(Fault::None)),
+            overrides: Arc::default(),
         };
         let router = axum::Router::new()
             .route("/{*path}", axum::routing::get(serve_upstream))
@@ -320,8 +327,22 @@ impl TestUpstream {
             narinfo_requests: state.narinfo_requests,
             nar_requests: state.nar_requests,
             fault: state.fault,
+            overrides: state.overrides,
             task,
         }
+    }
+
+    /// Serves `body` for `path` (relative to the cache root) instead of the file there.
+    pub fn set_override(&self, path: &str, body: Vec<u8>) {
+        self.overrides
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), body);
+    }
+
+    /// The file at `path` in the cache folder as this upstream serves it.
+    pub fn file(&self, root: &Path, path: &str) -> Vec<u8> {
+        std::fs::read(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     pub fn set_fault(&self, fault: Fault) {
@@ -360,8 +381,13 @@ async fn serve_upstream(State(s): State<UpstreamState>, AxPath(path): AxPath<Str
     if path.contains("..") {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let Ok(mut bytes) = tokio::fs::read(s.root.join(&path)).await else {
-        return StatusCode::NOT_FOUND.into_response();
+    let overridden = s.overrides.lock().unwrap().get(&path).cloned();
+    let mut bytes = match overridden {
+        Some(b) => b,
+        None => match tokio::fs::read(s.root.join(&path)).await {
+            Ok(b) => b,
+            Err(_) => return StatusCode::NOT_FOUND.into_response(),
+        },
     };
     if !is_nar {
         if fault == Fault::SlowNarinfo {
@@ -399,6 +425,14 @@ async fn serve_upstream(State(s): State<UpstreamState>, AxPath(path): AxPath<Str
                 let chunk = it.next()?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 Some((Ok::<_, std::io::Error>(chunk), it))
+            });
+            Body::from_stream(stream).into_response()
+        }
+        Fault::Trickle => {
+            let stream = futures_util::stream::unfold(bytes.into_iter(), |mut it| async move {
+                let byte = it.next()?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Some((Ok::<_, std::io::Error>(vec![byte]), it))
             });
             Body::from_stream(stream).into_response()
         }
@@ -498,6 +532,56 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts the `nixcache` binary serving `data` from `upstream` (trusting the fixture's key), with
+/// `extra` arguments; returns it with the address it logged, and its stderr lines.
+pub fn start_daemon(
+    data: &Path,
+    upstream: &str,
+    extra: &[&str],
+) -> (ChildGuard, String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .env_remove("NIXCACHE_LISTEN")
+        .env_remove("NIXCACHE_PORT")
+        .env_remove("NIXCACHE_UPSTREAM")
+        .env_remove("NIXCACHE_DATA_DIR")
+        .env_remove("STATE_DIRECTORY")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--upstream",
+            upstream,
+        ])
+        .args(["--trusted-key", &fixture().public_key, "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nixcache");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nixcache did not log its address");
+        };
+        if let Some(rest) = line.split("listen=").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_string();
+            return (ChildGuard(child), format!("http://{addr}"), rx);
+        }
+    }
+}
+
 /// Starts `python3` (given as a command, so that it can run inside a network namespace) as
 /// `python3 -m http.server` on 127.0.0.1 port 0 over `dir`: a real, independent HTTP server. Returns the
 /// child, already started, and its URL.
@@ -564,4 +648,69 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
         "keygen prints the public key"
     );
     (sk, public.trim().to_string())
+}
+
+/// A store path that exists only as a narinfo and a NAR a test serves itself (through
+/// [`TestUpstream::set_override`]), signed with the fixture's key: many distinct NARs without building
+/// them with Nix. The verifier only hashes NAR bytes, so any content is a valid NAR for it.
+pub struct Synthetic {
+    /// `/nix/store/<hash>-synthetic-<i>`.
+    pub store_path: String,
+    /// Its narinfo, signed, `Compression: none`.
+    pub narinfo: String,
+    /// Where the NAR is, relative to the cache root (`nar/<FileHash>.nar`).
+    pub nar_path: String,
+    /// The NAR.
+    pub nar: Vec<u8>,
+}
+
+impl Synthetic {
+    /// Path number `i` with a NAR of `size` bytes of content derived from `i`.
+    pub fn new(i: u64, size: usize) -> Synthetic {
+        use nixcache::nix::hash::Sha256Hash;
+        use nixcache::nix::narinfo::{Compression, NarInfo};
+        let nar: Vec<u8> = (0..size as u64)
+            .map(|j| (j.wrapping_mul(31).wrapping_add(i.wrapping_mul(7919)) >> 3) as u8)
+            .collect();
+        let seed = Sha256Hash::digest(format!("synthetic {i}").as_bytes());
+        let hash = nixcache::nix::nix32::encode(&seed.0[..20]);
+        let store_path = format!("/nix/store/{hash}-synthetic-{i}");
+        let file_hash = Sha256Hash::digest(&nar);
+        let nar_path = format!("nar/{}.nar", file_hash.to_nix32());
+        let mut info = NarInfo {
+            store_path: store_path.parse().expect("store path"),
+            url: nar_path.clone(),
+            compression: Compression::None,
+            file_hash: Some(file_hash),
+            file_size: Some(nar.len() as u64),
+            nar_hash: file_hash,
+            nar_size: nar.len() as u64,
+            references: Vec::new(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        };
+        let key = std::fs::read_to_string(&fixture().secret_key_file).expect("secret key");
+        info.sign_with(&nixcache::nix::signing::SecretKey::parse(&key).expect("key"));
+        Synthetic {
+            store_path,
+            narinfo: info.to_text(),
+            nar_path,
+            nar,
+        }
+    }
+
+    /// The 32-char hash part of its store path.
+    pub fn hash(&self) -> &str {
+        hash_of(&self.store_path)
+    }
+
+    /// Serves it from `up`.
+    pub fn serve_from(&self, up: &TestUpstream) {
+        up.set_override(
+            &format!("{}.narinfo", self.hash()),
+            self.narinfo.clone().into_bytes(),
+        );
+        up.set_override(&self.nar_path, self.nar.clone());
+    }
 }
