@@ -512,6 +512,13 @@ async fn status_page_in_chromium_matches_status_and_escapes_what_it_shows() {
             .bytes()
             .await
             .unwrap();
+        // The client has its last byte before the file is committed: wait for it to be on disk.
+        for _ in 0..100 {
+            if cache.status().await["store"]["nars"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let hostile = format!("{}/{HOSTILE_HASH}.narinfo", cache.url);
     assert_eq!(get(&hostile).await.status(), StatusCode::NOT_FOUND);

@@ -120,6 +120,10 @@ fn header(out: &mut String, status: &Status) {
     let all = health_list(status);
     let failing = all.iter().filter(|(_, h)| !h.healthy).count();
     let badge = match (all.len(), failing) {
+        _ if !status.healthy => format!(
+            "<span class=\"badge warn\">Unhealthy: {} — stored paths are still served</span>",
+            Esc(status.unhealthy_reason.as_deref().unwrap_or("unknown"))
+        ),
         (0, _) => {
             "<span class=\"badge warn\">No sources configured: serving only what is stored</span>"
                 .to_string()
@@ -196,7 +200,7 @@ fn cards(out: &mut String, status: &Status) {
         ),
     );
     let used = if s.max_bytes > 0 {
-        s.bytes as f64 / s.max_bytes as f64
+        (s.bytes + s.index_bytes + s.reserved_bytes) as f64 / s.max_bytes as f64
     } else {
         0.0
     };
@@ -205,11 +209,30 @@ fn cards(out: &mut String, status: &Status) {
         format_args!(
             "<div class=\"card\"><h2>Disk</h2><p class=\"big\">{} <small>of {}</small></p>\
              <meter min=\"0\" max=\"1\" low=\"0.8\" high=\"0.95\" optimum=\"0\" value=\"{used:.4}\">{:.0}%</meter>\
-             <p class=\"dim\">NAR files on disk: {}. Past the cap, the least recently used go first.</p></div>\n",
+             <p class=\"dim\">NAR files on disk: {}. The cap also counts the index ({}) and the room reserved by \
+             running downloads ({}); {} free on the filesystem, of which {} are kept free. Past the cap, \
+             the least recently used NARs go first.</p></div>\n",
             figure("/store/bytes", s.bytes, &human_bytes(s.bytes)),
             figure("/store/max_bytes", s.max_bytes, &human_bytes(s.max_bytes)),
             used * 100.0,
             figure("/store/nars", s.nars, &s.nars.to_string()),
+            figure(
+                "/store/index_bytes",
+                s.index_bytes,
+                &human_bytes(s.index_bytes)
+            ),
+            figure(
+                "/store/reserved_bytes",
+                s.reserved_bytes,
+                &human_bytes(s.reserved_bytes)
+            ),
+            // Not a figure: the filesystem changes between this page and a `/_status` read.
+            human_bytes(s.fs_free_bytes),
+            figure(
+                "/store/min_free_bytes",
+                s.min_free_bytes,
+                &human_bytes(s.min_free_bytes)
+            ),
         ),
     );
     put(
