@@ -255,3 +255,51 @@ pub async fn sweep_orphans(app: Arc<App>) {
         Err(e) => tracing::error!(error = %e, "orphan sweep task failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_counted_and_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = crate::config::Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let mut config = crate::config::Config::resolve(&overrides, &|_| None).unwrap();
+        config.upstreams.clear();
+        let app = App::open(config).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let task = supervise(&app, "flaky", move |_| {
+            let runs = counted.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first run fails");
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the supervisor ends once the task ends")
+            .unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "started again after the panic"
+        );
+        let text = app.metrics.render(&crate::metrics::Snapshot {
+            index: Default::default(),
+            max_bytes: 0,
+            fills_in_flight: 0,
+            health: Vec::new(),
+            oci_index: None,
+            index_writable: true,
+            reserved_bytes: 0,
+            fs_free_bytes: 0,
+        });
+        assert!(text.unwrap().contains("nixcache_task_restarts_total 1"));
+    }
+}

@@ -294,3 +294,40 @@ async fn taking_trust_away_stops_serving_what_was_recorded_under_it() {
     assert_eq!(hit(&cache).await, StatusCode::NOT_FOUND);
     cache.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_nar_whose_file_vanished_is_fetched_again_not_a_500() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    let text = get(&format!("{}/{}.narinfo", cache.url, hash_of(&fx.top)))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let url = field(&text, "URL").unwrap().to_string();
+    get(&format!("{}/{url}", cache.url))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let file = data.path().join("nar").join(&url[4..6]).join(&url[4..]);
+    for _ in 0..100 {
+        if cache.status().await["store"]["nars"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Gone between the index's answer and the open (an eviction, or a hand): fetched again.
+    std::fs::remove_file(&file).unwrap();
+    let before = up.nars();
+    let r = get(&format!("{}/{url}", cache.url)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        nix_sha256(&r.bytes().await.unwrap()),
+        field(&text, "FileHash").unwrap()
+    );
+    assert_eq!(up.nars(), before + 1);
+    cache.stop().await;
+}
