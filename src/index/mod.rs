@@ -110,10 +110,16 @@ pub struct IndexStats {
     pub file_bytes: u64,
 }
 
+/// Opens (or creates) the database file: the plain file, or — in tests — a backend that injects faults.
+pub type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+/// Checks that the disk under the index takes a small durable write again (before a reopen).
+pub type Probe = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
 /// The redb index.
 pub struct Index {
     path: PathBuf,
-    cache_size: Option<usize>,
+    opener: Opener,
+    probe: Probe,
     /// `None` only for the moment of a reopen (or while a reopen keeps failing).
     db: RwLock<Option<Arc<Database>>>,
     /// Why the index cannot be written, until a heal succeeds.
@@ -131,10 +137,35 @@ impl Index {
     /// Opens (or creates, or migrates) the index file. Fails if another process holds it.
     /// `cache_size` bounds redb's page cache (its default otherwise).
     pub fn open(path: &Path, cache_size: Option<usize>) -> Result<Index, IndexError> {
-        let db = open_database(path, cache_size)?;
+        let file = path.to_path_buf();
+        let opener = move || {
+            let mut builder = Database::builder();
+            if let Some(bytes) = cache_size {
+                builder.set_cache_size(bytes);
+            }
+            builder.create(&file)
+        };
+        let probe_file = path.with_extension("probe");
+        let probe = move || {
+            use std::io::Write;
+            let result = std::fs::File::create(&probe_file).and_then(|mut f| {
+                f.write_all(&[0x5a; 64 << 10])?;
+                f.sync_all()
+            });
+            let _ = std::fs::remove_file(&probe_file);
+            result
+        };
+        Index::open_with(path, Box::new(opener), Box::new(probe))
+    }
+
+    /// Opens the index through `opener` (called again to reopen after an I/O error, once `probe`
+    /// says the disk takes writes again); `path` is the file whose size counts in the disk budget.
+    pub fn open_with(path: &Path, opener: Opener, probe: Probe) -> Result<Index, IndexError> {
+        let db = prepare(opener()?)?;
         Ok(Index {
             path: path.to_path_buf(),
-            cache_size,
+            opener,
+            probe,
             db: RwLock::new(Some(Arc::new(db))),
             broken: Mutex::new(None),
             committed: AtomicU64::new(0),
@@ -159,10 +190,16 @@ impl Index {
     }
 
     /// Closes and reopens the database after an I/O error, and checks that a durable write works.
-    /// Returns whether the index is writable afterwards. Cheap when it is not broken.
+    /// Returns whether the index is writable afterwards. Cheap when it is not broken. The database is
+    /// closed only once a probe write next to it succeeded: a reopen that failed would leave nothing to
+    /// read hits from.
     pub fn heal(&self) -> bool {
         if self.writable().is_ok() {
             return true;
+        }
+        if let Err(e) = (self.probe)() {
+            tracing::debug!(error = %e, "the disk does not take writes yet; not reopening the index");
+            return false;
         }
         let Ok(mut slot) = self.db.write() else {
             return false;
@@ -178,7 +215,7 @@ impl Index {
                 }
             }
         }
-        match open_database(&self.path, self.cache_size) {
+        match (self.opener)().map_err(IndexError::from).and_then(prepare) {
             Ok(db) => *slot = Some(Arc::new(db)),
             Err(e) => {
                 tracing::warn!(error = %e, "reopening the index failed; retrying later");
@@ -350,13 +387,8 @@ impl Index {
     }
 }
 
-/// Opens the file, creating the tables of this schema, or migrating an older one in place.
-fn open_database(path: &Path, cache_size: Option<usize>) -> Result<Database, IndexError> {
-    let mut builder = Database::builder();
-    if let Some(bytes) = cache_size {
-        builder.set_cache_size(bytes);
-    }
-    let db = builder.create(path)?;
+/// Creates the tables of this schema in a freshly opened database, or migrates an older one in place.
+fn prepare(db: Database) -> Result<Database, IndexError> {
     let mut tx = db.begin_write()?;
     tx.set_quick_repair(true);
     let found = tx

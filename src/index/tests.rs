@@ -216,3 +216,96 @@ fn non_durable_commits_are_kept_by_a_flush() {
     let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
     assert!(index.narinfo(&hash('a')).unwrap().is_some());
 }
+
+/// The index file, through a backend that answers EIO to writes, growth and syncs while `failing` is
+/// set: a failing disk no real peer produces on demand (this machine has no device-mapper).
+#[derive(Debug)]
+struct FailingDisk {
+    inner: redb::backends::FileBackend,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingDisk {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FailingDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+}
+
+#[test]
+fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let (file, flag) = (path.clone(), failing.clone());
+    let opener: Opener = Box::new(move || {
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&file)
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        let inner = redb::backends::FileBackend::new(handle)?;
+        redb::Database::builder().create_with_backend(FailingDisk {
+            inner,
+            failing: flag.clone(),
+        })
+    });
+    let still_failing = failing.clone();
+    let probe: Probe = Box::new(move || match still_failing.load(Ordering::SeqCst) {
+        true => Err(std::io::Error::from_raw_os_error(5)),
+        false => Ok(()),
+    });
+    let index = Index::open_with(&path, opener, probe).unwrap();
+    record(&index, hash('a'), &row(1, "a\n"), &nar(1));
+    index.flush().unwrap();
+
+    failing.store(true, Ordering::SeqCst);
+    // Non-durable commits may still land in memory; the durable flush meets the EIO.
+    let _ = index.record_narinfo(&NewNarinfo {
+        hash: hash('b'),
+        row: &row(2, "b\n"),
+        nar: &nar(2),
+    });
+    assert!(index.flush().unwrap_err().is_io());
+    assert!(index.writable().is_err(), "the index says it is broken");
+    assert!(!index.heal(), "no heal while the disk still fails");
+    // What it has is still read.
+    assert!(index.narinfo(&hash('a')).unwrap().is_some());
+
+    failing.store(false, Ordering::SeqCst);
+    assert!(index.heal(), "reopened once the disk works");
+    assert!(index.writable().is_ok());
+    record(&index, hash('c'), &row(3, "c\n"), &nar(3));
+    index.flush().unwrap();
+    assert!(index.narinfo(&hash('a')).unwrap().is_some());
+    assert!(index.narinfo(&hash('c')).unwrap().is_some());
+}
