@@ -184,3 +184,64 @@ fn resolve_token(
         sign: t.sign,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, Overrides};
+
+    fn resolve_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nixcache.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        Config::resolve(&args, &|_| None)
+    }
+
+    #[test]
+    fn tokens_need_names_files_and_a_key_to_sign_with() {
+        let ok = resolve_text(
+            "signing_key_file = \"/k\"\npush_tokens = [{ name = \"ci\", token_file = \"/t\", \
+             paths = [\"hello-*\"], quota = \"1GiB\", sign = true }, { name = \"lab.2\", token_file = \"/u\" }]\n",
+        )
+        .unwrap();
+        let p = &ok.push;
+        assert_eq!(p.tokens[0].paths, ["hello-*"]);
+        assert_eq!(p.tokens[0].quota, Some(1 << 30));
+        assert!(p.tokens[0].sign && !p.tokens[1].sign);
+        assert_eq!(p.tokens[1].paths, ["*"]);
+        assert_eq!(p.max_size, ok.max_size / 4);
+        assert_eq!((p.pending_max, p.pending_timeout.as_secs()), (64, 600));
+        assert!(!p.lru);
+        for (bad, says) in [
+            (
+                "push_tokens = [{ name = \"a b\", token_file = \"/t\" }]",
+                "token name",
+            ),
+            (
+                "push_tokens = [{ name = \"a\", token_file = \"/t\" }, { name = \"a\", token_file = \"/u\" }]",
+                "twice",
+            ),
+            (
+                "push_tokens = [{ name = \"a\", token_file = \"/t\", sign = true }]",
+                "signing_key_file",
+            ),
+            (
+                "push_tokens = [{ name = \"a\", token_file = \"/t\", paths = [\"../x\"] }]",
+                "pattern",
+            ),
+            ("push_tokens = [{ name = \"a\" }]", "token_file"),
+            ("push_trusted_keys = [\"nope\"]", "public key"),
+            (
+                "max_size = \"1GiB\"\npush_max_size = \"2GiB\"",
+                "more than max_size",
+            ),
+            ("push_pending_max = 0", "at least 1"),
+        ] {
+            let err = resolve_text(&format!("{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}

@@ -291,3 +291,142 @@ fn add_protection(
     // Re-evaluates whether the record is still needed, without changing the reference count.
     add_ref(tx, file_hash, 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::narinfo::Compression;
+
+    fn temp_index() -> (tempfile::TempDir, Index) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+        (dir, index)
+    }
+
+    fn hash(c: char) -> StoreHash {
+        std::iter::repeat_n(c, 32)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    }
+
+    fn nar(nar_hash: u8, source: &str) -> NarRecord {
+        NarRecord {
+            compression: Compression::Xz,
+            file_size: Some(100),
+            nar_hash: Sha256Hash([nar_hash; 32]),
+            nar_size: 1000,
+            source: source.into(),
+            url: "nar/x.nar.xz".into(),
+        }
+    }
+
+    fn row(file: u8, source: &str) -> NarinfoRow {
+        NarinfoRow {
+            recorded: 1,
+            policy: 1,
+            source: source.into(),
+            signer: String::new(),
+            file_hash: Sha256Hash([file; 32]),
+            text: "text\n".into(),
+        }
+    }
+
+    fn push(index: &Index, h: char, file: u8, nar_hash: u8, protect: bool) -> PushRecorded {
+        let (row, nar) = (row(file, "push:ci"), nar(nar_hash, "push:ci"));
+        index
+            .commit_push(&PushCommit {
+                hash: hash(h),
+                row: &row,
+                nar: &nar,
+                token: "ci",
+                file_size: 100,
+                protect,
+                now: 5,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_push_is_stored_protected_and_idempotent_and_a_contradiction_is_refused() {
+        let (_d, index) = temp_index();
+        assert_eq!(push(&index, 'a', 1, 9, true), PushRecorded::Stored);
+        let stats = index.stats().unwrap();
+        assert_eq!(
+            (stats.narinfos, stats.nars_stored, stats.nars_protected),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            push(&index, 'a', 1, 9, true),
+            PushRecorded::AlreadyPushed { token: "ci".into() }
+        );
+        assert_eq!(
+            push(&index, 'a', 2, 8, true),
+            PushRecorded::Conflict(PushConflict::StorePath)
+        );
+        assert_eq!(
+            push(&index, 'b', 1, 8, true),
+            PushRecorded::Conflict(PushConflict::FileHash)
+        );
+        assert!(
+            index.evict(u64::MAX).unwrap().is_empty(),
+            "pushed NARs are kept"
+        );
+        assert_eq!(index.pushed().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_push_takes_over_a_source_row_only_with_the_same_nar_hash() {
+        let (_d, index) = temp_index();
+        let (up_row, up_nar) = (row(3, "http://up/"), nar(9, "http://up/"));
+        let new = NewNarinfo {
+            hash: hash('a'),
+            row: &up_row,
+            nar: &up_nar,
+        };
+        index.record_narinfo(&new).unwrap();
+        let conflict = index.push_conflict(&hash('a'), &Sha256Hash([1; 32]), &nar(8, "push:ci"));
+        assert_eq!(conflict.unwrap(), Some(PushConflict::StorePath));
+        assert_eq!(
+            push(&index, 'a', 1, 8, true),
+            PushRecorded::Conflict(PushConflict::StorePath)
+        );
+        assert_eq!(push(&index, 'a', 1, 9, true), PushRecorded::Stored);
+        assert_eq!(
+            index.narinfo(&hash('a')).unwrap().unwrap().source,
+            "push:ci"
+        );
+    }
+
+    #[test]
+    fn with_lru_a_pushed_nar_is_evicted_and_its_narinfo_forgotten() {
+        let (_d, index) = temp_index();
+        assert_eq!(push(&index, 'a', 1, 9, true), PushRecorded::Stored);
+        // Switching to LRU releases the protection; eviction may then take it.
+        assert!(index.reconcile_pushes(false).unwrap().is_empty());
+        assert_eq!(index.stats().unwrap().nars_protected, 0);
+        assert_eq!(index.evict(u64::MAX).unwrap().len(), 1);
+        let forgotten = index.reconcile_pushes(false).unwrap();
+        assert_eq!(forgotten.len(), 1);
+        assert_eq!(
+            index.narinfo(&hash('a')).unwrap(),
+            None,
+            "nothing can fetch it again"
+        );
+        assert!(index.nar(&Sha256Hash([1; 32])).unwrap().is_none());
+        assert!(index.pushed().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_push_whose_row_was_removed_releases_its_protection() {
+        let (_d, index) = temp_index();
+        assert_eq!(push(&index, 'a', 1, 9, true), PushRecorded::Stored);
+        index
+            .remove_narinfos(&[hash('a').as_str().to_string()])
+            .unwrap();
+        assert_eq!(index.reconcile_pushes(true).unwrap().len(), 1);
+        assert_eq!(index.stats().unwrap().nars_protected, 0);
+        // The file is stored and unreferenced now: the index GC's business, no longer the push's.
+        assert_eq!(index.stats().unwrap().nars_stored, 1);
+    }
+}
