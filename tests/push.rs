@@ -566,7 +566,16 @@ async fn concurrent_uploads_of_the_same_path_end_with_one_good_copy() {
                 secret_key: key,
                 public_key: String::new(),
             };
-            b.copy_to(fixture(), &url, Some(&netrc), true, &[&top])
+            let first = b.copy_to(fixture(), &url, Some(&netrc), true, &[&top]);
+            // Nix 2.8 fails with "coroutine has finished" when a path it is about to upload becomes
+            // valid at the destination meanwhile (the other builder's push won): its own bug on an
+            // answer that is right. Running it again finds everything there.
+            match first {
+                (false, err) if err.contains("coroutine has finished") => {
+                    b.copy_to(fixture(), &url, Some(&netrc), true, &[&top])
+                }
+                other => other,
+            }
         })
     });
     for c in copies {

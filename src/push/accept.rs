@@ -72,19 +72,34 @@ async fn accept_parsed(
         None => (None, present_nar(app, &name, &narinfo).await?),
     };
     narinfo.file_size = Some(size);
-    let already_ours = app
-        .index
-        .narinfo(&hash)?
-        .is_some_and(|r| r.source == token.source());
-    if !already_ours {
-        app.pushes
-            .ledger
-            .check_quota(&token.name, token.quota, size)?;
+    // A path this token pushed before is not counted twice against its quota.
+    let row = app.index.narinfo(&hash)?;
+    if row.is_none_or(|r| r.source != token.source()) {
+        let ledger = &app.pushes.ledger;
+        ledger.check_quota(&token.name, token.quota, size)?;
     }
     if let Some(key) = &app.signing_key {
         narinfo.sign_with(key);
     }
-    let nar = record(token, &narinfo, &name, Some(size));
+    let new = record_push(app, token, hash, &narinfo, &name, file, size).await?;
+    Ok(Accepted {
+        store_path: narinfo.store_path.to_string(),
+        file_size: size,
+        new,
+    })
+}
+
+/// Records the checked narinfo and its NAR (moving the upload into the store). Whether it is new.
+async fn record_push(
+    app: &Arc<App>,
+    token: &Token,
+    hash: StoreHash,
+    narinfo: &NarInfo,
+    name: &NarName,
+    upload: Option<PendingNar>,
+    size: u64,
+) -> Result<bool, PushError> {
+    let nar = record(token, narinfo, name, Some(size));
     let row = NarinfoRow {
         recorded: unix_now(),
         policy: app.policies.tag(&token.source()).unwrap_or(0),
@@ -94,25 +109,17 @@ async fn accept_parsed(
         text: narinfo.to_text(),
     };
     let (a, token_name) = (app.clone(), token.name.clone());
-    let recorded =
-        tokio::task::spawn_blocking(move || commit(&a, hash, file, &row, &nar, &token_name, size))
-            .await??;
-    let store_path = narinfo.store_path.to_string();
+    let recorded = tokio::task::spawn_blocking(move || {
+        commit(&a, hash, upload, &row, &nar, &token_name, size)
+    })
+    .await??;
     match recorded {
         PushRecorded::Stored => {
             app.pushes.ledger.stored(&token.name, size);
             app.pushes.publish_gauges(&app.metrics);
-            Ok(Accepted {
-                store_path,
-                file_size: size,
-                new: true,
-            })
+            Ok(true)
         }
-        PushRecorded::AlreadyPushed { .. } => Ok(Accepted {
-            store_path,
-            file_size: size,
-            new: false,
-        }),
+        PushRecorded::AlreadyPushed { .. } => Ok(false),
         PushRecorded::Conflict(c) => Err(PushError::Conflict(c)),
     }
 }
