@@ -230,6 +230,9 @@ async fn nix_copy_to_with_a_token_then_another_store_substitutes_it_with_the_ups
     );
     let cache = Nixcache::start(config.clone()).await;
 
+    // The upstream fails meanwhile: a client is told 502, a pusher "absent", so its nix copy uploads.
+    up.set_fault(Fault::ServerError);
+    assert_eq!(narinfo(&cache, &top).await.0, 502);
     let (ok, err) = builder.copy_to(fx, &cache.url, Some(&tok.netrc), true, &[&top]);
     assert!(ok, "nix copy --to the appliance failed: {err}");
     let (status, text) = narinfo(&cache, &top).await;
