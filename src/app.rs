@@ -49,6 +49,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A push token file cannot be read, or its token is too short or a duplicate (issue 12).
+    #[error(transparent)]
+    PushToken(#[from] crate::push::TokenError),
     /// The signing key file cannot be read or is not a Nix secret key (its content is never shown).
     #[error("signing key file {path}: {reason}")]
     SigningKey {
@@ -85,6 +88,8 @@ pub struct App {
     pub lookups: crate::lookup::Lookups,
     /// Prometheus metrics and recent activity.
     pub metrics: Metrics,
+    /// LAN pushes: tokens, uploads waiting for their narinfo (issue 12).
+    pub pushes: crate::push::Pushes,
     /// When it started, for `/_status`.
     pub started: Instant,
     /// Cancelled when shutdown begins: no new connections, in-flight requests drain.
@@ -140,10 +145,14 @@ impl App {
             }
             None => None,
         };
+        // LAN pushes (issue 12): their tokens are sources `push:<name>` for trust and metrics.
+        let pushes = crate::push::Pushes::new(&config.push)?;
+        let push_sources = pushes.policies();
         let metrics = Metrics::new(
             oci.iter()
                 .map(|o| (o.id(), true))
                 .chain(upstreams.iter().map(|u| (u.url(), false)))
+                .chain(push_sources.iter().map(|(name, _)| (name.as_str(), false)))
                 .map(|(name, oci)| SourceName {
                     name: name.to_string(),
                     oci,
@@ -188,7 +197,8 @@ impl App {
                     upstreams
                         .iter()
                         .map(|u: &Upstream| (u.url().to_string(), u.trust().clone())),
-                ),
+                )
+                .chain(push_sources),
         );
         let fills = Fills::new(FillLimits {
             max_running: config.max_fills,
@@ -224,6 +234,7 @@ impl App {
             fills,
             lookups: crate::lookup::Lookups::default(),
             metrics,
+            pushes,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),

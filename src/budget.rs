@@ -201,6 +201,8 @@ pub fn evict(app: &App, bytes: u64) {
         }
     };
     remove_files(app, &evicted);
+    // Pushed NARs (with `push_lru`) cannot be fetched again: their narinfos go too (issue 12).
+    crate::push::forget_evicted(app, &evicted);
     let freed: u64 = evicted.iter().map(|e| e.size).sum();
     if !evicted.is_empty() {
         tracing::info!(

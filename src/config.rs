@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod parse;
+mod push;
 
 pub use parse::{normalize_registry, parse_size};
 use parse::{normalize_upstream, parse_listen};
+pub use push::{PushConfig, PushTokenConfig, PushTokenTable};
 
 /// What the command line sets (`nixcache serve` flags, filled by `cli`): each field overrides the
 /// environment and the config file.
@@ -174,6 +176,19 @@ pub struct FileConfig {
     pub oci_accept_unsigned: Option<bool>,
     /// File with the token that allows `POST /_refresh` from other hosts than loopback.
     pub admin_token_file: Option<PathBuf>,
+    // --- LAN pushes (issue 12): see `config/push.rs` ---
+    /// Tokens that may publish with `nix copy --to` (PUT): name, token file, scope.
+    pub push_tokens: Option<Vec<PushTokenTable>>,
+    /// Keys whose signature makes a pushed narinfo acceptable.
+    pub push_trusted_keys: Option<Vec<String>>,
+    /// Most bytes of pushed NAR files held at once (default: a quarter of `max_size`).
+    pub push_max_size: Option<SizeValue>,
+    /// Evict pushed NARs least-recently-used like fetched ones instead of keeping them.
+    pub push_lru: Option<bool>,
+    /// NAR uploads that may wait for their narinfo at once.
+    pub push_pending_max: Option<usize>,
+    /// Seconds an uploaded NAR waits for its narinfo before it is dropped.
+    pub push_pending_timeout: Option<u64>,
 }
 
 /// A secret (registry token): never printed.
@@ -292,6 +307,8 @@ pub struct Config {
     pub oci: Option<OciConfig>,
     /// File holding the admin token for `POST /_refresh` from other hosts.
     pub admin_token_file: Option<PathBuf>,
+    /// LAN pushes (issue 12).
+    pub push: PushConfig,
 }
 
 impl Config {
@@ -440,6 +457,20 @@ impl Config {
                 None => Ok(default),
             }
         };
+        // LAN pushes (issue 12).
+        let push = push::resolve_push(
+            push::PushKeys {
+                tokens: &file.push_tokens,
+                trusted_keys: &file.push_trusted_keys,
+                max_size: &file.push_max_size,
+                lru: file.push_lru,
+                pending_max: file.push_pending_max,
+                pending_timeout: file.push_pending_timeout,
+            },
+            &in_file,
+            max_size,
+            signing_key_file.is_some(),
+        )?;
         Ok(Config {
             listen,
             data_dir,
@@ -485,6 +516,8 @@ impl Config {
             mdns_interfaces,
             oci,
             admin_token_file: file.admin_token_file.clone(),
+            // LAN pushes (issue 12).
+            push,
         })
     }
 }

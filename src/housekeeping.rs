@@ -11,6 +11,7 @@
 //! | sweeps | once, after start | orphan NAR files; recorded narinfos against today's trust |
 //! | scrub | every `scrub_interval` | re-hashes stored NARs, drops damaged ones |
 //! | OCI refresh | every `index_ttl`, or when asked | mirrors the published index |
+//! | push upkeep | at start, then every 30 s | drops NAR uploads whose narinfo never came; reconciles pushed paths with the index |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,6 +82,7 @@ pub fn start(app: &Arc<App>) -> Background {
         supervise(app, "orphan-sweep", sweep_orphans),
         supervise(app, "trust-sweep", crate::trust::sweep),
         supervise(app, "oci-refresh", crate::mirror::run_refresh),
+        supervise(app, "push-upkeep", crate::push::run_upkeep),
     ];
     if let Some(interval) = app.config.scrub_interval {
         tasks.push(every(app, "scrub", interval, crate::integrity::scrub));
@@ -226,7 +228,8 @@ pub async fn sweep_orphans(app: Arc<App>) {
     let result = tokio::task::spawn_blocking(move || -> Result<(usize, u64), String> {
         let mut removed = (0, 0);
         for (name, _) in a.store.files().map_err(|e| e.to_string())? {
-            let orphan =
+            // A push moving its file into place is left alone like a fill (issue 12).
+            let orphan = a.pushes.unless_committing(&name.file_hash, || {
                 a.fills
                     .unless_running(&name.file_hash, || -> Result<Option<u64>, String> {
                         let stored = a.index.nar(&name.file_hash).map_err(|e| e.to_string())?;
@@ -240,8 +243,9 @@ pub async fn sweep_orphans(app: Arc<App>) {
                             .unwrap_or(0);
                         a.store.remove(&name).map_err(|e| e.to_string())?;
                         Ok(Some(size))
-                    });
-            if let Some(Some(size)) = orphan.transpose()? {
+                    })
+            });
+            if let Some(Some(size)) = orphan.flatten().transpose()? {
                 removed = (removed.0 + 1, removed.1 + size);
             }
         }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod nix;
 pub mod oci;
+pub mod push;
 pub mod server;
 pub mod sources;
 pub mod store;

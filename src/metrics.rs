@@ -7,6 +7,7 @@
 
 mod handles;
 mod labels;
+mod push;
 mod source;
 mod traffic;
 
@@ -21,8 +22,9 @@ use crate::sources::HealthSnapshot;
 use handles::Inner;
 pub use labels::{
     CHECKS, FILL_FAILURE_REASONS, FROM_DISK, FillOutcome, NO_SOURCE, NarResult, NarinfoResult,
-    OTHER_SOURCE, RequestKind, SourceName,
+    OTHER_SOURCE, PUSH_SOURCE_PREFIX, RequestKind, SourceName,
 };
+pub use push::{NO_TOKEN, PUSH_KINDS, PUSH_REASONS, PushTotals};
 pub use source::SourceMetrics;
 pub use traffic::Traffic;
 

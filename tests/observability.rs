@@ -356,6 +356,16 @@ async fn prometheus_scrapes_and_every_dashboard_panel_has_data() {
         accept_unsigned: false,
         token: None,
     });
+    // A LAN push token (issue 12), so that the per-token push metrics are exported too.
+    let token_file = work.path().join("push.token");
+    std::fs::write(&token_file, "observability-push-token-0123456789\n").unwrap();
+    config.push.tokens = vec![nixcache::config::PushTokenConfig {
+        name: "ci".into(),
+        token_file,
+        paths: vec!["*".into()],
+        quota: None,
+        sign: false,
+    }];
     // First the 4 MiB NAR is stored; then the appliance restarts with a cap below it: it is evicted at
     // start (so evictions have data), and passed through, verified, when asked for again.
     let cache = Nixcache::start(config.clone()).await;

@@ -22,6 +22,7 @@ mod gc;
 mod migrate;
 mod narinfos;
 mod nars;
+mod pushes;
 mod records;
 mod tables;
 
@@ -37,6 +38,7 @@ use serde::Serialize;
 
 pub use gc::GcReport;
 pub use narinfos::{Applied, MirroredEntry};
+pub use pushes::{PushCommit, PushConflict, PushRecorded, PushedRow};
 pub use records::{Evicted, NarRecord, NarinfoRow, NewNarinfo, Recorded, StoredNar};
 use tables::*;
 
@@ -416,6 +418,7 @@ fn prepare(db: Database) -> Result<Database, IndexError> {
     tx.open_table(NEGATIVE)?;
     tx.open_table(COUNTERS)?;
     tx.open_table(MIRROR)?;
+    tx.open_table(PUSHED)?;
     tx.commit()?;
     Ok(db)
 }

@@ -228,6 +228,11 @@ impl Index {
             }
             applied.removed = stale.len();
             for e in changed {
+                // A path pushed by a LAN builder keeps its push (issue 12).
+                if super::pushes::is_pushed(tx, e.hash.as_str())? {
+                    applied.conflicts += 1;
+                    continue;
+                }
                 let new = NewNarinfo {
                     hash: e.hash,
                     row: &e.row,

@@ -40,6 +40,13 @@ pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters-
 /// source), so a refresh only checks, signs and writes the entries that changed.
 pub const MIRROR: TableDefinition<&str, [u8; 32]> = TableDefinition::new("mirror-v1");
 
+/// Store hash → the LAN push that recorded its narinfo (issue 12): (token name, FileHash, file size,
+/// pushed at, whether it holds a [`PROTECTED`] count on the FileHash). Added to schema 2 (new table only).
+pub const PUSHED: TableDefinition<&str, PushedValue> = TableDefinition::new("pushed-v1");
+
+/// The value of [`PUSHED`].
+pub type PushedValue<'a> = (&'a str, [u8; 32], u64, u64, bool);
+
 /// Free-form metadata (`schema`, `manifest <source>`).
 pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta-v1");
 

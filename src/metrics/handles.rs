@@ -55,6 +55,7 @@ pub(super) struct Inner {
     pub(super) reserved_bytes: IntGauge,
     pub(super) fs_free_bytes: IntGauge,
     pub(super) task_restarts: IntCounter,
+    pub(super) push: super::push::PushHandles,
 }
 
 fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -311,6 +312,7 @@ impl Inner {
                 "OCI index entries refused, by reason.",
                 &["source", "reason"],
             ),
+            push: super::push::PushHandles::new(&r, &sources),
             registry: r,
             sources,
             activity: Activity::default(),
@@ -354,6 +356,10 @@ impl Inner {
                 self.nar_requests.with_label_values(&[r.as_str(), name]);
             }
             self.served_bytes.with_label_values(&[name]);
+            // What a LAN builder pushed is never asked for nor downloaded (issue 12).
+            if s.push_token().is_some() {
+                continue;
+            }
             self.fetched_bytes.with_label_values(&[name]);
             for r in FILL_RESULTS {
                 self.fills.with_label_values(&[name, r]);

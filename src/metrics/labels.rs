@@ -171,8 +171,19 @@ pub(super) fn error_label(e: &SourceError) -> &'static str {
 /// A configured source, as metrics know it.
 #[derive(Debug, Clone)]
 pub struct SourceName {
-    /// The name it is recorded under (an upstream's base URL, `oci:<registry>/<image>`).
+    /// The name it is recorded under (an upstream's base URL, `oci:<registry>/<image>`,
+    /// `push:<token>` for what a LAN builder pushed with that token).
     pub name: String,
     /// Whether it is the OCI source (which refreshes an index) rather than an upstream cache.
     pub oci: bool,
+}
+
+/// The prefix of the sources LAN pushes are recorded under (issue 12): `push:<token name>`.
+pub const PUSH_SOURCE_PREFIX: &str = "push:";
+
+impl SourceName {
+    /// The token name of a push source (nothing is ever asked of or downloaded from one).
+    pub fn push_token(&self) -> Option<&str> {
+        self.name.strip_prefix(PUSH_SOURCE_PREFIX)
+    }
 }

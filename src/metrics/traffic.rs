@@ -88,7 +88,7 @@ pub struct Traffic {
 }
 
 /// Sum of a counter family's series whose labels include all of `filter`.
-fn sum(vec: &IntCounterVec, filter: &[(&str, &str)]) -> u64 {
+pub(super) fn sum(vec: &IntCounterVec, filter: &[(&str, &str)]) -> u64 {
     let mut total = 0.0;
     for family in vec.collect() {
         for metric in family.get_metric() {

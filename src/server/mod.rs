@@ -4,6 +4,7 @@ pub mod error;
 pub mod nar;
 pub mod observe;
 pub mod status_page;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,14 +34,18 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(status_page::page))
         .route("/metrics", get(observe::metrics))
-        .route("/nix-cache-info", get(cache_info))
+        .route(
+            "/nix-cache-info",
+            get(cache_info).put(upload::put_side_file),
+        )
         .route("/healthz", get(healthz))
         .route("/_status", get(status))
         .route("/public-key", get(public_key))
         .route("/_refresh", axum::routing::post(refresh))
-        .route("/nar/{name}", get(nar::get_nar))
-        .route("/{file}", get(narinfo))
-        .fallback(|| async { ApiError::NotFound("not found") })
+        // PUT: LAN builders publishing with `nix copy --to` (issue 12, `upload.rs`).
+        .route("/nar/{name}", get(nar::get_nar).put(upload::put_nar))
+        .route("/{file}", get(narinfo).put(upload::put_file))
+        .fallback(upload::fallback)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             observe::track,
@@ -133,6 +138,7 @@ fn text(body: String, content_type: &'static str) -> Response {
 async fn narinfo(
     State(app): State<Arc<App>>,
     Path(file): Path<String>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let Some(hash) = file.strip_suffix(".narinfo") else {
         return Err(ApiError::NotFound("not found"));
@@ -140,9 +146,18 @@ async fn narinfo(
     let hash: StoreHash = hash
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid store hash"))?;
-    match crate::lookup::narinfo(&app, hash).await? {
-        Some(body) => Ok(text(body, "text/x-nix-narinfo")),
-        None => Err(ApiError::NotFound("not in any cache")),
+    match crate::lookup::narinfo(&app, hash).await {
+        Ok(Some(body)) => Ok(text(body, "text/x-nix-narinfo")),
+        Ok(None) => Err(ApiError::NotFound("not in any cache")),
+        // A LAN builder about to push asks first (issue 12): with a source failing, "absent" lets
+        // it upload the path instead of failing its `nix copy --to`.
+        Err(crate::lookup::LookupError::Source(e))
+            if upload::is_pusher(&app, request.headers()) =>
+        {
+            tracing::info!(error = %e, "sources failing; a pusher is told the path is absent");
+            Err(ApiError::NotFound("not in any cache that answered"))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -213,6 +228,8 @@ struct Status {
     traffic: crate::metrics::Traffic,
     /// The last things that happened, newest first.
     recent_activity: Vec<crate::activity::Event>,
+    /// LAN pushes by token (issue 12); null when no push token is configured.
+    pushes: Option<crate::push::PushStatus>,
 }
 
 #[derive(Serialize)]
@@ -294,5 +311,6 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
             .collect(),
         traffic: app.metrics.traffic(),
         recent_activity: app.metrics.activity().recent(),
+        pushes: app.pushes.status(&app.metrics),
     })
 }

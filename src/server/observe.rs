@@ -83,6 +83,7 @@ fn method_label(method: &Method) -> &'static str {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
         Method::POST => "POST",
+        Method::PUT => "PUT",
         _ => "other",
     }
 }

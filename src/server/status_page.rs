@@ -7,6 +7,7 @@
 //! carry text someone else chose. The Content-Security-Policy forbids scripts as a second line of defence.
 
 mod html;
+mod pushes;
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -79,6 +80,7 @@ fn render(status: &Status, url: &str, index_ttl: Option<u64>) -> String {
     cards(&mut out, status);
     sources(&mut out, status);
     freshness(&mut out, status, index_ttl);
+    pushes::section(&mut out, status);
     activity(&mut out, &status.recent_activity);
     client_setup(&mut out, status, url);
     counters(&mut out, status);
