@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod bucket;
 mod parse;
 
+pub use bucket::{BucketConfig, BucketTable, Credential};
 pub use parse::{normalize_registry, parse_size};
 use parse::{normalize_upstream, parse_listen};
 
@@ -174,6 +176,9 @@ pub struct FileConfig {
     pub oci_accept_unsigned: Option<bool>,
     /// File with the token that allows `POST /_refresh` from other hosts than loopback.
     pub admin_token_file: Option<PathBuf>,
+    // Issue 13 (shared bucket): keep this block last.
+    /// `[bucket]`: NARs and narinfos in an S3-compatible bucket shared by several appliances.
+    pub bucket: Option<BucketTable>,
 }
 
 /// A secret (registry token): never printed.
@@ -292,6 +297,9 @@ pub struct Config {
     pub oci: Option<OciConfig>,
     /// File holding the admin token for `POST /_refresh` from other hosts.
     pub admin_token_file: Option<PathBuf>,
+    // Issue 13 (shared bucket): keep this block last.
+    /// The shared bucket, when `[bucket]` is configured; `None`: the local disk only.
+    pub bucket: Option<BucketConfig>,
 }
 
 impl Config {
@@ -485,6 +493,18 @@ impl Config {
             mdns_interfaces,
             oci,
             admin_token_file: file.admin_token_file.clone(),
+            // Issue 13 (shared bucket).
+            bucket: bucket::resolve_bucket(
+                file.bucket.as_ref(),
+                env,
+                &in_file,
+                &global_keys,
+                secs(
+                    file.upstream_timeout,
+                    "upstream_timeout",
+                    DEFAULT_UPSTREAM_TIMEOUT_SECS,
+                )?,
+            )?,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! | sweeps | once, after start | orphan NAR files; recorded narinfos against today's trust |
 //! | scrub | every `scrub_interval` | re-hashes stored NARs, drops damaged ones |
 //! | OCI refresh | every `index_ttl`, or when asked | mirrors the published index |
+//! | bucket publisher | when woken, every 10 min | `nix-cache-info`, narinfos whose NAR reached the shared bucket, retried uploads |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -81,6 +82,11 @@ pub fn start(app: &Arc<App>) -> Background {
         supervise(app, "orphan-sweep", sweep_orphans),
         supervise(app, "trust-sweep", crate::trust::sweep),
         supervise(app, "oci-refresh", crate::mirror::run_refresh),
+        supervise(
+            app,
+            "bucket-publisher",
+            crate::bucket::publish::run_publisher,
+        ),
     ];
     if let Some(interval) = app.config.scrub_interval {
         tasks.push(every(app, "scrub", interval, crate::integrity::scrub));

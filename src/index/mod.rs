@@ -18,6 +18,7 @@
 //! is broken (shown by `/healthz`), and [`Index::heal`] closes and reopens the database once there is
 //! room again, without a restart.
 
+mod bucket;
 mod gc;
 mod migrate;
 mod narinfos;
@@ -370,6 +371,7 @@ fn open_database(path: &Path, cache_size: Option<usize>) -> Result<Database, Ind
     tx.open_table(NEGATIVE)?;
     tx.open_table(COUNTERS)?;
     tx.open_table(MIRROR)?;
+    tx.open_multimap_table(BUCKET_PENDING)?;
     tx.commit()?;
     Ok(db)
 }

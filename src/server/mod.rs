@@ -1,5 +1,6 @@
 //! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
 
+pub mod bucket;
 pub mod error;
 pub mod nar;
 pub mod observe;
