@@ -210,3 +210,119 @@ pub(super) fn resolve_bucket(
         multipart_threshold,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Overrides};
+    use super::*;
+
+    fn resolve(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nixcache.toml");
+        std::fs::write(&path, text).expect("write config");
+        let args = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(&args, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn no_table_means_the_local_disk_only() {
+        assert_eq!(resolve("", &[]).unwrap().bucket, None);
+    }
+
+    #[test]
+    fn files_beat_the_environment_and_defaults_fill_the_rest() {
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "env-id"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ("AWS_REGION", "garage"),
+            ("AWS_ENDPOINT_URL", "http://s3.lan:3900/"),
+        ];
+        let c = resolve(
+            "[bucket]\nbucket = \"nix\"\nprefix = \"/team/nix/\"\n\
+             secret_access_key_file = \"/run/credentials/s\"\n",
+            &env,
+        )
+        .unwrap()
+        .bucket
+        .unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("http://s3.lan:3900"));
+        assert_eq!(c.region, "garage");
+        assert_eq!(c.prefix, "team/nix");
+        assert!(c.path_style && c.local_cache);
+        assert_eq!(
+            c.access_key_id,
+            Credential::Env(Secret("env-id".into())),
+            "the variable when no file is named"
+        );
+        assert_eq!(
+            c.secret_access_key,
+            Credential::File("/run/credentials/s".into())
+        );
+        assert_eq!(c.session_token, None);
+        assert_eq!(c.timeout, Duration::from_secs(10), "upstream_timeout");
+        assert_eq!(c.multipart_threshold, 256 << 20);
+        assert_eq!(
+            c.trusted_keys,
+            crate::config::DEFAULT_TRUSTED_KEYS,
+            "the global trusted_keys"
+        );
+        assert!(
+            !format!("{c:?}").contains("env-id"),
+            "secrets are not printed"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let creds = [("AWS_ACCESS_KEY_ID", "i"), ("AWS_SECRET_ACCESS_KEY", "s")];
+        let cases = [
+            ("[bucket]\n", &creds[..], "bucket.bucket"),
+            ("[bucket]\nbucket = \"a/b\"\n", &creds[..], "bucket.bucket"),
+            (
+                "[bucket]\nbucket = \"b\"\n",
+                &[][..],
+                "bucket.access_key_id_file",
+            ),
+            (
+                "[bucket]\nbucket = \"b\"\nendpoint = \"ftp://x\"\n",
+                &creds[..],
+                "bucket.endpoint",
+            ),
+            (
+                "[bucket]\nbucket = \"b\"\nprefix = \"a/../b\"\n",
+                &creds[..],
+                "bucket.prefix",
+            ),
+            (
+                "[bucket]\nbucket = \"b\"\nmultipart_threshold = \"1MiB\"\n",
+                &creds[..],
+                "bucket.multipart_threshold",
+            ),
+            (
+                "[bucket]\nbucket = \"b\"\ntimeout = 0\n",
+                &creds[..],
+                "bucket.timeout",
+            ),
+            (
+                "[bucket]\nbucket = \"b\"\ntrusted_keys = [\"nope\"]\n",
+                &creds[..],
+                "bucket.trusted_keys",
+            ),
+        ];
+        for (text, env, key) in cases {
+            let e = resolve(text, env).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        let e = resolve("[bucket]\nbucket = \"b\"\nsize = 1\n", &creds)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("size"), "unknown keys are refused: {e}");
+    }
+}
