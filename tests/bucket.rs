@@ -395,6 +395,14 @@ async fn a_restarted_appliance_with_an_empty_index_serves_from_the_bucket() {
     }
     let status = again.cache.status().await;
     assert_eq!(status["store"]["nars"], 0, "nothing kept on the local disk");
+    assert_eq!(status["bucket"]["local_cache"], false);
+    assert_eq!(status["bucket"]["healthy"], true);
+    assert!(
+        status["bucket"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("bucket:http://127.0.0.1:")
+    );
     let store = dir.path().join("store-again");
     let (ok, err) = f.realise(&store, &again.cache.url, &f.top, &again.public_key);
     assert!(ok, "nix-store -r through the restarted appliance: {err}");

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -16,7 +18,31 @@ use crate::app::App;
 use crate::bucket::BucketError;
 use crate::index::NarRecord;
 use crate::metrics::NarResult;
-use crate::sources::SourceError;
+use crate::sources::{HealthSnapshot, SourceError};
+
+/// What `/_status` shows of the shared bucket.
+#[derive(Serialize)]
+pub struct BucketStatus {
+    /// Its name as a source (`bucket:<endpoint>/<bucket>[/<prefix>]`).
+    id: String,
+    /// Whether hot NARs are kept on the local disk too.
+    local_cache: bool,
+    /// Narinfos found in the bucket and refused (unsigned, wrong key, not canonical).
+    rejected_narinfos: u64,
+    #[serde(flatten)]
+    health: HealthSnapshot,
+}
+
+/// The bucket's status, when there is one.
+pub fn status(app: &App) -> Option<BucketStatus> {
+    let source = app.sources.bucket()?;
+    Some(BucketStatus {
+        id: source.id().to_string(),
+        local_cache: app.bucket.as_ref().is_some_and(|b| b.local_cache()),
+        rejected_narinfos: source.rejected(),
+        health: source.health().snapshot(),
+    })
+}
 
 /// The answer to `range` of a NAR recorded in the bucket, or `None` when it is not a bucket NAR.
 pub async fn ranged(
