@@ -408,3 +408,95 @@ async fn a_restarted_appliance_with_an_empty_index_serves_from_the_bucket() {
     assert!(ok, "nix-store -r through the restarted appliance: {err}");
     again.cache.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_elected_appliance_prunes_only_what_no_appliance_uses() {
+    use nixcache::bucket::gc::{self, Doomed, Rules};
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = Seaweed::start(&dir.path().join("s3")).await;
+    let upstream = TestUpstream::start(&f.caches["xz"]).await;
+    let a = appliance(dir.path(), "a", &s3, &[&upstream.url], true, &[]).await;
+    let b = appliance(dir.path(), "b", &s3, &[], false, &[&a.public_key]).await;
+    let paths: Vec<String> = f.closure.iter().chain([&f.big]).cloned().collect();
+    let urls = fetch_all(&a.cache, &paths).await;
+    for path in &paths {
+        wait_in_bucket(&s3, &format!("{}.narinfo", hash_of(path))).await;
+    }
+    let dep = f.closure.iter().position(|p| p.ends_with("-dep")).unwrap();
+    let in_bucket = |i: usize| {
+        let (narinfo, nar) = (
+            format!("{}/{}.narinfo", s3.bucket_url(), hash_of(&paths[i])),
+            format!("{}/{}", s3.bucket_url(), urls[i]),
+        );
+        async move { (get(&narinfo).await.status(), get(&nar).await.status()) }
+    };
+    // B uses `big`; A forgets everything, as its index GC does with rows nobody asked for.
+    let big = paths.len() - 1;
+    let url = |i: usize| format!("{}/{}.narinfo", b.cache.url, hash_of(&paths[i]));
+    assert_eq!(get(&url(big)).await.status(), StatusCode::OK);
+    let hashes: Vec<String> = paths.iter().map(|p| hash_of(p).to_string()).collect();
+    a.cache.app.index.remove_narinfos(&hashes).unwrap();
+    let bucket_a = a.cache.app.bucket.clone().unwrap();
+    let bucket_b = b.cache.app.bucket.clone().unwrap();
+    assert_eq!(
+        gc::write_manifest(&a.cache.app, &bucket_a).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        gc::write_manifest(&b.cache.app, &bucket_b).await.unwrap(),
+        1
+    );
+    // B starts using `dep` after it wrote its manifest: the pass cannot know yet.
+    assert_eq!(get(&url(dep)).await.status(), StatusCode::OK);
+
+    let rules = Rules {
+        max_size: 1,
+        min_age: 0,
+        stale_after: 3600,
+        confirm_after: 1,
+    };
+    let mut doomed = Doomed::new();
+    let first = gc::pass(&bucket_a, &rules, &mut doomed).await.unwrap();
+    assert_eq!(
+        (first.narinfos, first.nars),
+        (f.closure.len(), 0),
+        "unused narinfos go at once, their NARs only at a later pass"
+    );
+    assert_eq!(doomed.len(), f.closure.len());
+    assert_eq!(
+        gc::write_manifest(&b.cache.app, &bucket_b).await.unwrap(),
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = gc::pass(&bucket_a, &rules, &mut doomed).await.unwrap();
+    assert_eq!((second.narinfos, second.nars), (0, f.closure.len() - 1));
+    assert!(second.bytes_before > second.bytes_freed && second.bytes_freed > 0);
+
+    assert_eq!(in_bucket(big).await, (StatusCode::OK, StatusCode::OK));
+    assert_eq!(
+        in_bucket(dep).await,
+        (StatusCode::NOT_FOUND, StatusCode::OK),
+        "B's NAR stays"
+    );
+    for i in (0..f.closure.len()).filter(|i| *i != dep) {
+        assert_eq!(
+            in_bucket(i).await,
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "{} unused",
+            paths[i]
+        );
+    }
+    for i in [dep, big] {
+        let (_, want) = expected_nar(&f.caches["xz"], &paths[i]);
+        let (status, got) = body(&format!("{}/{}", b.cache.url, urls[i])).await;
+        assert_eq!(
+            (status, got == want),
+            (StatusCode::OK, true),
+            "B serves {}",
+            paths[i]
+        );
+    }
+    a.cache.stop().await;
+    b.cache.stop().await;
+}

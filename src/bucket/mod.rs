@@ -10,14 +10,17 @@
 //! Only verified content is written, NAR before narinfo (see `publish.rs`), so a reader that finds a
 //! narinfo finds its NAR. Keys are content-addressed: two appliances writing the same NAR write the
 //! same bytes under the same key. Small objects and NARs up to `multipart_threshold` go up in one PUT
-//! with `If-None-Match: *` (S3, Garage, MinIO, SeaweedFS: the first writer wins, the others get 412,
-//! and a PUT is never visible half-written); larger NARs in parts, after a HEAD, and a part upload is
-//! invisible until it completes. No appliance deletes anything from the bucket (docs/operations.md).
+//! with `If-None-Match: *` (where the server honours it — AWS, MinIO, SeaweedFS — the first writer
+//! wins and the others get 412; elsewhere the same bytes are written twice), and a PUT is never
+//! visible half-written; larger NARs in parts, after a HEAD, and a part upload is
+//! invisible until it completes. Only the one elected appliance deletes, and only what no appliance
+//! uses (`gc.rs`).
 //!
 //! Requests are signed by `object_store` (SigV4). NAR bodies travel as streams both ways: GETs and the
 //! single-PUT upload use short-lived presigned URLs with the appliance's HTTP client, so a download is
 //! the same `reqwest::Response` a fill gets from an upstream and nothing holds a whole NAR in memory.
 
+pub mod gc;
 pub mod publish;
 
 use std::fs::File;
@@ -109,6 +112,7 @@ pub struct Bucket {
     timeout: Duration,
     multipart_threshold: u64,
     local_cache: bool,
+    gc_max_size: Option<u64>,
     /// NARs now in the bucket whose waiting narinfos the publisher should write (see `publish.rs`).
     to_publish: std::sync::Mutex<std::collections::HashSet<crate::nix::hash::Sha256Hash>>,
     /// Wakes the publisher.
@@ -177,6 +181,7 @@ impl Bucket {
             timeout: config.timeout,
             multipart_threshold: config.multipart_threshold,
             local_cache: config.local_cache,
+            gc_max_size: config.gc_max_size,
             to_publish: Default::default(),
             wake: tokio::sync::Notify::new(),
         })
@@ -339,6 +344,45 @@ impl Bucket {
         Ok(Written::Created)
     }
 
+    /// Writes a small object, replacing what is there (this appliance's own objects only).
+    pub async fn put_replacing(&self, relative: &str, body: Bytes) -> Result<(), BucketError> {
+        let key = self.key(relative);
+        self.limited(async {
+            self.store.put(&key, body.into()).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes an object (the pruning appliance only, see `gc.rs`); a missing one is no error.
+    pub async fn delete(&self, relative: &str) -> Result<(), BucketError> {
+        let key = self.key(relative);
+        self.limited(async {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    /// Every object under the prefix: (key relative to it, size, unix time last written).
+    pub async fn list(&self) -> Result<Vec<(String, u64, i64)>, BucketError> {
+        use futures_util::TryStreamExt;
+        let prefix = (!self.prefix.is_empty())
+            .then(|| Key::from_iter(self.prefix.iter().map(String::as_str)));
+        let skip = self.prefix.len();
+        let metas: Vec<object_store::ObjectMeta> =
+            self.store.list(prefix.as_ref()).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let relative: Vec<&str> = m.location.as_ref().split('/').skip(skip).collect();
+                (relative.join("/"), m.size, m.last_modified.timestamp())
+            })
+            .collect())
+    }
+
     /// One PUT of a streamed body with `If-None-Match: *` through a presigned URL (object_store's
     /// own PUT takes the body in memory).
     async fn put_whole(
@@ -354,11 +398,14 @@ impl Bucket {
             .signed_url_opts(Method::PUT, key, PRESIGN_FOR, &options)
             .await?;
         let body = reqwest::Body::wrap_stream(file_chunks(file, size));
+        // A stalled server must not hold the upload for ever; a slow link gets 4 s per MiB.
+        let limit = self.timeout * 6 + Duration::from_secs(size >> 18);
         let response = self
             .http
             .put(url)
             .header(IF_NONE_MATCH, "*")
             .header(CONTENT_LENGTH, size)
+            .timeout(limit)
             .body(body)
             .send()
             .await

@@ -44,6 +44,8 @@ pub struct BucketTable {
     pub timeout: Option<u64>,
     /// NARs larger than this are uploaded in parts.
     pub multipart_threshold: Option<SizeValue>,
+    /// Makes this appliance the one that prunes the bucket down to this size (set it on one only).
+    pub gc_max_size: Option<SizeValue>,
 }
 
 /// Where a credential comes from. The value itself is read when the appliance opens.
@@ -82,6 +84,8 @@ pub struct BucketConfig {
     pub timeout: Duration,
     /// NARs larger than this are uploaded in parts.
     pub multipart_threshold: u64,
+    /// When set, this appliance prunes objects no appliance uses once the bucket is larger.
+    pub gc_max_size: Option<u64>,
 }
 
 /// Resolves `[bucket]`: `None` when the table is absent (local disk only).
@@ -195,6 +199,13 @@ pub(super) fn resolve_bucket(
             "must be between 5MiB and 5GiB".into(),
         ));
     }
+    let gc_max_size = match &t.gc_max_size {
+        None => None,
+        Some(SizeValue::Bytes(n)) => Some(*n),
+        Some(SizeValue::Text(s)) => {
+            Some(parse_size(s).map_err(|m| invalid(&key("gc_max_size"), m))?)
+        }
+    };
     Ok(Some(BucketConfig {
         endpoint,
         region,
@@ -208,6 +219,7 @@ pub(super) fn resolve_bucket(
         trusted_keys,
         timeout,
         multipart_threshold,
+        gc_max_size,
     }))
 }
 

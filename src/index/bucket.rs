@@ -124,4 +124,34 @@ impl Index {
             Ok(true)
         })
     }
+
+    /// This appliance's name in the bucket's liveness manifests (`nixcache/live/<id>`): random, made
+    /// once and kept in the index, so a lost data folder is a new appliance.
+    pub fn bucket_appliance_id(&self) -> Result<String, IndexError> {
+        const KEY: &str = "bucket appliance id";
+        if let Some(id) = self.read(|tx| {
+            Ok(tx
+                .open_table(META)?
+                .get(KEY)?
+                .map(|v| v.value().to_string()))
+        })? {
+            return Ok(id);
+        }
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw)
+            .map_err(|e| IndexError::Corrupt(format!("no randomness: {e}")))?;
+        let fresh = hex::encode(raw);
+        self.write(true, |tx| {
+            let mut meta = tx.open_table(META)?;
+            let existing = meta.get(KEY)?.map(|v| v.value().to_string());
+            let id = match existing {
+                Some(id) => id,
+                None => {
+                    meta.insert(KEY, fresh.as_str())?;
+                    fresh.clone()
+                }
+            };
+            Ok(id)
+        })
+    }
 }

@@ -161,6 +161,7 @@ impl Seaweed {
             trusted_keys: Vec::new(),
             timeout: Duration::from_secs(3),
             multipart_threshold: 5 << 20,
+            gc_max_size: None,
         }
     }
 
