@@ -280,6 +280,7 @@ mod tests {
         assert_eq!(c.session_token, None);
         assert_eq!(c.timeout, Duration::from_secs(10), "upstream_timeout");
         assert_eq!(c.multipart_threshold, 256 << 20);
+        assert_eq!(c.gc_max_size, None, "no appliance prunes unless told");
         assert_eq!(
             c.trusted_keys,
             crate::config::DEFAULT_TRUSTED_KEYS,
@@ -321,6 +322,11 @@ mod tests {
                 "[bucket]\nbucket = \"b\"\ntimeout = 0\n",
                 &creds[..],
                 "bucket.timeout",
+            ),
+            (
+                "[bucket]\nbucket = \"b\"\ngc_max_size = \"2 apples\"\n",
+                &creds[..],
+                "bucket.gc_max_size",
             ),
             (
                 "[bucket]\nbucket = \"b\"\ntrusted_keys = [\"nope\"]\n",
