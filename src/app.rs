@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::bucket::Bucket;
 use crate::budget::Budget;
 use crate::config::Config;
 use crate::fill::{FillLimits, Fills};
 use crate::index::{Index, IndexError};
 use crate::metrics::{Metrics, SourceName};
 use crate::nix::signing::{PublicKey, SecretKey};
-use crate::sources::{OciSource, Sources, Upstream};
+use crate::sources::{BucketSource, OciSource, Sources, Upstream};
 use crate::store::{NarStore, StoreError};
 use crate::trust::{Policies, Trust};
 
@@ -96,6 +97,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Cancelled when draining is over: downloads still running are abandoned (nothing is stored).
     pub stopped: CancellationToken,
+    /// The shared bucket (issue 13), when configured.
+    pub bucket: Option<Arc<Bucket>>,
 }
 
 impl App {
@@ -148,9 +151,31 @@ impl App {
         // LAN pushes (issue 12): their tokens are sources `push:<name>` for trust and metrics.
         let pushes = crate::push::Pushes::new(&config.push)?;
         let push_sources = pushes.policies();
+        let signing_key = match &config.signing_key_file {
+            Some(path) => Some(load_signing_key(path)?),
+            None => None,
+        };
+        // Issue 13: the shared bucket, a source whose narinfos this appliance's own key also signs.
+        let bucket = match &config.bucket {
+            Some(c) => {
+                let bucket =
+                    Arc::new(Bucket::new(c, client.clone()).map_err(StartError::Upstream)?);
+                let mut keys = c
+                    .trusted_keys
+                    .iter()
+                    .map(|k| PublicKey::parse(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StartError::Upstream(e.to_string()))?;
+                keys.extend(signing_key.as_ref().map(|k| k.public_key()));
+                Some((bucket.clone(), BucketSource::new(bucket, Trust::Keys(keys))))
+            }
+            None => None,
+        };
         let metrics = Metrics::new(
-            oci.iter()
-                .map(|o| (o.id(), true))
+            bucket
+                .iter()
+                .map(|(b, _)| (b.id(), false))
+                .chain(oci.iter().map(|o| (o.id(), true)))
                 .chain(upstreams.iter().map(|u| (u.url(), false)))
                 .chain(push_sources.iter().map(|(name, _)| (name.as_str(), false)))
                 .map(|(name, oci)| SourceName {
@@ -182,17 +207,18 @@ impl App {
             .filter(|t| !t.is_empty()),
             None => None,
         };
-        let signing_key = match &config.signing_key_file {
-            Some(path) => Some(load_signing_key(path)?),
-            None => None,
-        };
         let signer = signing_key
             .as_ref()
             .map(|k| k.public_key().to_string())
             .unwrap_or_default();
         let policies = Policies::new(
-            oci.iter()
-                .map(|o: &OciSource| (o.id().to_string(), o.trust().clone()))
+            bucket
+                .iter()
+                .map(|(_, s)| (s.id().to_string(), s.trust().clone()))
+                .chain(
+                    oci.iter()
+                        .map(|o: &OciSource| (o.id().to_string(), o.trust().clone())),
+                )
                 .chain(
                     upstreams
                         .iter()
@@ -221,11 +247,20 @@ impl App {
                 "trust settings changed since the last start: remembered misses forgotten"
             );
         }
+        let mut sources = Sources::new(oci, upstreams);
+        let bucket = match bucket {
+            Some((bucket, source)) => {
+                let m = metrics.source(source.id());
+                sources = sources.with_bucket(source.with_metrics(m));
+                Some(bucket)
+            }
+            None => None,
+        };
         Ok(Arc::new(App {
             config,
             index,
             store,
-            sources: Sources::new(oci, upstreams),
+            sources,
             policies,
             budget,
             signing_key,
@@ -238,6 +273,7 @@ impl App {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),
+            bucket,
         }))
     }
 

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod bucket;
 mod parse;
 mod push;
 
+pub use bucket::{BucketConfig, BucketTable, Credential};
 pub use parse::{normalize_registry, parse_size};
 use parse::{normalize_upstream, parse_listen};
 pub use push::{PushConfig, PushTokenConfig, PushTokenTable};
@@ -189,6 +191,9 @@ pub struct FileConfig {
     pub push_pending_max: Option<usize>,
     /// Seconds an uploaded NAR waits for its narinfo before it is dropped.
     pub push_pending_timeout: Option<u64>,
+    // Issue 13 (shared bucket): keep this block last.
+    /// `[bucket]`: NARs and narinfos in an S3-compatible bucket shared by several appliances.
+    pub bucket: Option<BucketTable>,
 }
 
 /// A secret (registry token): never printed.
@@ -309,6 +314,9 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// LAN pushes (issue 12).
     pub push: PushConfig,
+    // Issue 13 (shared bucket): keep this block last.
+    /// The shared bucket, when `[bucket]` is configured; `None`: the local disk only.
+    pub bucket: Option<BucketConfig>,
 }
 
 impl Config {
@@ -518,6 +526,18 @@ impl Config {
             admin_token_file: file.admin_token_file.clone(),
             // LAN pushes (issue 12).
             push,
+            // Issue 13 (shared bucket).
+            bucket: bucket::resolve_bucket(
+                file.bucket.as_ref(),
+                env,
+                &in_file,
+                &global_keys,
+                secs(
+                    file.upstream_timeout,
+                    "upstream_timeout",
+                    DEFAULT_UPSTREAM_TIMEOUT_SECS,
+                )?,
+            )?,
         })
     }
 }

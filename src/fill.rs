@@ -346,7 +346,12 @@ impl Fills {
             return Ok(Joined::Stored);
         }
         let bound = Expected::from_record(&name, &record).max_file_size();
-        if app.budget.larger_than_cap(bound, app.index.file_bytes()) {
+        // Issue 13: without a local disk cache, a NAR in the bucket streams from there unstored.
+        let unstored = app
+            .bucket
+            .as_ref()
+            .is_some_and(|b| !b.local_cache() && b.id() == record.source);
+        if unstored || app.budget.larger_than_cap(bound, app.index.file_bytes()) {
             return match want {
                 Want::Client => Ok(Joined::PassThrough),
                 Want::Keep => Err(FillError::NoSpace("larger than the store's cap".into())),
@@ -480,6 +485,11 @@ async fn run_fill(
     let written = download(app, fill, name, record, response, &file, &reservation, tx).await?;
     // The last byte goes out now; durability follows.
     tx.send_replace(Progress::Verified { size: written });
+    // Issue 13: with a shared bucket the verified file goes there first (NAR, then its narinfos);
+    // without a local disk cache that is all that is kept.
+    if !crate::bucket::publish::after_fill(app, name, record, &file, written).await {
+        return Ok(written);
+    }
     let a = app.clone();
     let (name, record) = (*name, record.clone());
     tokio::task::spawn_blocking(move || commit(&a, guard, &file, &name, &record, written))

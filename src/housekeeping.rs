@@ -12,6 +12,8 @@
 //! | scrub | every `scrub_interval` | re-hashes stored NARs, drops damaged ones |
 //! | OCI refresh | every `index_ttl`, or when asked | mirrors the published index |
 //! | push upkeep | at start, then every 30 s | drops NAR uploads whose narinfo never came; reconciles pushed paths with the index |
+//! | bucket publisher | when woken, every 10 min | `nix-cache-info`, narinfos whose NAR reached the shared bucket, retried uploads |
+//! | bucket GC | every 10 min / hourly | this appliance's liveness manifest; pruning, on the one with `gc_max_size` |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,6 +85,12 @@ pub fn start(app: &Arc<App>) -> Background {
         supervise(app, "trust-sweep", crate::trust::sweep),
         supervise(app, "oci-refresh", crate::mirror::run_refresh),
         supervise(app, "push-upkeep", crate::push::run_upkeep),
+        supervise(
+            app,
+            "bucket-publisher",
+            crate::bucket::publish::run_publisher,
+        ),
+        supervise(app, "bucket-gc", crate::bucket::gc::run),
     ];
     if let Some(interval) = app.config.scrub_interval {
         tasks.push(every(app, "scrub", interval, crate::integrity::scrub));

@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod app;
+pub mod bucket;
 pub mod budget;
 pub mod cli;
 pub mod clock;

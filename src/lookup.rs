@@ -86,13 +86,13 @@ async fn answer(
     if let Some(known) = known(app, &hash)? {
         return Ok(known);
     }
-    match app.sources.lookup(&hash).await {
+    // The shared bucket (issue 13), when configured, is asked before the upstreams.
+    match app.sources.lookup_all(&hash).await {
         Lookup::Found {
-            source,
+            source: source_url,
             narinfo,
             nar_url,
         } => {
-            let source_url = app.sources.all()[source].url().to_string();
             let store_path = narinfo.store_path.to_string();
             let a = app.clone();
             let recorded = source_url.clone();
@@ -216,11 +216,13 @@ fn record(
         file_hash,
         text,
     };
-    let recorded = app.index.record_narinfo(&NewNarinfo {
+    // With a shared bucket (issue 13), the narinfo also waits to be published there with its NAR.
+    let new = NewNarinfo {
         hash,
         row: &row,
         nar: &nar,
-    })?;
+    };
+    let recorded = crate::bucket::publish::record(app, &new, &row.source)?;
     Ok((recorded == Recorded::Yes).then_some(row.text))
 }
 

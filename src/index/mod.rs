@@ -18,6 +18,7 @@
 //! is broken (shown by `/healthz`), and [`Index::heal`] closes and reopens the database once there is
 //! room again, without a restart.
 
+mod bucket;
 mod gc;
 mod migrate;
 mod narinfos;
@@ -419,6 +420,7 @@ fn prepare(db: Database) -> Result<Database, IndexError> {
     tx.open_table(COUNTERS)?;
     tx.open_table(MIRROR)?;
     tx.open_table(PUSHED)?;
+    tx.open_multimap_table(BUCKET_PENDING)?;
     tx.commit()?;
     Ok(db)
 }

@@ -2,7 +2,7 @@
 //! the tables of older layouts stay here (in [`v1`]) for as long as an index written by them can be
 //! migrated (see `migrate.rs`).
 
-use redb::TableDefinition;
+use redb::{MultimapTableDefinition, TableDefinition};
 
 /// Store hash (32 nix32 chars) → (recorded at, trust policy tag, source, signer, FileHash, narinfo text).
 ///
@@ -49,6 +49,11 @@ pub type PushedValue<'a> = (&'a str, [u8; 32], u64, u64, bool);
 
 /// Free-form metadata (`schema`, `manifest <source>`).
 pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta-v1");
+
+/// FileHash → store hashes whose narinfo waits for that NAR to be in the shared bucket before it is
+/// published there (issue 13; empty without a bucket). See `bucket/publish.rs`.
+pub const BUCKET_PENDING: MultimapTableDefinition<[u8; 32], &str> =
+    MultimapTableDefinition::new("bucket-pending-v1");
 
 /// Key of [`COUNTERS`]: bytes of NAR files on disk.
 pub const STORE_BYTES: &str = "store_bytes";

@@ -140,7 +140,7 @@ pub const CHECKS: [&str; 7] = [
     "decompress",
     "compression",
 ];
-pub(super) const SOURCE_ERRORS: [&str; 9] = [
+pub(super) const SOURCE_ERRORS: [&str; 10] = [
     "timeout",
     "backed_off",
     "status",
@@ -150,6 +150,7 @@ pub(super) const SOURCE_ERRORS: [&str; 9] = [
     "format",
     "unconfigured",
     "internal",
+    "bucket",
 ];
 pub(super) const REFRESH_OUTCOMES: [&str; 4] = ["unchanged", "applied", "not_published", "failed"];
 
@@ -165,6 +166,8 @@ pub(super) fn error_label(e: &SourceError) -> &'static str {
         SourceError::NarDownload | SourceError::RefreshFailed => "internal",
         SourceError::Registry(r) if r.is_timeout() => "timeout",
         SourceError::Registry(_) => "registry",
+        SourceError::Bucket(e) if e.is_timeout() => "timeout",
+        SourceError::Bucket(_) => "bucket",
     }
 }
 

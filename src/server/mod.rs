@@ -1,5 +1,6 @@
 //! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
 
+pub mod bucket;
 pub mod error;
 pub mod nar;
 pub mod observe;
@@ -224,6 +225,8 @@ struct Status {
     fills_in_flight: usize,
     oci: Option<OciStatus>,
     upstreams: Vec<UpstreamStatus>,
+    /// The shared bucket (issue 13), when configured.
+    bucket: Option<bucket::BucketStatus>,
     /// Counters since start (requests, bytes, fills, evictions).
     traffic: crate::metrics::Traffic,
     /// The last things that happened, newest first.
@@ -309,6 +312,7 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
                 health: u.health().snapshot(),
             })
             .collect(),
+        bucket: bucket::status(app),
         traffic: app.metrics.traffic(),
         recent_activity: app.metrics.activity().recent(),
         pushes: app.pushes.status(&app.metrics),

@@ -85,6 +85,12 @@ pub async fn get_nar(
         }
         return Ok(response);
     }
+    // Issue 13: a range of a NAR in the shared bucket (not on the local disk) is read from there.
+    if let Some(r) = range
+        && let Some(response) = super::bucket::ranged(&app, &record, r).await?
+    {
+        return Ok(response);
+    }
     let source = record.source.clone();
     // Twice at most: a NAR stored meanwhile may be evicted before it is opened; then it is fetched.
     for _ in 0..2 {

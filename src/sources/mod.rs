@@ -3,6 +3,7 @@
 //! Each source can be down without slowing the others: every request has a time limit, and a source that
 //! keeps failing is backed off (answered as "unavailable" at once) until its back-off expires.
 
+pub mod bucket;
 pub mod oci;
 pub mod upstream;
 
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StoreHash;
 pub use crate::trust::Trust;
+pub use bucket::BucketSource;
 pub use oci::OciSource;
 pub use upstream::Upstream;
 
@@ -49,6 +51,9 @@ pub enum SourceError {
     /// The OCI registry failed.
     #[error("registry: {0}")]
     Registry(#[from] crate::oci::client::RegistryError),
+    /// The shared bucket failed (issue 13).
+    #[error(transparent)]
+    Bucket(#[from] crate::bucket::BucketError),
 }
 
 impl SourceError {
@@ -57,6 +62,7 @@ impl SourceError {
         match self {
             SourceError::Timeout => true,
             SourceError::Registry(e) => e.is_timeout(),
+            SourceError::Bucket(e) => e.is_timeout(),
             _ => false,
         }
     }
@@ -124,8 +130,8 @@ impl Rejection {
 pub enum Lookup {
     /// The best-priority source that has it.
     Found {
-        /// Index of the source in priority order.
-        source: usize,
+        /// The source's name, as recorded in the index.
+        source: String,
         /// The narinfo.
         narinfo: Box<NarInfo>,
         /// Absolute URL of its NAR file.
@@ -227,12 +233,18 @@ impl Health {
 pub struct Sources {
     oci: Option<OciSource>,
     upstreams: Vec<Upstream>,
+    /// The shared bucket (issue 13), asked first; see `bucket.rs`.
+    bucket: Option<BucketSource>,
 }
 
 impl Sources {
     /// Wraps the sources; the upstreams' order is their priority.
     pub fn new(oci: Option<OciSource>, upstreams: Vec<Upstream>) -> Sources {
-        Sources { oci, upstreams }
+        Sources {
+            oci,
+            upstreams,
+            bucket: None,
+        }
     }
 
     /// The OCI source, if configured.
@@ -243,6 +255,11 @@ impl Sources {
     /// Starts the download of a NAR file recorded from `source` at `url` (a URL, or a blob digest for
     /// the OCI source).
     pub async fn get_nar(&self, source: &str, url: &str) -> Result<reqwest::Response, SourceError> {
+        if let Some(bucket) = &self.bucket
+            && bucket.id() == source
+        {
+            return bucket.get_nar(url).await;
+        }
         if let Some(oci) = &self.oci
             && oci.id() == source
         {
@@ -283,7 +300,7 @@ impl Sources {
                     Some(Ok(NarinfoAnswer::Found { .. })) => {
                         if let Some(Ok(NarinfoAnswer::Found { narinfo, nar_url })) = slot.take() {
                             return Lookup::Found {
-                                source: j,
+                                source: self.upstreams[j].url().to_string(),
                                 narinfo,
                                 nar_url,
                             };
