@@ -3,6 +3,7 @@
 //! redb is synchronous and has one writer at a time: callers on the async side run these methods in
 //! `spawn_blocking`. Durable commits use quick repair so that a reopen after `kill -9` stays instant.
 
+mod snapshot;
 mod tables;
 
 use std::collections::HashMap;
@@ -112,6 +113,8 @@ pub type Evicted = (Sha256Hash, NarRecord);
 /// The redb index.
 pub struct Index {
     db: Database,
+    /// The tables the hit path reads, kept open until the next commit.
+    snapshots: snapshot::Snapshots,
     /// Access times not yet written: hits are counted here and flushed in batches.
     pending_access: Mutex<HashMap<Sha256Hash, u64>>,
 }
@@ -142,8 +145,16 @@ impl Index {
         tx.commit()?;
         Ok(Index {
             db,
+            snapshots: snapshot::Snapshots::default(),
             pending_access: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Commits `tx`; the hit path's next read sees it.
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<(), IndexError> {
+        tx.commit()?;
+        self.snapshots.committed();
+        Ok(())
     }
 
     /// The narinfo recorded for `hash`: (source, signer, text), the text signed by `signer`.
@@ -151,9 +162,8 @@ impl Index {
         &self,
         hash: &StoreHash,
     ) -> Result<Option<(String, String, String)>, IndexError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(NARINFO)?;
-        Ok(table.get(hash.as_str())?.map(|v| {
+        let snapshot = self.snapshots.get(&self.db)?;
+        Ok(snapshot.narinfo.get(hash.as_str())?.map(|v| {
             let (_, source, signer, text) = v.value();
             (source.to_string(), signer.to_string(), text.to_string())
         }))
@@ -161,9 +171,11 @@ impl Index {
 
     /// Whether `hash` is known to be absent everywhere at `now` (unix seconds).
     pub fn is_negative(&self, hash: &StoreHash, now: u64) -> Result<bool, IndexError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(NEGATIVE)?;
-        Ok(table.get(hash.as_str())?.is_some_and(|v| v.value() > now))
+        let snapshot = self.snapshots.get(&self.db)?;
+        Ok(snapshot
+            .negative
+            .get(hash.as_str())?
+            .is_some_and(|v| v.value() > now))
     }
 
     /// Records a narinfo as served and the NAR it points to, in one durable transaction.
@@ -192,7 +204,7 @@ impl Index {
             }
             tx.open_table(NEGATIVE)?.remove(hash.as_str())?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -255,7 +267,7 @@ impl Index {
             tx.open_table(META)?
                 .insert(format!("manifest {source}").as_str(), manifest_digest)?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(applied)
     }
 
@@ -285,18 +297,18 @@ impl Index {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
         tx.open_table(NEGATIVE)?.insert(hash.as_str(), until)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
     /// The NAR record for `file_hash` and whether the file is on disk.
     pub fn nar(&self, file_hash: &Sha256Hash) -> Result<Option<(NarRecord, bool)>, IndexError> {
-        let tx = self.db.begin_read()?;
-        let Some(raw) = tx.open_table(NAR)?.get(file_hash.0)? else {
+        let snapshot = self.snapshots.get(&self.db)?;
+        let Some(raw) = snapshot.nar.get(file_hash.0)? else {
             return Ok(None);
         };
         let record = decode_record(raw.value())?;
-        let stored = tx.open_table(NAR_STORED)?.get(file_hash.0)?.is_some();
+        let stored = snapshot.nar_stored.get(file_hash.0)?.is_some();
         Ok(Some((record, stored)))
     }
 
@@ -330,7 +342,7 @@ impl Index {
             counters.insert(STORE_BYTES, total)?;
             counters.insert(STORE_NARS, if replaced { count } else { count + 1 })?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(total)
     }
 
@@ -339,7 +351,7 @@ impl Index {
         let mut tx = self.db.begin_write()?;
         tx.set_quick_repair(true);
         let record = unstore(&tx, file_hash)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(record)
     }
 
@@ -374,7 +386,7 @@ impl Index {
                 }
             }
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(updated)
     }
 
@@ -408,7 +420,7 @@ impl Index {
                 }
             }
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(evicted)
     }
 
@@ -417,7 +429,7 @@ impl Index {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::None)?;
         tx.open_table(NEGATIVE)?.retain(|_, until| until > now)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
