@@ -66,7 +66,11 @@ fn entry(i: u64, count: u64) -> MirroredEntry {
     let refs: Vec<String> = (0..rng.next() % 8)
         .map(|_| {
             let r = rng.next() % count;
-            format!("{}-{}", store_hash(r), NAMES[(r % NAMES.len() as u64) as usize])
+            format!(
+                "{}-{}",
+                store_hash(r),
+                NAMES[(r % NAMES.len() as u64) as usize]
+            )
         })
         .collect();
     let sig = base64::engine::general_purpose::STANDARD.encode(rng.bytes::<64>());

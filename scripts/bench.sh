@@ -259,6 +259,20 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2
 
 # smallnar: the small path's NAR (~140 bytes) one after another on one kept-alive connection, the way Nix
 # fetches the many small NARs of a closure; it shows per-response latency (e.g. Nagle/delayed-ACK stalls).
+# cpu_ticks SERVER: CPU time (user + system, clock ticks) used so far by nginx's workers or by nixcache.
+cpu_ticks() {
+  local pids p t=0
+  if [ "$1" = nginx ]; then pids=$(pgrep -P "$NGINX_PID"); else pids=$NIXCACHE_PID; fi
+  for p in $pids; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+  echo "$t"
+}
+# cpu_per KIND NAME: the server's CPU time per request (µs; KIND rps) or per GB sent (ms; KIND mbps).
+cpu_per() {
+  awk -v kind="$1" -v ticks="$(cat "$W/cpu-$2.txt")" -v hz="$(getconf CLK_TCK)" '
+    / requests in / { n = $1; v = $5; b = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+      if (u == "KB") b *= 2^10; else if (u == "MB") b *= 2^20; else if (u == "GB") b *= 2^30; else if (u == "TB") b *= 2^40 }
+    END { s = ticks / hz; if (kind == "rps") printf "%.1f", n ? s * 1e6 / n : 0; else printf "%.0f", b ? s * 1e3 / (b / 1e9) : 0 }' "$W/wrk-$2.txt"
+}
 MEASURES=(narinfo smallnar nar1 nar16)
 declare -A ARGS=([narinfo]="2 32" [smallnar]="1 1" [nar1]="1 1" [nar16]="2 16")
 declare -A URL_NGINX=([narinfo]="$NGINX/$SMALL_HASH.narinfo" [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL"
@@ -270,8 +284,10 @@ want hits && for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) -eq 1 ]; then order="nginx nixcache"; else order="nixcache nginx"; fi
     for server in $order; do
       if [ "$server" = nginx ]; then url=${URL_NGINX[$m]}; else url=${URL_NIXCACHE[$m]}; fi
+      c0=$(cpu_ticks "$server")
       # shellcheck disable=SC2086 # ARGS holds "threads conns"
       run_wrk "$m-$server-$r" ${ARGS[$m]} "$url"
+      echo "$(($(cpu_ticks "$server") - c0))" > "$W/cpu-$m-$server-$r.txt"
     done
   done
 done
@@ -489,7 +505,13 @@ for line in io.lines(os.getenv("BENCH_HASHES")) do hashes[#hashes + 1] = line en
 math.randomseed(os.time())
 request = function() return wrk.format("GET", "/" .. hashes[math.random(#hashes)] .. ".narinfo") end
 LUA
+  # Three cases: the small index with its 1,000 paths; the big index with 1,000 paths spread over it
+  # (the same working set: what index size alone costs); the big index with 100,000 paths spread over
+  # it (a working set beyond any LAN's, where first reads of pages dominate).
+  awk 'NR % 100 == 1' "$W/big-hashes.txt" | head -n 1000 > "$W/big1k-hashes.txt"
+  cat "$W/big/index.redb" > /dev/null # back into the page cache (the cold-start rows dropped it)
   declare -A SIZE_RPS SIZE_P99 SIZE_RSS SIZE_PORT=([big]=$COLD_PORT [small]=$SMALL_PORT) SIZE_PID
+  declare -A CASE_SERVER=([small]=small [big1k]=big [big]=big)
   for which in small big; do
     serve_args "$W/$which"
     SERVE[3]=127.0.0.1:${SIZE_PORT[$which]}
@@ -497,21 +519,23 @@ LUA
     SIZE_PID[$which]=$!
     PIDS+=("${SIZE_PID[$which]}")
     wait_http "http://127.0.0.1:${SIZE_PORT[$which]}/healthz" "${SIZE_PID[$which]}" nixcache || exit 1
-    # Warm-up (not measured): the steady state of a running appliance, index pages in its cache.
-    log "random narinfo hits, $which index: warming up for ${SECS} s"
-    BENCH_HASHES="$W/$which-hashes.txt" wrk -t2 -c32 -d"${SECS}s" -s "$W/random.lua" \
-      "http://127.0.0.1:${SIZE_PORT[$which]}/" > /dev/null
+  done
+  # Warm-up (not measured): the steady state of a running appliance, index pages in its cache.
+  for c in small big1k big; do
+    log "random narinfo hits, $c: warming up for ${SECS} s"
+    BENCH_HASHES="$W/$c-hashes.txt" wrk -t2 -c32 -d"${SECS}s" -s "$W/random.lua" \
+      "http://127.0.0.1:${SIZE_PORT[${CASE_SERVER[$c]}]}/" > /dev/null
   done
   for r in $(seq 1 "$ROUNDS"); do
-    if [ $((r % 2)) -eq 1 ]; then order="small big"; else order="big small"; fi
-    for which in $order; do
-      log "random narinfo hits, $which index, round $r"
-      BENCH_HASHES="$W/$which-hashes.txt" wrk -t2 -c32 -d"${SECS}s" --latency -s "$W/random.lua" \
-        "http://127.0.0.1:${SIZE_PORT[$which]}/" > "$W/size-$which-$r.txt"
-      grep -qE '^ *Non-2xx' "$W/size-$which-$r.txt" && NOTES+=("random hits on the $which index: non-2xx answers")
-      SIZE_RPS[$which-$r]=$(rps "$W/size-$which-$r.txt")
-      SIZE_P99[$which-$r]=$(p99 "$W/size-$which-$r.txt")
-      SIZE_RSS[$which-$r]=$(rss "${SIZE_PID[$which]}")
+    if [ $((r % 2)) -eq 1 ]; then order="small big1k big"; else order="big big1k small"; fi
+    for c in $order; do
+      log "random narinfo hits, $c, round $r"
+      BENCH_HASHES="$W/$c-hashes.txt" wrk -t2 -c32 -d"${SECS}s" --latency -s "$W/random.lua" \
+        "http://127.0.0.1:${SIZE_PORT[${CASE_SERVER[$c]}]}/" > "$W/size-$c-$r.txt"
+      grep -qE '^ *Non-2xx' "$W/size-$c-$r.txt" && NOTES+=("random hits, $c: non-2xx answers")
+      SIZE_RPS[$c-$r]=$(rps "$W/size-$c-$r.txt")
+      SIZE_P99[$c-$r]=$(p99 "$W/size-$c-$r.txt")
+      SIZE_RSS[$c-$r]=$(rss "${SIZE_PID[${CASE_SERVER[$c]}]}")
     done
   done
   for which in small big; do stop "${SIZE_PID[$which]}"; done
@@ -536,23 +560,25 @@ peak_rss="$(hwm "$NIXCACHE_PID") MiB"
 
 # row MEASURE KIND LABEL: medians over the rounds, their ratio, and the ratio of each round.
 row() {
-  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=()
+  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=() cg=() cx=()
   for r in $(seq 1 "$ROUNDS"); do
     a=$(figure "$kind" "$m-nginx-$r")
     b=$(figure "$kind" "$m-nixcache-$r")
     ng+=("$a") nx+=("$b") per+=("$(ratio "$a" "$b")")
+    cg+=("$(cpu_per "$kind" "$m-nginx-$r")") cx+=("$(cpu_per "$kind" "$m-nixcache-$r")")
   done
   a=$(echo "${ng[*]}" | median)
   b=$(echo "${nx[*]}" | median)
-  printf '| %s | %s | %s | %s | %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}"
+  printf '| %s | %s | %s | %s | %s | %s / %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}" \
+    "$(echo "${cg[*]}" | median)" "$(echo "${cx[*]}" | median)"
 }
 rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)
 
 if want hits; then
   echo
-  echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round | server CPU per request (µs) or per GB (ms), nginx / nixcache |"
+  echo "|---|---:|---:|---:|---:|---:|"
   row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
   row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
   row nar1 mbps "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)"
@@ -576,23 +602,30 @@ if want coldstart; then
   echo "|---|---:|---:|---:|"
   printf '%s\n' "${COLD_ROWS[@]}"
   echo
-  echo "| random narinfo hits, \`-t2 -c32\` | 1,000 narinfos | $INDEX_COUNT narinfos | ratio (big/small) | ratio per round |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| random narinfo hits, \`-t2 -c32\`, after a warm-up | index of 1,000, its 1,000 paths | index of $INDEX_COUNT, 1,000 paths | ratio | per round | index of $INDEX_COUNT, 100,000 paths | ratio | per round |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  mid() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
   for k in rps p99; do
-    a=() b=() per=()
+    line="| $([ $k = rps ] && echo "requests/s" || echo "p99 latency (ms)")"
+    a=()
     for r in $(seq 1 "$ROUNDS"); do
-      if [ $k = rps ]; then x=${SIZE_RPS[small-$r]} y=${SIZE_RPS[big-$r]}; else x=${SIZE_P99[small-$r]} y=${SIZE_P99[big-$r]}; fi
-      a+=("$x") b+=("$y") per+=("$(tratio "$x" "$y")")
+      if [ $k = rps ]; then a+=("${SIZE_RPS[small-$r]}"); else a+=("${SIZE_P99[small-$r]}"); fi
     done
-    ma=$(echo "${a[*]}" | median) mb=$(echo "${b[*]}" | median)
-    [ $k = p99 ] && ma=$(echo "${a[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') \
-      && mb=$(echo "${b[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-    label=$([ $k = rps ] && echo "requests/s" || echo "p99 latency (ms)")
-    echo "| $label | $ma | $mb | $(tratio "$ma" "$mb") | ${per[*]} |"
+    ma=$(echo "${a[*]}" | mid)
+    line+=" | $ma"
+    for c in big1k big; do
+      b=() per=()
+      for r in $(seq 1 "$ROUNDS"); do
+        if [ $k = rps ]; then x=${SIZE_RPS[small-$r]} y=${SIZE_RPS[$c-$r]}; else x=${SIZE_P99[small-$r]} y=${SIZE_P99[$c-$r]}; fi
+        b+=("$y") per+=("$(tratio "$x" "$y")")
+      done
+      mb=$(echo "${b[*]}" | mid)
+      line+=" | $mb | $(tratio "$ma" "$mb") | ${per[*]}"
+    done
+    echo "$line |"
   done
-  rs=() rb=()
-  for r in $(seq 1 "$ROUNDS"); do rs+=("${SIZE_RSS[small-$r]}") rb+=("${SIZE_RSS[big-$r]}"); done
-  echo "| RSS after each round (MiB, max) | $(echo "${rs[*]}" | tr ' ' '\n' | sort -g | tail -n 1) | $(echo "${rb[*]}" | tr ' ' '\n' | sort -g | tail -n 1) | | |"
+  rss_max() { for r in $(seq 1 "$ROUNDS"); do echo "${SIZE_RSS[$1-$r]}"; done | sort -g | tail -n 1; }
+  echo "| RSS after the rounds (MiB) | $(rss_max small) | $(rss_max big1k) | | | $(rss_max big) | | |"
 fi
 if want load; then
   echo

@@ -21,6 +21,9 @@ use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
 use crate::sources::SourceError;
 
+/// Chunk reads of stored files running at once (see [`read_ahead`]).
+static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Stored files up to this size are read on the async worker and sent in one piece.
 const INLINE_MAX: u64 = 64 * 1024;
 /// Bytes per read when streaming a larger stored file (large reads matter for throughput, see
@@ -214,8 +217,13 @@ fn read_ahead(
             return None;
         }
         let file = file.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            read_chunk(&file, offset, n)
+        Some(tokio::spawn(async move {
+            // Copying from the page cache is CPU work: as many at once as there are cores, so that
+            // bulk transfers cannot crowd the async workers (and every hit behind them) off the CPUs.
+            let _permit = READERS.acquire().await.map_err(std::io::Error::other)?;
+            tokio::task::spawn_blocking(move || read_chunk(&file, offset, n))
+                .await
+                .map_err(std::io::Error::other)?
         }))
     }
     let file = Arc::new(file);
