@@ -1,40 +1,73 @@
 #!/usr/bin/env bash
-# Benchmark: nixcache serving cache hits from its own disk, against nginx serving the same files from a
-# `nix copy --to file://` folder, on the same machine, in the same run, back to back.
+# Benchmark: nixcache against references measured in the same run, on the same machine, back to back.
 #
-#   scripts/bench.sh                                  # full run: 256 MiB NAR, 10 s per measurement, 3 rounds
-#   BENCH_NAR_MIB=16 BENCH_SECS=3 BENCH_ROUNDS=1 scripts/bench.sh   # quick run
+#   scripts/bench.sh quick      # a developer's check: small sizes, one round (about 5 minutes)
+#   scripts/bench.sh [full]     # the record: every part at full size, several rounds (about 30 minutes)
 #
-# Prints a Markdown table (stdout): per measure the median over the rounds for nginx and nixcache, the ratio
-# nixcache/nginx of the medians and of each round; progress and raw wrk output go to stderr.
-# Exits non-zero when a step fails, never because of the figures. Loopback only. Everything lives in a
-# temp folder removed at exit, and every process started here is ended by its PID.
-# See docs/benchmarks.md for what is measured and why.
+# Parts (BENCH_PARTS, default all of them):
+#   hits       cache hits against nginx serving the same `nix copy --to file://` folder: narinfos, small
+#              NARs on one kept-alive connection, a large NAR on 1 and 16 connections (wrk)
+#   closure    `nix copy --from` of a whole closure (a few hundred xz paths of real files) with the real Nix
+#              client: all hits through nixcache, and the first, cold copy through nixcache (everything
+#              fetched from nginx as its upstream), each against the same copy straight from nginx
+#   coldstart  an index of BENCH_INDEX narinfos written by examples/gen_index.rs: time from process
+#              start to the first narinfo answered and RSS, also after `kill -9` while writing; narinfo
+#              hit rate and p99 at that size against a 1,000-narinfo index
+#   load       p99 of narinfo hits and RSS while sixteen clients download the large NAR
+# Sizes and rounds: BENCH_NAR_MIB, BENCH_SECS, BENCH_ROUNDS (hits, load), BENCH_CLOSURE_PATHS,
+# BENCH_CLOSURE_ROUNDS, BENCH_INDEX, BENCH_COLD_ROUNDS; the mode sets their defaults.
+#
+# Prints Markdown tables (stdout): medians over the rounds, their ratio, and the ratio of each round;
+# progress and raw tool output go to stderr. Exits non-zero when a step fails, never because of the
+# figures. Loopback only. Everything lives in a temp folder removed at exit, and every process started
+# here is ended by its PID. See docs/benchmarks.md for what is measured and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-NAR_MIB=${BENCH_NAR_MIB:-256}
-SECS=${BENCH_SECS:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
-for v in "$NAR_MIB" "$SECS" "$ROUNDS"; do
+MODE=${1:-full}
+case "$MODE" in
+  quick) d=(16 3 1 60 1 100000 2) ;;
+  full) d=(256 10 3 300 5 1000000 5) ;;
+  *) echo "usage: scripts/bench.sh [quick|full]" >&2; exit 2 ;;
+esac
+NAR_MIB=${BENCH_NAR_MIB:-${d[0]}}
+SECS=${BENCH_SECS:-${d[1]}}
+ROUNDS=${BENCH_ROUNDS:-${d[2]}}
+CLOSURE_PATHS=${BENCH_CLOSURE_PATHS:-${d[3]}}
+CLOSURE_ROUNDS=${BENCH_CLOSURE_ROUNDS:-${d[4]}}
+INDEX_COUNT=${BENCH_INDEX:-${d[5]}}
+COLD_ROUNDS=${BENCH_COLD_ROUNDS:-${d[6]}}
+PARTS=" ${BENCH_PARTS:-hits closure coldstart load} "
+for v in "$NAR_MIB" "$SECS" "$ROUNDS" "$CLOSURE_PATHS" "$CLOSURE_ROUNDS" "$INDEX_COUNT" "$COLD_ROUNDS"; do
   case "$v" in
-    '' | *[!0-9]* | 0*) echo "bench: BENCH_NAR_MIB, BENCH_SECS and BENCH_ROUNDS must be whole numbers > 0" >&2; exit 2 ;;
+    '' | *[!0-9]* | 0*) echo "bench: sizes, seconds and rounds must be whole numbers > 0" >&2; exit 2 ;;
   esac
 done
+for part in $PARTS; do
+  case "$part" in
+    hits | closure | coldstart | load) ;;
+    *) echo "bench: unknown part $part (BENCH_PARTS: hits closure coldstart load)" >&2; exit 2 ;;
+  esac
+done
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 scripts/install-peers.sh --bench
-for tool in cargo nix-build nix nginx wrk curl python3 sha256sum; do
+for tool in cargo nix-build nix nginx wrk curl python3 sha256sum eatmydata; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }
 done
 
-log "building the release binary"
+log "building the release binary and the index generator"
 cargo build --release --locked >&2
+cargo build --release --locked --example gen_index >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/nixcache
-[ -x "$BIN" ] || { echo "bench: $BIN not built" >&2; exit 1; }
+GEN_INDEX=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/gen_index
+for b in "$BIN" "$GEN_INDEX"; do
+  [ -x "$b" ] || { echo "bench: $b not built" >&2; exit 1; }
+done
 
 W=$(mktemp -d)
 PIDS=()
@@ -89,9 +122,9 @@ log "cache folder: $SMALL_HASH.narinfo, $BIG_HASH.narinfo, $NGINX_NAR_URL ($NAR_
 # ---------------------------------------------------------------------------------------------------
 # 2. nginx on two loopback ports serving that folder: one measured (no access log, like a tuned static
 #    server), one used as nixcache's upstream (access log, to count what nixcache asks upstream).
-read -r NGINX_PORT UPSTREAM_PORT NIXCACHE_PORT < <(python3 -c '
+read -r NGINX_PORT UPSTREAM_PORT NIXCACHE_PORT CLOSURE_PORT COLD_PORT SMALL_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -222,30 +255,298 @@ figure() {
     }' "$W/wrk-$2.txt"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a <= 0) print "n/a"; else if (b / a < 0.1) printf "%.3f", b / a; else printf "%.2f", b / a }'; }
-median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # smallnar: the small path's NAR (~140 bytes) one after another on one kept-alive connection, the way Nix
 # fetches the many small NARs of a closure; it shows per-response latency (e.g. Nagle/delayed-ACK stalls).
+# cpu_ticks SERVER: CPU time (user + system, clock ticks) used so far by nginx's workers or by nixcache.
+cpu_ticks() {
+  local pids p t=0
+  if [ "$1" = nginx ]; then pids=$(pgrep -P "$NGINX_PID"); else pids=$NIXCACHE_PID; fi
+  for p in $pids; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+  echo "$t"
+}
+# cpu_per KIND NAME: the server's CPU time per request (µs; KIND rps) or per GB sent (ms; KIND mbps).
+cpu_per() {
+  awk -v kind="$1" -v ticks="$(cat "$W/cpu-$2.txt")" -v hz="$(getconf CLK_TCK)" '
+    / requests in / { n = $1; v = $5; b = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+      if (u == "KB") b *= 2^10; else if (u == "MB") b *= 2^20; else if (u == "GB") b *= 2^30; else if (u == "TB") b *= 2^40 }
+    END { s = ticks / hz; if (kind == "rps") printf "%.1f", n ? s * 1e6 / n : 0; else printf "%.0f", b ? s * 1e3 / (b / 1e9) : 0 }' "$W/wrk-$2.txt"
+}
 MEASURES=(narinfo smallnar nar1 nar16)
 declare -A ARGS=([narinfo]="2 32" [smallnar]="1 1" [nar1]="1 1" [nar16]="2 16")
 declare -A URL_NGINX=([narinfo]="$NGINX/$SMALL_HASH.narinfo" [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL"
   [nar1]="$NGINX/$NGINX_NAR_URL" [nar16]="$NGINX/$NGINX_NAR_URL")
 declare -A URL_NIXCACHE=([narinfo]="$NIXCACHE/$SMALL_HASH.narinfo" [smallnar]="$NIXCACHE/$SMALL_NAR_URL"
   [nar1]="$NIXCACHE/$NIXCACHE_NAR_URL" [nar16]="$NIXCACHE/$NIXCACHE_NAR_URL")
-for r in $(seq 1 "$ROUNDS"); do
+want hits && for r in $(seq 1 "$ROUNDS"); do
   for m in "${MEASURES[@]}"; do
     if [ $((r % 2)) -eq 1 ]; then order="nginx nixcache"; else order="nixcache nginx"; fi
     for server in $order; do
       if [ "$server" = nginx ]; then url=${URL_NGINX[$m]}; else url=${URL_NIXCACHE[$m]}; fi
+      c0=$(cpu_ticks "$server")
       # shellcheck disable=SC2086 # ARGS holds "threads conns"
       run_wrk "$m-$server-$r" ${ARGS[$m]} "$url"
+      echo "$(($(cpu_ticks "$server") - c0))" > "$W/cpu-$m-$server-$r.txt"
     done
   done
 done
 
 # ---------------------------------------------------------------------------------------------------
-# 5. What nixcache did meanwhile: upstream requests after warming (expected none), warnings, memory.
+# Helpers for the parts below.
+# rss PID: resident MiB now; hwm PID: peak resident MiB.
+rss() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+hwm() { awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+# p99 FILE: wrk --latency's 99th percentile in ms.
+p99() {
+  awk '$1 == "99%" { v = $2; n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.2f", n }' "$1"
+}
+rps() { awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$1"; }
+# spread LIST: "min–max" of numbers.
+spread() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%s–%s", a, b }'; }
+# tratio A B: B / A with two decimals (for times: below 1 means nixcache took less).
+tratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a <= 0) print "n/a"; else printf "%.2f", b / a }'; }
+# wait_fills PORT: until that nixcache has no fill in flight (so a following copy only hits).
+wait_fills() {
+  local n
+  for _ in $(seq 1 600); do
+    n=$(curl -fsS "http://127.0.0.1:$1/_status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fills_in_flight"])')
+    [ "$n" -eq 0 ] && return 0
+    sleep 0.1
+  done
+  echo "bench: fills still running on port $1 after 60 s" >&2
+  return 1
+}
+# start_nixcache PORT DATA LOG [WRAPPER...]: a nixcache with nginx as its upstream; sets STARTED_PID.
+start_nixcache() {
+  local port=$1 data=$2 log=$3
+  shift 3
+  NIXCACHE_LOG=info "$@" "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --no-mdns \
+    --upstream "http://127.0.0.1:$UPSTREAM_PORT" "${TRUST[@]}" 2> "$log" &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+  wait_http "http://127.0.0.1:$port/healthz" "$STARTED_PID" nixcache || { tail -n 20 "$log" >&2; exit 1; }
+}
+# stop PID: SIGTERM and wait (a process started here).
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# ---------------------------------------------------------------------------------------------------
+# Load: narinfo hits (p99, rate) while 16 connections download the large NAR, against the same hits with
+# nothing else running; nginx the same way. RSS of nixcache during the load.
+if want load; then
+  for r in $(seq 1 "$ROUNDS"); do
+    for server in nginx nixcache; do
+      if [ "$server" = nginx ]; then base=$NGINX nar=$NGINX_NAR_URL; else base=$NIXCACHE nar=$NIXCACHE_NAR_URL; fi
+      log "load $server $r: narinfo hits idle, then while wrk -t1 -c16 downloads $nar"
+      wrk -t1 -c4 -d"${SECS}s" --latency "$base/$SMALL_HASH.narinfo" > "$W/load-idle-$server-$r.txt"
+      wrk -t1 -c16 -d"$((SECS + 2))s" --timeout 120s "$base/$nar" > "$W/load-bg-$server-$r.txt" &
+      bg=$!
+      PIDS+=("$bg")
+      sleep 1
+      wrk -t1 -c4 -d"${SECS}s" --latency "$base/$SMALL_HASH.narinfo" > "$W/load-busy-$server-$r.txt" &
+      fg=$!
+      PIDS+=("$fg")
+      sleep "$((SECS / 2))"
+      [ "$server" = nixcache ] && rss "$NIXCACHE_PID" > "$W/load-rss-$r.txt"
+      wait "$fg"
+      wait "$bg"
+      sed 's/^/    /' "$W/load-busy-$server-$r.txt" >&2
+    done
+  done
+fi
+
+# What the warm nixcache asked upstream during hits and load (the parts below use other instances).
 UPSTREAM_AFTER=$(wc -l < "$W/nginx/upstream.log")
+
+# ---------------------------------------------------------------------------------------------------
+# Closure: a few hundred paths of real files, published xz by the real client into the same folder.
+CLOSURE_ROWS=()
+if want closure; then
+  log "building a closure of $CLOSURE_PATHS paths from this machine's files and publishing it (xz)"
+  python3 scripts/bench/closure.py "$CLOSURE_PATHS" 1 > "$W/closure.nix" 2> >(tee "$W/closure-summary.txt" >&2)
+  TOP=$(nix-build --store "$W/store" "$W/closure.nix" -A top --no-out-link --max-jobs 4 2> "$W/closure-build.log") \
+    || { tail -n 20 "$W/closure-build.log" >&2; exit 1; }
+  nix copy --store "$W/store" --to "file://$W/cache?compression=xz&parallel-compression=true&secret-key=$W/keys/sk" "$TOP"
+  closure_xz=$(nix path-info --store "$W/store" -r "$TOP" | while read -r p; do
+    field FileSize "$W/cache/$(basename "$p" | cut -c1-32).narinfo"; done | awk '{ s += $1 } END { printf "%.1f", s / 1e6 }')
+  closure_n=$(nix path-info --store "$W/store" -r "$TOP" | wc -l)
+  # copy_time URL: seconds for `nix copy --from URL` of the closure into a fresh store and client cache.
+  copy_time() {
+    local d s e
+    d=$(mktemp -d "$W/client.XXXX")
+    s=$(date +%s.%N)
+    XDG_CACHE_HOME=$d/xdg nix copy --store "$d/store" --from "$1" \
+      --option trusted-public-keys "$(cat "$W/keys/pk")" "$TOP" 2> "$d/log" \
+      || { tail -n 20 "$d/log" >&2; die_with_logs "nix copy --from $1 failed"; }
+    e=$(date +%s.%N)
+    chmod -R u+w "$d"
+    rm -rf "$d"
+    awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }'
+  }
+  declare -A CT
+  for r in $(seq 1 "$CLOSURE_ROUNDS"); do
+    rm -rf "$W/closure-data"
+    start_nixcache "$CLOSURE_PORT" "$W/closure-data" "$W/closure-nixcache.log"
+    cpid=$STARTED_PID
+    if [ $((r % 2)) -eq 1 ]; then
+      CT[direct-$r]=$(copy_time "$NGINX")
+      CT[cold-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
+    else
+      CT[cold-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
+      CT[direct-$r]=$(copy_time "$NGINX")
+    fi
+    [ "$r" -eq 1 ] && curl -fsS "http://127.0.0.1:$CLOSURE_PORT/metrics" > "$W/closure-cold-metrics.txt"
+    wait_fills "$CLOSURE_PORT"
+    CT[warm-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
+    stop "$cpid"
+    # The same cold copy with every fsync made a no-op (eatmydata): what durability costs, for diagnosis.
+    rm -rf "$W/closure-data"
+    start_nixcache "$CLOSURE_PORT" "$W/closure-data" "$W/closure-nixcache-nofsync.log" eatmydata
+    cpid=$STARTED_PID
+    CT[nofsync-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
+    stop "$cpid"
+    log "closure round $r: direct ${CT[direct-$r]} s, cold ${CT[cold-$r]} s, all hits ${CT[warm-$r]} s, cold without fsync ${CT[nofsync-$r]} s"
+  done
+  # closure_row LABEL KIND: direct vs KIND over the rounds.
+  closure_row() {
+    local a=() b=() per=() r ma mb
+    for r in $(seq 1 "$CLOSURE_ROUNDS"); do
+      a+=("${CT[direct-$r]}") b+=("${CT[$2-$r]}") per+=("$(tratio "${CT[direct-$r]}" "${CT[$2-$r]}")")
+    done
+    ma=$(echo "${a[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    mb=$(echo "${b[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    CLOSURE_ROWS+=("| $1 | $ma | $mb | $(tratio "$ma" "$mb") | ${per[*]} |")
+  }
+  closure_row "all hits through nixcache" warm
+  closure_row "first, cold copy through nixcache (fetched from nginx)" cold
+  closure_row "cold copy, nixcache under eatmydata (fsync a no-op; diagnosis only)" nofsync
+  # What the first cold copy's requests waited for inside nixcache (time to response headers).
+  cold_breakdown=$(awk '
+    /^nixcache_http_request_duration_seconds_(sum|count)\{method="GET",route="\/(\{hash\}.narinfo|nar\/\{name\})"/ {
+      split($1, a, "route=\""); route = a[2]; sub(/".*/, "", route)
+      kind = ($1 ~ /_sum/) ? "sum" : "count"; v[route, kind] = $2 }
+    END { printf "narinfo GETs %d (%.2f s in total, %.1f ms each), NAR GETs %d (%.2f s to headers in total)",
+      v["/{hash}.narinfo", "count"], v["/{hash}.narinfo", "sum"],
+      v["/{hash}.narinfo", "count"] ? 1000 * v["/{hash}.narinfo", "sum"] / v["/{hash}.narinfo", "count"] : 0,
+      v["/nar/{name}", "count"], v["/nar/{name}", "sum"] }' "$W/closure-cold-metrics.txt")
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# Cold start: an index of INDEX_COUNT narinfos and one of 1,000, written through the index API.
+COLD_ROWS=()
+if want coldstart; then
+  log "writing an index of $INDEX_COUNT narinfos and one of 1000 (examples/gen_index.rs)"
+  mkdir -p "$W/big" "$W/small"
+  # Recorded under the upstream the appliance below is started with, trusting the bench key: the rows'
+  # trust policy is current, so their made-up signatures are not checked again.
+  GEN_SOURCE="http://127.0.0.1:$UPSTREAM_PORT/"
+  GEN_KEY=$(cat "$W/keys/pk")
+  "$GEN_INDEX" "$W/big/index.redb" "$INDEX_COUNT" "$W/big-hashes.txt" "$GEN_SOURCE" "$GEN_KEY" 100000 >&2
+  "$GEN_INDEX" "$W/small/index.redb" 1000 "$W/small-hashes.txt" "$GEN_SOURCE" "$GEN_KEY" 1000 >&2
+  index_mib=$(du -m "$W/big/index.redb" | cut -f1)
+  first_hash=$(sed -n '2p' "$W/big-hashes.txt")
+  # serve_args DIR: the command line of a nixcache on COLD_PORT over DIR, in SERVE.
+  serve_args() {
+    SERVE=("$BIN" serve --listen "127.0.0.1:$COLD_PORT" --data-dir "$1" --no-mdns
+      --upstream "http://127.0.0.1:$UPSTREAM_PORT" "${TRUST[@]}")
+  }
+  # coldstart LABEL DIR EVICT HASH: COLD_ROUNDS starts; a row of median ms, spread, max RSS.
+  cold_row() {
+    local out ms rss
+    serve_args "$2"
+    out=$(python3 scripts/bench/coldstart.py "$COLD_ROUNDS" "$3" "$4" -- "${SERVE[@]}") || exit 1
+    while read -r line; do echo "    $1: $line" >&2; done <<< "$out"
+    ms=$(echo "$out" | sed -n 's/^ms=\([0-9.]*\).*/\1/p' | tr '\n' ' ')
+    rss=$(echo "$out" | sed -n 's/.*rss_mib=\([0-9.]*\).*/\1/p' | sort -g | tail -n 1)
+    COLD_ROWS+=("| $1 | $(echo "$ms" | median) | $(echo "$ms" | spread) | $rss |")
+  }
+  cold_row "1,000 narinfos, index in the page cache" "$W/small" 0 "$(sed -n 2p "$W/small-hashes.txt")"
+  cold_row "$INDEX_COUNT narinfos, index in the page cache" "$W/big" 0 "$first_hash"
+  cold_row "$INDEX_COUNT narinfos, index dropped from the page cache" "$W/big" 1 "$first_hash"
+  # kill -9 while writing: each round starts nixcache on the big index, makes it write (a cold closure
+  # copy: narinfo and NAR commits; lookups of absent paths: non-durable negative entries), kills it
+  # with SIGKILL after 1.5 s, and measures the next start.
+  if want closure; then
+    KILL_MS=() KILL_RSS=()
+    for r in $(seq 1 "$COLD_ROUNDS"); do
+      serve_args "$W/big"
+      "${SERVE[@]}" 2> "$W/kill-$r.log" &
+      kpid=$!
+      PIDS+=("$kpid")
+      wait_http "http://127.0.0.1:$COLD_PORT/healthz" "$kpid" nixcache || exit 1
+      d=$(mktemp -d "$W/client.XXXX")
+      XDG_CACHE_HOME=$d/xdg nix copy --store "$d/store" --from "http://127.0.0.1:$COLD_PORT" \
+        --option trusted-public-keys "$(cat "$W/keys/pk")" "$TOP" > /dev/null 2>&1 &
+      cp_pid=$!
+      PIDS+=("$cp_pid")
+      python3 -c 'import random
+for _ in range(2000): print("".join(random.choice("0123456789abcdfghijklmnpqrsvwxyz") for _ in range(32)))' > "$W/absent.txt"
+      ( while read -r h; do
+          curl -s -o /dev/null "http://127.0.0.1:$COLD_PORT/$h.narinfo" || true
+        done < "$W/absent.txt" ) &
+      neg_pid=$!
+      PIDS+=("$neg_pid")
+      sleep 1.5
+      kill -9 "$kpid"
+      wait "$kpid" 2>/dev/null || true
+      stop "$cp_pid"
+      stop "$neg_pid"
+      chmod -R u+w "$d"
+      rm -rf "$d"
+      out=$(python3 scripts/bench/coldstart.py 1 0 "$first_hash" -- "${SERVE[@]}") || exit 1
+      echo "    after kill -9 ($r): $out" >&2
+      KILL_MS+=("$(echo "$out" | sed -n 's/^ms=\([0-9.]*\).*/\1/p')")
+      KILL_RSS+=("$(echo "$out" | sed -n 's/.*rss_mib=\([0-9.]*\).*/\1/p')")
+    done
+    COLD_ROWS+=("| $INDEX_COUNT narinfos, right after \`kill -9\` while writing | $(echo "${KILL_MS[*]}" | median) | $(echo "${KILL_MS[*]}" | spread) | $(echo "${KILL_RSS[*]}" | tr ' ' '\n' | sort -g | tail -n 1) |")
+  fi
+  # Narinfo hits at random over the index: big against small, alternating, wrk with a Lua script.
+  cat > "$W/random.lua" <<'LUA'
+local hashes = {}
+for line in io.lines(os.getenv("BENCH_HASHES")) do hashes[#hashes + 1] = line end
+math.randomseed(os.time())
+request = function() return wrk.format("GET", "/" .. hashes[math.random(#hashes)] .. ".narinfo") end
+LUA
+  # Three cases: the small index with its 1,000 paths; the big index with 1,000 paths spread over it
+  # (the same working set: what index size alone costs); the big index with 100,000 paths spread over
+  # it (a working set beyond any LAN's, where first reads of pages dominate).
+  awk 'NR % 100 == 1' "$W/big-hashes.txt" | head -n 1000 > "$W/big1k-hashes.txt"
+  cat "$W/big/index.redb" > /dev/null # back into the page cache (the cold-start rows dropped it)
+  declare -A SIZE_RPS SIZE_P99 SIZE_RSS SIZE_PORT=([big]=$COLD_PORT [small]=$SMALL_PORT) SIZE_PID
+  declare -A CASE_SERVER=([small]=small [big1k]=big [big]=big)
+  for which in small big; do
+    serve_args "$W/$which"
+    SERVE[3]=127.0.0.1:${SIZE_PORT[$which]}
+    "${SERVE[@]}" 2> "$W/size-$which.log" &
+    SIZE_PID[$which]=$!
+    PIDS+=("${SIZE_PID[$which]}")
+    wait_http "http://127.0.0.1:${SIZE_PORT[$which]}/healthz" "${SIZE_PID[$which]}" nixcache || exit 1
+  done
+  # Warm-up (not measured): the steady state of a running appliance, index pages in its cache.
+  for c in small big1k big; do
+    log "random narinfo hits, $c: warming up for ${SECS} s"
+    BENCH_HASHES="$W/$c-hashes.txt" wrk -t2 -c32 -d"${SECS}s" -s "$W/random.lua" \
+      "http://127.0.0.1:${SIZE_PORT[${CASE_SERVER[$c]}]}/" > /dev/null
+  done
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) -eq 1 ]; then order="small big1k big"; else order="big big1k small"; fi
+    for c in $order; do
+      log "random narinfo hits, $c, round $r"
+      BENCH_HASHES="$W/$c-hashes.txt" wrk -t2 -c32 -d"${SECS}s" --latency -s "$W/random.lua" \
+        "http://127.0.0.1:${SIZE_PORT[${CASE_SERVER[$c]}]}/" > "$W/size-$c-$r.txt"
+      grep -qE '^ *Non-2xx' "$W/size-$c-$r.txt" && NOTES+=("random hits, $c: non-2xx answers")
+      SIZE_RPS[$c-$r]=$(rps "$W/size-$c-$r.txt")
+      SIZE_P99[$c-$r]=$(p99 "$W/size-$c-$r.txt")
+      SIZE_RSS[$c-$r]=$(rss "${SIZE_PID[${CASE_SERVER[$c]}]}")
+    done
+  done
+  for which in small big; do stop "${SIZE_PID[$which]}"; done
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# 5. What nixcache did meanwhile: upstream requests after warming (expected none), warnings, memory.
 kill -0 "$NIXCACHE_PID" 2>/dev/null || die_with_logs "nixcache died during the run"
 upstream_during=$((UPSTREAM_AFTER - UPSTREAM_BEFORE))
 if [ "$upstream_during" -ne 0 ]; then
@@ -259,35 +560,104 @@ if [ "$warnings" -ne 0 ]; then
 fi
 fills=$(status_field '["fills_in_flight"]')
 [ "$fills" -eq 0 ] || NOTES+=("nixcache had $fills fills in flight after the run (expected 0)")
-rss=$(awk '/^VmHWM:/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$NIXCACHE_PID/status" 2>/dev/null || echo "?")
+peak_rss="$(hwm "$NIXCACHE_PID") MiB"
 
 # row MEASURE KIND LABEL: medians over the rounds, their ratio, and the ratio of each round.
 row() {
-  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=()
+  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=() cg=() cx=()
   for r in $(seq 1 "$ROUNDS"); do
     a=$(figure "$kind" "$m-nginx-$r")
     b=$(figure "$kind" "$m-nixcache-$r")
     ng+=("$a") nx+=("$b") per+=("$(ratio "$a" "$b")")
+    cg+=("$(cpu_per "$kind" "$m-nginx-$r")") cx+=("$(cpu_per "$kind" "$m-nixcache-$r")")
   done
   a=$(echo "${ng[*]}" | median)
   b=$(echo "${nx[*]}" | median)
-  printf '| %s | %s | %s | %s | %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}"
+  printf '| %s | %s | %s | %s | %s | %s / %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}" \
+    "$(echo "${cg[*]}" | median)" "$(echo "${cx[*]}" | median)"
 }
 rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)
 
-echo
-echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round |"
-echo "|---|---:|---:|---:|---:|"
-row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
-row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
-row nar1 mbps "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)"
-row nar16 mbps "$NAR_MIB MiB NAR, 16 connections \`-t2 -c16\` (MB/s)"
+if want hits; then
+  echo
+  echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round | server CPU per request (µs) or per GB (ms), nginx / nixcache |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
+  row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
+  row nar1 mbps "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)"
+  row nar16 mbps "$NAR_MIB MiB NAR, 16 connections \`-t2 -c16\` (MB/s)"
+fi
+if want closure; then
+  echo
+  echo "Closure: $closure_n paths, $closure_xz MB xz ($(sed 's/^closure: //' "$W/closure-summary.txt")); \`nix copy --from\` with Nix $(nix --version | awk '{ print $NF }'), fresh store each time; $CLOSURE_ROUNDS rounds."
+  echo
+  echo "| closure copy | straight from nginx (s) | through nixcache (s) | time ratio (nixcache/nginx, lower is better) | per round |"
+  echo "|---|---:|---:|---:|---:|"
+  printf '%s\n' "${CLOSURE_ROWS[@]}"
+  echo
+  echo "- the first cold copy, inside nixcache: $cold_breakdown"
+fi
+if want coldstart; then
+  echo
+  echo "Cold start: from process start to the first narinfo answered (200), and VmRSS then; $COLD_ROUNDS starts each; index of $INDEX_COUNT narinfos: $index_mib MiB."
+  echo
+  echo "| index | median ms | spread ms | RSS MiB (max) |"
+  echo "|---|---:|---:|---:|"
+  printf '%s\n' "${COLD_ROWS[@]}"
+  echo
+  echo "| random narinfo hits, \`-t2 -c32\`, after a warm-up | index of 1,000, its 1,000 paths | index of $INDEX_COUNT, 1,000 paths | ratio | per round | index of $INDEX_COUNT, 100,000 paths | ratio | per round |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  mid() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+  for k in rps p99; do
+    line="| $([ $k = rps ] && echo "requests/s" || echo "p99 latency (ms)")"
+    a=()
+    for r in $(seq 1 "$ROUNDS"); do
+      if [ $k = rps ]; then a+=("${SIZE_RPS[small-$r]}"); else a+=("${SIZE_P99[small-$r]}"); fi
+    done
+    ma=$(echo "${a[*]}" | mid)
+    line+=" | $ma"
+    for c in big1k big; do
+      b=() per=()
+      for r in $(seq 1 "$ROUNDS"); do
+        if [ $k = rps ]; then x=${SIZE_RPS[small-$r]} y=${SIZE_RPS[$c-$r]}; else x=${SIZE_P99[small-$r]} y=${SIZE_P99[$c-$r]}; fi
+        b+=("$y") per+=("$(tratio "$x" "$y")")
+      done
+      mb=$(echo "${b[*]}" | mid)
+      line+=" | $mb | $(tratio "$ma" "$mb") | ${per[*]}"
+    done
+    echo "$line |"
+  done
+  rss_max() { for r in $(seq 1 "$ROUNDS"); do echo "${SIZE_RSS[$1-$r]}"; done | sort -g | tail -n 1; }
+  echo "| RSS after the rounds (MiB) | $(rss_max small) | $(rss_max big1k) | | | $(rss_max big) | | |"
+fi
+if want load; then
+  echo
+  echo "| narinfo hits \`-t1 -c4\`, $NAR_MIB MiB NAR downloaded by \`-t1 -c16\` meanwhile | nginx | nixcache | ratio (nixcache/nginx) | per round |"
+  echo "|---|---:|---:|---:|---:|"
+  for k in idle busy; do
+    for q in p99 rps; do
+      a=() b=() per=()
+      for r in $(seq 1 "$ROUNDS"); do
+        x=$($q "$W/load-$k-nginx-$r.txt") y=$($q "$W/load-$k-nixcache-$r.txt")
+        a+=("$x") b+=("$y") per+=("$(tratio "$x" "$y")")
+      done
+      ma=$(echo "${a[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+      mb=$(echo "${b[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+      label=$([ $q = p99 ] && echo "p99 ms" || echo "requests/s")
+      echo "| $label, $([ $k = idle ] && echo "nothing else running" || echo "during the downloads") | $ma | $mb | $(tratio "$ma" "$mb") | ${per[*]} |"
+    done
+  done
+  lr=()
+  for r in $(seq 1 "$ROUNDS"); do lr+=("$(cat "$W/load-rss-$r.txt")"); done
+  echo
+  echo "- nixcache RSS during the downloads: $(echo "${lr[*]}" | spread) MiB (over the rounds)"
+fi
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); git: $rev; nproc: $(nproc); CPU: $cpu; kernel: $(uname -r)"
 echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //') (worker_processes auto, sendfile on); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); ${SECS} s per measurement; rounds: $ROUNDS; loopback"
 echo "- load average before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- nixcache peak RSS: $rss; upstream requests after warming: $upstream_during"
+echo "- mode: $MODE; nixcache (hits) peak RSS: $peak_rss; upstream requests after warming: $upstream_during"
 for n in "${NOTES[@]}"; do
   echo "- note: $n"
 done

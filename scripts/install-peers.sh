@@ -21,6 +21,7 @@ command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks wor
 if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v wrk >/dev/null || need+=(wrk)
+  command -v eatmydata >/dev/null || need+=(eatmydata)   # the cold-copy diagnosis without fsyncs
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

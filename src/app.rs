@@ -111,7 +111,8 @@ impl App {
             source,
         })?;
         let index_path = dir.join("index.redb");
-        let index = Index::open(&index_path, None).map_err(|source| StartError::Index {
+        let cache = usize::try_from(config.index_cache_size).unwrap_or(usize::MAX);
+        let index = Index::open(&index_path, Some(cache)).map_err(|source| StartError::Index {
             path: index_path.display().to_string(),
             source,
         })?;

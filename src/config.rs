@@ -92,6 +92,8 @@ pub const DEFAULT_FILL_RATE_WINDOW_SECS: u64 = 60;
 pub const DEFAULT_INDEX_RETENTION_SECS: u64 = 30 * 24 * 3600;
 /// Seconds between two passes of the background scrub over the stored NARs (a week); 0 turns it off.
 pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+/// Memory redb may use to cache index pages (the OS page cache holds the file too).
+pub const DEFAULT_INDEX_CACHE_SIZE: &str = "128MiB";
 
 /// Errors that stop start-up; each names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,8 @@ pub struct FileConfig {
     pub index_retention: Option<u64>,
     /// Seconds between passes of the background scrub; 0 turns it off.
     pub scrub_interval: Option<u64>,
+    /// Memory the index may use to cache its pages.
+    pub index_cache_size: Option<SizeValue>,
     /// Upstream caches, most preferred first: URLs, or tables with per-source trust.
     pub upstreams: Option<Vec<UpstreamEntry>>,
     /// Secret key (Nix format) the appliance signs what it serves with.
@@ -300,6 +304,8 @@ pub struct Config {
     pub index_retention: Duration,
     /// Time between passes of the background scrub; `None`: off.
     pub scrub_interval: Option<Duration>,
+    /// Bytes of memory the index may use to cache its pages.
+    pub index_cache_size: u64,
     /// Upstream caches, most preferred first.
     pub upstreams: Vec<UpstreamConfig>,
     /// The appliance's secret key file, if it signs.
@@ -518,6 +524,11 @@ impl Config {
                 0 => None,
                 n => Some(Duration::from_secs(n)),
             },
+            index_cache_size: size(
+                &file.index_cache_size,
+                "index_cache_size",
+                DEFAULT_INDEX_CACHE_SIZE,
+            )?,
             upstreams: checked,
             signing_key_file,
             mdns: !args.no_mdns && file.mdns.unwrap_or(DEFAULT_MDNS),

@@ -6,13 +6,13 @@
 //! Every label combination a dashboard sums over is created at start, so panels show 0 instead of nothing.
 
 mod handles;
+mod http;
 mod labels;
 mod push;
 mod source;
 mod traffic;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::{IntCounter, TextEncoder};
 
@@ -20,6 +20,7 @@ use crate::activity::{Activity, EventKind};
 use crate::index::IndexStats;
 use crate::sources::HealthSnapshot;
 use handles::Inner;
+pub use http::{HttpMetrics, METHODS, method_index};
 pub use labels::{
     CHECKS, FILL_FAILURE_REASONS, FROM_DISK, FillOutcome, NO_SOURCE, NarResult, NarinfoResult,
     OTHER_SOURCE, PUSH_SOURCE_PREFIX, RequestKind, SourceName,
@@ -76,50 +77,64 @@ impl Metrics {
 
     /// The label of a source as recorded in the index: its name when configured, [`OTHER_SOURCE`] if not.
     pub fn source_label<'a>(&'a self, recorded: &str) -> &'a str {
-        self.inner
-            .sources
-            .iter()
-            .find(|s| s.name == recorded)
-            .map_or(OTHER_SOURCE, |s| s.name.as_str())
+        self.source_index(recorded)
+            .map_or(OTHER_SOURCE, |i| self.inner.sources[i].name.as_str())
     }
 
-    /// Counts an answered HTTP request.
-    pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
-        let status = status.to_string();
-        let i = &self.inner;
-        i.http_requests
-            .with_label_values(&[route, method, &status])
-            .inc();
-        i.http_duration
-            .with_label_values(&[route, method])
-            .observe(took.as_secs_f64());
+    /// The position of a configured source, by the name it is recorded under.
+    fn source_index(&self, recorded: &str) -> Option<usize> {
+        self.inner.sources.iter().position(|s| s.name == recorded)
+    }
+
+    /// The per-request HTTP counters for these route labels (the last one is where indexes past the end
+    /// are counted). Every call shares the same series.
+    pub fn http(&self, routes: &'static [&'static str]) -> HttpMetrics {
+        assert!(!routes.is_empty(), "at least one route label");
+        HttpMetrics::new(
+            routes,
+            self.inner.http_requests.clone(),
+            self.inner.http_duration.clone(),
+        )
     }
 
     /// Counts a narinfo answer. `source` is the recorded source name (ignored for misses and errors).
     pub fn narinfo(&self, result: NarinfoResult, source: &str) {
-        let source = if result.has_source() {
-            self.source_label(source)
-        } else {
-            NO_SOURCE
-        };
-        self.inner
-            .narinfo_requests
-            .with_label_values(&[result.as_str(), source])
-            .inc();
+        let resolved = &self.inner.resolved;
+        if !result.has_source() {
+            resolved.narinfo_no_source[result.index()].inc();
+            return;
+        }
+        match self.source_index(source) {
+            Some(i) => resolved.narinfo[i][result.index()].inc(),
+            None => self
+                .inner
+                .narinfo_requests
+                .with_label_values(&[result.as_str(), OTHER_SOURCE])
+                .inc(),
+        }
     }
 
     /// Counts a NAR answer; `source` is the one recorded for the NAR.
     pub fn nar(&self, result: NarResult, source: &str) {
-        self.inner
-            .nar_requests
-            .with_label_values(&[result.as_str(), self.source_label(source)])
-            .inc();
+        match self.source_index(source) {
+            Some(i) => self.inner.resolved.nar[i][result.index()].inc(),
+            None => self
+                .inner
+                .nar_requests
+                .with_label_values(&[result.as_str(), OTHER_SOURCE])
+                .inc(),
+        }
     }
 
     /// The counter of bytes sent to clients from disk (`source` = None) or from a download from `source`.
     pub fn served_bytes(&self, source: Option<&str>) -> IntCounter {
-        let from = source.map_or(FROM_DISK, |s| self.source_label(s));
-        self.inner.served_bytes.with_label_values(&[from])
+        match source {
+            None => self.inner.resolved.served_from_disk.clone(),
+            Some(s) => self
+                .inner
+                .served_bytes
+                .with_label_values(&[self.source_label(s)]),
+        }
     }
 
     /// The counter of bytes downloaded from `source`.
@@ -294,6 +309,8 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn metrics() -> Metrics {
@@ -355,6 +372,35 @@ mod tests {
                 r#"nixcache_index_refreshes_total{outcome="failed",source="http://up/"}"#
             )
         );
+    }
+
+    /// The handles resolved at start count into the same series as a label look-up would.
+    #[test]
+    fn resolved_handles_are_the_labelled_series() {
+        let m = metrics();
+        m.nar(NarResult::Hit, "http://up/");
+        m.nar(NarResult::Hit, "http://gone/");
+        m.narinfo(NarinfoResult::Negative, "http://up/");
+        m.served_bytes(None).inc_by(5);
+        let http = m.http(&["/a", "unmatched"]);
+        http.observe(0, 0, 200, Duration::from_millis(1));
+        http.observe(0, 1, 200, Duration::from_millis(1));
+        http.observe(9, 9, 599, Duration::from_millis(1));
+        let text = m.render(&empty_snapshot()).unwrap();
+        for line in [
+            r#"nixcache_nar_requests_total{result="hit",source="http://up/"} 1"#,
+            r#"nixcache_nar_requests_total{result="hit",source="other"} 1"#,
+            r#"nixcache_narinfo_requests_total{result="negative",source="none"} 1"#,
+            r#"nixcache_served_bytes_total{from="disk"} 5"#,
+            r#"nixcache_http_requests_total{method="GET",route="/a",status="200"} 1"#,
+            r#"nixcache_http_requests_total{method="HEAD",route="/a",status="200"} 1"#,
+            r#"nixcache_http_requests_total{method="other",route="unmatched",status="599"} 1"#,
+            r#"nixcache_http_request_duration_seconds_count{method="GET",route="/a"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Series appear when they occur, not before.
+        assert!(!text.contains(r#"method="POST",route="/a""#));
     }
 
     #[test]

@@ -71,8 +71,13 @@ impl NarStore {
 
     /// Where the file of `name` lives: `nar/<first two chars>/<name>`.
     pub fn path(&self, name: &NarName) -> PathBuf {
+        // Built in one allocation: every NAR hit asks for it.
         let file = name.to_string();
-        self.nar_dir.join(&file[..2]).join(file)
+        let mut path = PathBuf::with_capacity(self.nar_dir.as_os_str().len() + 4 + file.len());
+        path.push(&self.nar_dir);
+        path.push(&file[..2]);
+        path.push(file);
+        path
     }
 
     /// Creates a new temp file for `name`, readable and writable, removed when the guard drops.

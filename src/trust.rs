@@ -141,10 +141,20 @@ pub fn tag(source: &str, trust: &Trust) -> u64 {
 const SWEEP_PAGE: usize = 2048;
 
 /// Checks every recorded narinfo against today's policies once: rows still accepted get the current
-/// tag, the others are removed (and counted). Runs in the background after start.
+/// tag, the others are removed (and counted). Runs in the background after start, unless every row was
+/// already checked against exactly today's policies (so an unchanged configuration costs no scan).
 pub async fn sweep(app: Arc<App>) {
     let a = app.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(usize, usize), String> {
+        let digest = a.policies.digest();
+        if a.index
+            .trust_checked()
+            .map_err(|e| e.to_string())?
+            .as_deref()
+            == Some(digest.as_str())
+        {
+            return Ok((0, 0));
+        }
         let (mut retagged, mut removed) = (0, 0);
         let mut after: Option<String> = None;
         loop {
@@ -178,7 +188,13 @@ pub async fn sweep(app: Arc<App>) {
             if page.len() < SWEEP_PAGE {
                 break;
             }
+            if a.stopped.is_cancelled() {
+                return Ok((retagged, removed));
+            }
         }
+        a.index
+            .set_trust_checked(&digest)
+            .map_err(|e| e.to_string())?;
         Ok((retagged, removed))
     })
     .await;

@@ -25,6 +25,7 @@ mod narinfos;
 mod nars;
 mod pushes;
 mod records;
+mod snapshot;
 mod tables;
 
 use std::path::{Path, PathBuf};
@@ -127,6 +128,8 @@ pub struct Index {
     db: RwLock<Option<Arc<Database>>>,
     /// Why the index cannot be written, until a heal succeeds.
     broken: Mutex<Option<String>>,
+    /// The tables the hit path reads, kept open until the next commit.
+    snapshots: snapshot::Snapshots,
     /// Sequence number of the last non-durable commit.
     committed: AtomicU64,
     /// The sequence number up to which commits are durable.
@@ -171,6 +174,7 @@ impl Index {
             probe,
             db: RwLock::new(Some(Arc::new(db))),
             broken: Mutex::new(None),
+            snapshots: snapshot::Snapshots::default(),
             committed: AtomicU64::new(0),
             durable: tokio::sync::watch::Sender::new(0),
             flush_wanted: tokio::sync::Notify::new(),
@@ -211,7 +215,11 @@ impl Index {
             // Operations in progress hold their own handle for a few milliseconds; redb's file lock is
             // released only when the last one drops it.
             match wait_unique(current, Duration::from_secs(2)) {
-                Ok(db) => drop(db),
+                Ok(db) => {
+                    // No reader holds the database now; its snapshot must go before it closes.
+                    self.snapshots.committed();
+                    drop(db)
+                }
                 Err(still_shared) => {
                     *slot = Some(still_shared);
                     return false;
@@ -219,7 +227,10 @@ impl Index {
             }
         }
         match (self.opener)().map_err(IndexError::from).and_then(prepare) {
-            Ok(db) => *slot = Some(Arc::new(db)),
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                self.snapshots.committed();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reopening the index failed; retrying later");
                 return false;
@@ -321,6 +332,17 @@ impl Index {
         result
     }
 
+    /// Runs `f` on the hit path's snapshot (see `snapshot.rs`): no new read transaction per hit.
+    fn hit<T>(
+        &self,
+        f: impl FnOnce(&snapshot::Snapshot) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let db = self.handle()?;
+        let result = self.snapshots.get(&db).and_then(|s| f(&s));
+        drop(db);
+        self.check(result)
+    }
+
     /// Runs `f` in a read transaction.
     fn read<T>(
         &self,
@@ -358,6 +380,7 @@ impl Index {
             Ok(value)
         })();
         if result.is_ok() {
+            self.snapshots.committed();
             let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
             if durable {
                 self.durable.send_if_modified(|d| {

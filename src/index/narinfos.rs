@@ -64,17 +64,15 @@ fn as_value(row: &NarinfoRow) -> NarinfoValue<'_> {
 impl Index {
     /// The narinfo recorded for `hash`.
     pub fn narinfo(&self, hash: &StoreHash) -> Result<Option<NarinfoRow>, IndexError> {
-        self.read(|tx| {
-            let table = tx.open_table(NARINFO)?;
-            Ok(table.get(hash.as_str())?.map(|v| to_row(v.value())))
-        })
+        self.hit(|s| Ok(s.narinfo.get(hash.as_str())?.map(|v| to_row(v.value()))))
     }
 
     /// Whether `hash` is known to be absent everywhere at `now` (unix seconds).
     pub fn is_negative(&self, hash: &StoreHash, now: u64) -> Result<bool, IndexError> {
-        self.read(|tx| {
-            let table = tx.open_table(NEGATIVE)?;
-            Ok(table.get(hash.as_str())?.is_some_and(|v| v.value() > now))
+        self.hit(|s| {
+            Ok(s.negative
+                .get(hash.as_str())?
+                .is_some_and(|v| v.value() > now))
         })
     }
 
@@ -124,6 +122,24 @@ impl Index {
             Ok(())
         })?;
         Ok(true)
+    }
+
+    /// The trust policies (their digest) every recorded narinfo was last checked against in full.
+    pub fn trust_checked(&self) -> Result<Option<String>, IndexError> {
+        self.read(|tx| {
+            Ok(tx
+                .open_table(META)?
+                .get("trust_checked")?
+                .map(|v| v.value().to_string()))
+        })
+    }
+
+    /// Notes that every recorded narinfo was checked against the policies of `digest`.
+    pub fn set_trust_checked(&self, digest: &str) -> Result<(), IndexError> {
+        self.write(false, |tx| {
+            tx.open_table(META)?.insert("trust_checked", digest)?;
+            Ok(())
+        })
     }
 
     /// Notes that a client asked for `hash`; written by the next flush (for the index's GC).

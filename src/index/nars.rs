@@ -29,12 +29,12 @@ impl PendingAccess {
 impl Index {
     /// The NAR record for `file_hash` and whether the file is on disk.
     pub fn nar(&self, file_hash: &Sha256Hash) -> Result<Option<(NarRecord, bool)>, IndexError> {
-        self.read(|tx| {
-            let Some(raw) = tx.open_table(NAR)?.get(file_hash.0)? else {
+        self.hit(|s| {
+            let Some(raw) = s.nar.get(file_hash.0)? else {
                 return Ok(None);
             };
             let record = NarRecord::decode(raw.value())?;
-            let stored = tx.open_table(STORED)?.get(file_hash.0)?.is_some();
+            let stored = s.stored.get(file_hash.0)?.is_some();
             Ok(Some((record, stored)))
         })
     }

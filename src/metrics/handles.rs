@@ -56,6 +56,51 @@ pub(super) struct Inner {
     pub(super) fs_free_bytes: IntGauge,
     pub(super) task_restarts: IntCounter,
     pub(super) push: super::push::PushHandles,
+    /// The handles the serving path counts with, resolved once.
+    pub(super) resolved: Resolved,
+}
+
+/// Handles of the label sets every hit counts into, resolved at start so that a hit does not hash
+/// labels and take the vector's lock (what `with_label_values` does).
+pub(super) struct Resolved {
+    /// Per configured source (same order as `Inner::sources`): narinfo results with a source, by
+    /// [`NarinfoResult::index`].
+    pub(super) narinfo: Vec<[IntCounter; NarinfoResult::ALL.len()]>,
+    /// Narinfo results without a source, by [`NarinfoResult::index`].
+    pub(super) narinfo_no_source: [IntCounter; NarinfoResult::ALL.len()],
+    /// Per configured source: NAR results, by [`NarResult::index`].
+    pub(super) nar: Vec<[IntCounter; NarResult::ALL.len()]>,
+    /// Bytes served from disk.
+    pub(super) served_from_disk: IntCounter,
+}
+
+impl Resolved {
+    fn new(
+        sources: &[SourceName],
+        narinfo: &IntCounterVec,
+        nar: &IntCounterVec,
+        served: &IntCounterVec,
+    ) -> Resolved {
+        // Only the label sets `create_label_sets` creates anyway: /metrics shows the same series.
+        let with = |vec: &IntCounterVec, a: &str, b: &str| vec.with_label_values(&[a, b]);
+        Resolved {
+            narinfo: sources
+                .iter()
+                .map(|s| {
+                    NarinfoResult::ALL.map(|r| {
+                        let source = if r.has_source() { &s.name } else { NO_SOURCE };
+                        with(narinfo, r.as_str(), source)
+                    })
+                })
+                .collect(),
+            narinfo_no_source: NarinfoResult::ALL.map(|r| with(narinfo, r.as_str(), NO_SOURCE)),
+            nar: sources
+                .iter()
+                .map(|s| NarResult::ALL.map(|r| with(nar, r.as_str(), &s.name)))
+                .collect(),
+            served_from_disk: served.with_label_values(&[FROM_DISK]),
+        }
+    }
 }
 
 fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -118,6 +163,25 @@ impl Inner {
     /// A registry with every metric, and the label sets of `sources` created at zero.
     pub(super) fn new(sources: Vec<SourceName>) -> Inner {
         let r = Registry::new();
+        let narinfo_requests = counter_vec(
+            &r,
+            "nixcache_narinfo_requests_total",
+            "Narinfo requests by result (hit, fetched, miss, negative, error) and source.",
+            &["result", "source"],
+        );
+        let nar_requests = counter_vec(
+            &r,
+            "nixcache_nar_requests_total",
+            "NAR requests by result (hit, miss, coalesced, error) and the source of the NAR.",
+            &["result", "source"],
+        );
+        let served_bytes = counter_vec(
+            &r,
+            "nixcache_served_bytes_total",
+            "NAR bytes sent to clients, by where they came from: disk, or the source being downloaded from.",
+            &["from"],
+        );
+        let resolved = Resolved::new(&sources, &narinfo_requests, &nar_requests, &served_bytes);
         let inner = Inner {
             http_requests: counter_vec(
                 &r,
@@ -132,30 +196,15 @@ impl Inner {
                 &["route", "method"],
                 &HTTP_BUCKETS,
             ),
-            narinfo_requests: counter_vec(
-                &r,
-                "nixcache_narinfo_requests_total",
-                "Narinfo requests by result (hit, fetched, miss, negative, error) and source.",
-                &["result", "source"],
-            ),
+            narinfo_requests,
             narinfo_rejected: counter_vec(
                 &r,
                 "nixcache_narinfo_rejected_total",
                 "Narinfos a source answered that were refused, by reason.",
                 &["source", "reason"],
             ),
-            nar_requests: counter_vec(
-                &r,
-                "nixcache_nar_requests_total",
-                "NAR requests by result (hit, miss, coalesced, error) and the source of the NAR.",
-                &["result", "source"],
-            ),
-            served_bytes: counter_vec(
-                &r,
-                "nixcache_served_bytes_total",
-                "NAR bytes sent to clients, by where they came from: disk, or the source being downloaded from.",
-                &["from"],
-            ),
+            nar_requests,
+            served_bytes,
             fetched_bytes: counter_vec(
                 &r,
                 "nixcache_fetched_bytes_total",
@@ -315,6 +364,7 @@ impl Inner {
             push: super::push::PushHandles::new(&r, &sources),
             registry: r,
             sources,
+            resolved,
             activity: Activity::default(),
         };
         let build = gauge_vec(

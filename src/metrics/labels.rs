@@ -81,6 +81,10 @@ impl NarinfoResult {
             NarinfoResult::Error => "error",
         }
     }
+    /// Its position in [`NarinfoResult::ALL`].
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
     /// Whether a source is involved (the others are labelled [`NO_SOURCE`]).
     pub(super) fn has_source(self) -> bool {
         matches!(self, NarinfoResult::Hit | NarinfoResult::Fetched)
@@ -96,6 +100,10 @@ impl NarResult {
         NarResult::PassThrough,
         NarResult::Busy,
     ];
+    /// Its position in [`NarResult::ALL`].
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
     pub(super) fn as_str(self) -> &'static str {
         match self {
             NarResult::Hit => "hit",

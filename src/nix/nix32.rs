@@ -31,9 +31,25 @@ pub fn encoded_len(n_bytes: usize) -> usize {
     }
 }
 
+/// Digit values by byte, `NOT_A_DIGIT` for bytes outside the alphabet (a table: every NAR and narinfo
+/// request parses a hash, and a search through the alphabet per character showed in profiles).
+const DIGITS: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const NOT_A_DIGIT: u8 = 0xff;
+
 /// The value of one nix32 digit, if `c` is one.
 fn digit_value(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    match DIGITS[usize::from(c)] {
+        NOT_A_DIGIT => None,
+        d => Some(d),
+    }
 }
 
 /// Encodes bytes as nix32.

@@ -19,7 +19,6 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
 
 use crate::app::App;
 use crate::index::IndexStats;
@@ -47,11 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nar/{name}", get(nar::get_nar).put(upload::put_nar))
         .route("/{file}", get(narinfo).put(upload::put_file))
         .fallback(upload::fallback)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            observe::track,
-        ))
-        .layer(TraceLayer::new_for_http())
+        .layer(observe::Observe::new(&app))
         .with_state(app)
 }
 

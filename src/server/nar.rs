@@ -2,16 +2,17 @@
 //!
 //! NAR responses never carry Content-Encoding: the bytes are exactly the file the narinfo describes.
 
+use std::fs::File;
 use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
+use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::error::ApiError;
 use crate::app::App;
@@ -20,8 +21,14 @@ use crate::fill::{self, Fills, Joined, Subscription, Want};
 use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
 
-/// Bytes per read when sending a stored file (large reads matter for throughput, see DESIGN.md).
-const SEND_CHUNK: usize = 1 << 20;
+/// Chunk reads of stored files running at once (see [`read_ahead`]).
+static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Stored files up to this size are read on the async worker and sent in one piece.
+const INLINE_MAX: u64 = 64 * 1024;
+/// Bytes per read when streaming a larger stored file (large reads matter for throughput, see
+/// docs/benchmarks.md).
+const SEND_CHUNK: u64 = 1 << 20;
 
 /// A single byte range asked for with `Range: bytes=start-[end]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +57,11 @@ pub fn parse_range(value: Option<&HeaderValue>) -> Option<ByteRange> {
 /// The handler.
 pub async fn get_nar(
     State(app): State<Arc<App>>,
-    method: Method,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // The request itself rather than `Method` and `HeaderMap` extractors, which clone them.
+    let (method, headers) = (request.method(), request.headers());
     let name: NarName = name
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid NAR name"))?;
@@ -66,15 +74,15 @@ pub async fn get_nar(
     }
     let range = parse_range(headers.get(header::RANGE));
     if stored {
-        if let Some(response) = serve_file(&app, &name, range).await? {
-            if method != Method::HEAD {
+        if let Some(response) = serve_file(&app, &name, range, method)? {
+            if *method != Method::HEAD {
                 app.metrics.nar(NarResult::Hit, &record.source);
             }
             return Ok(response);
         }
         forget_missing_file(&app, &name).await?;
     }
-    if method == Method::HEAD {
+    if *method == Method::HEAD {
         // Answer what a GET would, without starting a download.
         let mut response = Response::new(Body::empty());
         nar_headers(response.headers_mut(), record.file_size.is_some());
@@ -103,7 +111,7 @@ pub async fn get_nar(
         };
         match joined {
             Joined::Stored => {
-                if let Some(response) = serve_file(&app, &name, range).await? {
+                if let Some(response) = serve_file(&app, &name, range, method)? {
                     app.metrics.nar(NarResult::Hit, &source);
                     return Ok(response);
                 }
@@ -157,20 +165,26 @@ fn nar_headers(headers: &mut HeaderMap, ranges: bool) {
 }
 
 /// Serves the stored file, or `None` when it is not on disk.
-async fn serve_file(
+///
+/// Opening and stat'ing a stored file (its folder is in the kernel's caches after the first hit) and
+/// reading a small one take microseconds: done on the async worker, like index reads, so a small NAR is
+/// answered without a hop to the blocking pool and goes out with its headers in one write. Larger
+/// files are read on the blocking pool in [`SEND_CHUNK`] reads, the next one running while the last
+/// one is being sent.
+fn serve_file(
     app: &Arc<App>,
     name: &NarName,
     range: Option<ByteRange>,
+    method: &Method,
 ) -> Result<Option<Response>, ApiError> {
     let path = app.store.path(name);
-    let mut file = match tokio::fs::File::open(&path).await {
+    let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ApiError::Internal(format!("open {}: {e}", path.display()))),
     };
     let size = file
         .metadata()
-        .await
         .map_err(|e| ApiError::Internal(format!("stat {}: {e}", path.display())))?
         .len();
     app.index.touch(&name.file_hash, unix_now());
@@ -190,18 +204,83 @@ async fn serve_file(
             (r.start, end + 1 - r.start)
         }
     };
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::Internal(format!("seek {}: {e}", path.display())))?;
-    }
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if *method == Method::HEAD {
+        return Ok(Some(response));
+    }
     let served = app.metrics.served_bytes(None);
-    let body = ReaderStream::with_capacity(file.take(len), SEND_CHUNK);
-    *response.body_mut() = Body::from_stream(count_sent(body, served));
+    let body = if len <= INLINE_MAX {
+        let mut buf = vec![0; len as usize];
+        file.read_exact_at(&mut buf, start)
+            .map_err(|e| ApiError::Internal(format!("read {}: {e}", path.display())))?;
+        let bytes = Bytes::from(buf);
+        Body::from_stream(count_sent(
+            futures_util::stream::once(std::future::ready(Ok(bytes))),
+            served,
+        ))
+    } else {
+        Body::from_stream(count_sent(read_ahead(file, start, len), served))
+    };
+    *response.body_mut() = body;
     Ok(Some(response))
+}
+
+/// Exactly `len` bytes of `file` from `offset` (an error if the file is shorter).
+fn read_chunk(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    use std::io::{Read, Seek};
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    // `read_to_end` reads into the spare capacity without zeroing it first.
+    let mut buf = Vec::with_capacity(len as usize);
+    reader.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// `len` bytes of `file` from `start`, in [`SEND_CHUNK`] reads on the blocking pool, one read ahead.
+/// A read error or a file shorter than announced ends the stream with an error (the connection is
+/// aborted: a short body never looks complete).
+fn read_ahead(
+    file: File,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+    type Read = tokio::task::JoinHandle<std::io::Result<Bytes>>;
+    fn spawn(file: &Arc<File>, offset: u64, end: u64) -> Option<Read> {
+        let n = (end - offset).min(SEND_CHUNK);
+        if n == 0 {
+            return None;
+        }
+        let file = file.clone();
+        Some(tokio::spawn(async move {
+            // Copying from the page cache is CPU work: as many at once as there are cores, so that
+            // bulk transfers cannot crowd the async workers (and every hit behind them) off the CPUs.
+            let _permit = READERS.acquire().await.map_err(std::io::Error::other)?;
+            tokio::task::spawn_blocking(move || read_chunk(&file, offset, n))
+                .await
+                .map_err(std::io::Error::other)?
+        }))
+    }
+    let file = Arc::new(file);
+    let end = start + len;
+    let first = spawn(&file, start, end);
+    futures_util::stream::unfold(
+        (file, start, end, first),
+        |(file, offset, end, pending)| async move {
+            let chunk = match pending?.await {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => return Some((Err(e), (file, end, end, None))),
+                Err(e) => return Some((Err(std::io::Error::other(e)), (file, end, end, None))),
+            };
+            let offset = offset + chunk.len() as u64;
+            let next = spawn(&file, offset, end);
+            Some((Ok(chunk), (file, offset, end, next)))
+        },
+    )
 }
 
 /// Counts the bytes of a body as they are handed to the connection (a HEAD never polls its body).

@@ -1,18 +1,20 @@
-//! `GET /metrics` in the Prometheus text format, and the middleware that counts and times every request
-//! by its route template (never by its raw path).
+//! `GET /metrics` in the Prometheus text format, and the layer that counts and times every request by
+//! its route template (never by its raw path).
 
-use std::borrow::Cow;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, header};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::metrics::Snapshot;
+use crate::metrics::{HttpMetrics, METHODS, Snapshot, method_index};
 
 /// `GET /metrics`: the gauges read now (store, index, fills, source health), then every metric.
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
@@ -54,36 +56,165 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
     Ok(response)
 }
 
-/// Counts the request and the time to its response headers (a NAR's body streams on afterwards).
-pub async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let route = route_label(request.extensions().get::<MatchedPath>());
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    app.metrics.http_request(
-        &route,
-        method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
+/// The `route` labels: every route template of [`super::router`] under its label, then `unmatched`
+/// (the fallback), which is also where a template missing from this list is counted.
+const ROUTES: [(&str, &str); 10] = [
+    ("/", "/"),
+    ("/metrics", "/metrics"),
+    ("/nix-cache-info", "/nix-cache-info"),
+    ("/healthz", "/healthz"),
+    ("/_status", "/_status"),
+    ("/public-key", "/public-key"),
+    ("/_refresh", "/_refresh"),
+    ("/nar/{name}", "/nar/{name}"),
+    // axum can only match the narinfo route as `/{file}`: counted under its real shape.
+    ("/{file}", "/{hash}.narinfo"),
+    ("", UNMATCHED),
+];
+const UNMATCHED: &str = "unmatched";
+const ROUTE_LABELS: [&str; ROUTES.len()] = {
+    let mut labels = [""; ROUTES.len()];
+    let mut i = 0;
+    while i < ROUTES.len() {
+        labels[i] = ROUTES[i].1;
+        i += 1;
+    }
+    labels
+};
 
-/// The route template; the narinfo route, which axum can only match as `/{file}`, under its real shape.
-fn route_label(matched: Option<&MatchedPath>) -> Cow<'static, str> {
-    match matched.map(MatchedPath::as_str) {
-        None => Cow::Borrowed("unmatched"),
-        Some("/{file}") => Cow::Borrowed("/{hash}.narinfo"),
-        Some(template) => Cow::Owned(template.to_string()),
+/// The index in [`ROUTES`] of a matched route template (`unmatched` when none or unknown).
+fn route_index(template: Option<&str>) -> usize {
+    let unmatched = ROUTES.len() - 1;
+    match template {
+        None => unmatched,
+        Some(t) => ROUTES[..unmatched]
+            .iter()
+            .position(|(known, _)| *known == t)
+            .unwrap_or_else(|| {
+                tracing::debug!(route = t, "route template without a metrics label");
+                unmatched
+            }),
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        _ => "other",
+/// Counts every request by route template, method and status, times it to its response headers (a
+/// NAR's body streams on afterwards), and runs it in a `request` span (DEBUG: free unless asked for
+/// with `NIXCACHE_LOG=nixcache=debug`).
+///
+/// A hand-written layer rather than `from_fn` + `TraceLayer`: those cost about a fifth of a narinfo
+/// hit (boxing, label hashing, span bookkeeping and a body wrapper on every response; see
+/// docs/benchmarks.md).
+#[derive(Clone)]
+pub struct Observe {
+    http: Arc<HttpMetrics>,
+}
+
+impl Observe {
+    /// The layer counting into `app`'s metrics.
+    pub fn new(app: &App) -> Observe {
+        Observe {
+            http: Arc::new(app.metrics.http(&ROUTE_LABELS)),
+        }
+    }
+}
+
+impl<S> Layer<S> for Observe {
+    type Service = Observed<S>;
+
+    fn layer(&self, inner: S) -> Observed<S> {
+        Observed {
+            inner,
+            http: self.http.clone(),
+        }
+    }
+}
+
+/// The service [`Observe`] wraps each route in.
+#[derive(Clone)]
+pub struct Observed<S> {
+    inner: S,
+    http: Arc<HttpMetrics>,
+}
+
+impl<S> Service<Request> for Observed<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Timed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = route_index(
+            request
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str),
+        );
+        let method = method_index(request.method());
+        let span =
+            tracing::debug_span!("request", method = METHODS[method], route = ROUTES[route].1);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Timed {
+            future,
+            span,
+            started: Instant::now(),
+            route,
+            method,
+            http: self.http.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request being answered: counted when its response (headers) is ready.
+    pub struct Timed<F> {
+        #[pin]
+        future: F,
+        span: tracing::Span,
+        started: Instant,
+        route: usize,
+        method: usize,
+        http: Arc<HttpMetrics>,
+    }
+}
+
+impl<F> Future for Timed<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let Ok(response) = ready!(this.future.poll(cx));
+        let took = this.started.elapsed();
+        let status = response.status().as_u16();
+        this.http.observe(*this.route, *this.method, status, took);
+        tracing::debug!(status, micros = took.as_micros() as u64, "answered");
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_has_its_label() {
+        let label = |template| ROUTE_LABELS[route_index(template)];
+        assert_eq!(label(Some("/{file}")), "/{hash}.narinfo");
+        assert_eq!(label(Some("/nar/{name}")), "/nar/{name}");
+        assert_eq!(label(Some("/")), "/");
+        assert_eq!(label(Some("/{new}")), UNMATCHED);
+        assert_eq!(label(None), UNMATCHED);
     }
 }
