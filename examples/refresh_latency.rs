@@ -173,6 +173,7 @@ async fn main() {
         admin_token_file: None,
         mdns: false,
         mdns_interfaces: Vec::new(),
+        limits: nixcache::config::Limits::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::cli::ServeArgs;
 
+mod limits;
+pub use limits::Limits;
+
 /// The port nixcache listens on unless told otherwise (the one nixcache-oci used).
 pub const DEFAULT_PORT: u16 = 37515;
 /// The listen address unless told otherwise.
@@ -110,6 +113,21 @@ pub struct FileConfig {
     pub oci_accept_unsigned: Option<bool>,
     /// File with the token that allows `POST /_refresh` from other hosts than loopback.
     pub admin_token_file: Option<PathBuf>,
+    // Limits and trust boundaries (see `limits.rs`), kept together.
+    /// Seconds a client may take to send a request's headers.
+    pub header_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may be idle between requests.
+    pub keepalive_timeout: Option<u64>,
+    /// Seconds a response may wait for the client to accept a byte.
+    pub send_timeout: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: Option<usize>,
+    /// Upstream narinfo requests in flight at once.
+    pub max_upstream_lookups: Option<usize>,
+    /// Whether loopback clients may `POST /_refresh` without the admin token.
+    pub trust_loopback: Option<bool>,
+    /// Token realm hosts besides the registry's own that may receive the registry credentials.
+    pub oci_token_hosts: Option<Vec<String>>,
 }
 
 /// A secret (registry token): never printed.
@@ -212,6 +230,8 @@ pub struct Config {
     pub oci: Option<OciConfig>,
     /// File holding the admin token for `POST /_refresh` from other hosts.
     pub admin_token_file: Option<PathBuf>,
+    /// Connection limits, time-outs, the upstream lookup cap and trust boundaries.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -368,6 +388,7 @@ impl Config {
             mdns_interfaces,
             oci,
             admin_token_file: file.admin_token_file.clone(),
+            limits: Limits::resolve(&file, &in_file)?,
         })
     }
 }

@@ -7,6 +7,7 @@
 
 mod handles;
 mod labels;
+mod limits;
 mod source;
 mod traffic;
 
@@ -24,6 +25,7 @@ use labels::fill_failure;
 pub use labels::{
     FROM_DISK, NO_SOURCE, NarResult, NarinfoResult, OTHER_SOURCE, RequestKind, SourceName,
 };
+pub use limits::{DropReason, LimitMetrics};
 pub use source::SourceMetrics;
 pub use traffic::Traffic;
 
@@ -53,6 +55,11 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner::new(sources)),
         }
+    }
+
+    /// What the connection and lookup limits did.
+    pub fn limits(&self) -> &LimitMetrics {
+        &self.inner.limits
     }
 
     /// The recent activity the status page shows.

@@ -45,6 +45,7 @@ pub(super) struct Inner {
     pub(super) index_refresh_duration: HistogramVec,
     pub(super) index_last_success: IntGaugeVec,
     pub(super) index_rejected: IntCounterVec,
+    pub(super) limits: super::limits::LimitMetrics,
 }
 
 fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -54,7 +55,12 @@ fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T
     metric
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(super) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
     register(registry, metric)
 }
@@ -64,11 +70,11 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     register(registry, metric)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+pub(super) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help).expect("valid gauge"))
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+pub(super) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     register(
         registry,
         IntCounter::new(name, help).expect("valid counter"),
@@ -252,6 +258,7 @@ impl Inner {
                 "OCI index entries refused, by reason.",
                 &["source", "reason"],
             ),
+            limits: super::limits::LimitMetrics::new(&r),
             registry: r,
             sources,
             activity: Activity::default(),

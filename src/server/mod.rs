@@ -1,6 +1,8 @@
 //! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
 
+pub mod connection;
 pub mod error;
+pub mod listener;
 pub mod nar;
 pub mod observe;
 pub mod status_page;
@@ -14,7 +16,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -50,34 +51,20 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Serves `listener` until `app.shutdown` is cancelled, then drains for at most [`DRAIN_TIMEOUT`] and
-/// stops the background tasks. The caller binds the socket (tests pass a port-0 listener).
+/// stops the background tasks. The caller binds the socket (tests pass a port-0 listener). Connections
+/// are limited as `app.config.limits` says (see [`listener`] and [`connection`]).
 pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let housekeeping = tokio::spawn(crate::housekeeping::run(app.clone()));
     let refresh = tokio::spawn(crate::sources::oci::run_refresh(app.clone()));
-    let shutdown = app.shutdown.clone();
-    // Headers and a small body go out in separate writes: without TCP_NODELAY the body waits for the
-    // client's delayed ACK (~40 ms per small NAR on a kept-alive connection).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(
+    let result = listener::serve(
         listener,
-        router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router(app.clone()),
+        &app.config.limits,
+        app.metrics.limits().clone(),
+        app.shutdown.clone(),
+        DRAIN_TIMEOUT,
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await });
-    let drained = async {
-        app.shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let result = tokio::select! {
-        r = serve => r,
-        () = drained => {
-            tracing::warn!("requests still running after the drain time-out; closing them");
-            Ok(())
-        }
-    };
+    .await;
     app.shutdown.cancel();
     app.stopped.cancel();
     if let Err(e) = refresh.await {

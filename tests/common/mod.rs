@@ -436,6 +436,7 @@ pub fn test_config(data_dir: &Path, upstreams: &[&str]) -> Config {
         admin_token_file: None,
         mdns: false,
         mdns_interfaces: Vec::new(),
+        limits: nixcache::config::Limits::default(),
     }
 }
 
