@@ -115,7 +115,7 @@ impl App {
             .iter()
             .map(|u| {
                 let trust = if u.accept_unsigned {
-                    tracing::warn!(source = %u.url, "accepting unsigned narinfos from this source (accept_unsigned)");
+                    tracing::warn!(source = %crate::redact::url(&u.url), "accepting unsigned narinfos from this source (accept_unsigned)");
                     Trust::AcceptUnsigned
                 } else {
                     let keys = u.trusted_keys.iter().map(|k| PublicKey::parse(k));
@@ -132,7 +132,8 @@ impl App {
                 }
                 Some(
                     OciSource::new(c, client.clone(), config.upstream_timeout)
-                        .map_err(StartError::Upstream)?,
+                        .map_err(StartError::Upstream)?
+                        .with_token_hosts(&config.limits.oci_token_hosts),
                 )
             }
             None => None,
@@ -178,11 +179,15 @@ impl App {
             .as_ref()
             .map(|k| k.public_key().to_string())
             .unwrap_or_default();
+        let sources = Sources::new(oci, upstreams).with_lookup_cap(
+            config.limits.max_upstream_lookups,
+            metrics.limits().lookups_refused.clone(),
+        );
         Ok(Arc::new(App {
             config,
             index,
             store,
-            sources: Sources::new(oci, upstreams),
+            sources,
             signing_key,
             signer,
             admin_token,

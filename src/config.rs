@@ -140,8 +140,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The OCI source (a cache published in the nixcache-oci format).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The OCI source (a cache published in the nixcache-oci format). Its debug output hides credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OciConfig {
     /// Registry base URL.
     pub registry: String,
@@ -180,8 +180,8 @@ pub struct UpstreamTable {
     pub accept_unsigned: bool,
 }
 
-/// A resolved upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A resolved upstream. Its debug output hides credentials in the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Base URL ending in `/`.
     pub url: String,
@@ -189,6 +189,29 @@ pub struct UpstreamConfig {
     pub trusted_keys: Vec<String>,
     /// Narinfos are accepted without a signature: an explicit, visible choice.
     pub accept_unsigned: bool,
+}
+
+impl std::fmt::Debug for OciConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciConfig")
+            .field("registry", &crate::redact::url(&self.registry))
+            .field("repo", &self.repo)
+            .field("index_ttl", &self.index_ttl)
+            .field("trusted_keys", &self.trusted_keys)
+            .field("accept_unsigned", &self.accept_unsigned)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &crate::redact::url(&self.url))
+            .field("trusted_keys", &self.trusted_keys)
+            .field("accept_unsigned", &self.accept_unsigned)
+            .finish()
+    }
 }
 
 /// A size written either as a number of bytes or as a string with a unit.
@@ -519,6 +542,9 @@ pub fn normalize_registry(value: &str) -> Result<String, String> {
     } else {
         format!("https://{value}")
     };
+    // Messages name the URL with its credentials hidden.
+    let shown = crate::redact::url(value);
+    let value = shown.as_str();
     let parsed =
         reqwest::Url::parse(&url).map_err(|e| format!("{value:?} is not a registry URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -608,9 +634,11 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
 }
 
 /// Checks an upstream URL (http or https, no query or fragment) and gives it a trailing `/`.
-fn normalize_upstream(url: &str) -> Result<String, String> {
+fn normalize_upstream(raw: &str) -> Result<String, String> {
+    // Messages name the URL with its credentials hidden.
+    let url = crate::redact::url(raw);
     let parsed =
-        reqwest::Url::parse(url.trim()).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        reqwest::Url::parse(raw.trim()).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "{url:?}: only http and https upstreams are supported"

@@ -15,6 +15,7 @@ pub mod mdns;
 pub mod metrics;
 pub mod nix;
 pub mod oci;
+pub mod redact;
 pub mod server;
 pub mod sources;
 pub mod store;

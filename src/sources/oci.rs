@@ -25,7 +25,8 @@ use crate::nix::store_path::StoreHash;
 use crate::oci::client::{Registry, RegistryError};
 use crate::oci::format::{CacheIndex, IndexEntry, image_name};
 
-/// The largest index blob accepted.
+/// The largest index blob accepted (about 700,000 entries). Its manifest must announce its size, and
+/// the download stops as soon as the body passes that.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
 /// Time allowed to download the index blob (it can be tens of MB).
 const INDEX_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -48,6 +49,18 @@ pub enum RefreshError {
     /// The registry did not answer in time.
     #[error("registry timed out")]
     Timeout,
+}
+
+impl RefreshError {
+    /// Whether it says the registry is unwell (counts towards the source's back-off), rather than that
+    /// what it published is unusable or that something failed here.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            RefreshError::Registry(e) => e.is_outage(),
+            RefreshError::Timeout => true,
+            RefreshError::Format(_) | RefreshError::Index(_) | RefreshError::Task(_) => false,
+        }
+    }
 }
 
 /// What a refresh did.
@@ -94,7 +107,10 @@ pub struct IndexState {
 
 /// The OCI source.
 pub struct OciSource {
+    /// Its name, credentials in the registry URL hidden.
     id: String,
+    /// Its name as indexes written before credentials were hidden recorded it.
+    full_id: String,
     registry: Registry,
     repo: String,
     ttl: Duration,
@@ -103,6 +119,8 @@ pub struct OciSource {
     trust: Trust,
     health: Health,
     refreshing: tokio::sync::Mutex<()>,
+    /// Held by the one forced refresh (`POST /_refresh`) running or waiting.
+    forced: tokio::sync::Mutex<()>,
     state: Mutex<IndexState>,
     rejected: AtomicU64,
     metrics: SourceMetrics,
@@ -136,8 +154,10 @@ impl OciSource {
                     .map_err(|e| e.to_string())?,
             )
         };
+        let full_id = format!("oci:{}/{image}", config.registry.trim_end_matches('/'));
         Ok(OciSource {
-            id: format!("oci:{}/{image}", config.registry.trim_end_matches('/')),
+            id: crate::redact::url(&full_id),
+            full_id,
             registry,
             repo: config.repo.clone(),
             ttl: config.index_ttl,
@@ -145,6 +165,7 @@ impl OciSource {
             trust,
             health: Health::default(),
             refreshing: tokio::sync::Mutex::new(()),
+            forced: tokio::sync::Mutex::new(()),
             state: Mutex::new(IndexState::default()),
             rejected: AtomicU64::new(0),
             metrics: SourceMetrics::default(),
@@ -161,6 +182,17 @@ impl OciSource {
     /// The name recorded as the source of its narinfos and NARs.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether `recorded` (a source name from the index) names this source.
+    pub fn is_recorded_as(&self, recorded: &str) -> bool {
+        recorded == self.id || recorded == self.full_id
+    }
+
+    /// Lets the registry credentials go to token realms on these hosts too (`oci_token_hosts`).
+    pub fn with_token_hosts(mut self, hosts: &[String]) -> OciSource {
+        self.registry = self.registry.allow_token_hosts(hosts);
+        self
     }
 
     /// Its health (registry reachability).
@@ -185,7 +217,14 @@ impl OciSource {
 
     /// The index state, for `/_status`.
     pub fn state(&self) -> IndexState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        self.state_slot().clone()
+    }
+
+    fn state_slot(&self) -> std::sync::MutexGuard<'_, IndexState> {
+        // Every update leaves it consistent: a panic elsewhere must not hide the source's state.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts the download of a NAR blob by digest.
@@ -202,10 +241,8 @@ impl OciSource {
                 Err(_) => Err(SourceError::Timeout),
             };
         self.metrics.observe(RequestKind::Nar, started, &result);
-        match &result {
-            Ok(_) => self.health.success(),
-            Err(e) => self.health.failure(e),
-        }
+        // A missing blob (404) is not a registry that is down: only outages move the back-off.
+        self.health.observe(&result);
         result
     }
 
@@ -220,14 +257,32 @@ impl OciSource {
         }
     }
 
-    /// Refreshes once: HEAD the manifest, and fetch and apply the index only if it changed.
+    /// Refreshes once: HEAD the manifest, and fetch and apply the index only if it changed. Waits for a
+    /// refresh already running to end first.
     pub async fn refresh_once(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
         let _one_at_a_time = self.refreshing.lock().await;
+        self.refresh_inner_timed(app).await
+    }
+
+    /// What `POST /_refresh` does: a refresh that starts after the call (waiting for a periodic one to
+    /// end first), unless another forced refresh is running or waiting (`None`, answered 429). So a
+    /// client calling it in a loop costs at most one refresh at a time (each scans the index).
+    pub async fn try_refresh_now(
+        &self,
+        app: &Arc<App>,
+    ) -> Option<Result<Refreshed, RefreshError>> {
+        let _forced = self.forced.try_lock().ok()?;
+        Some(self.refresh_once(app).await)
+    }
+
+    /// One refresh, recorded in the state, metrics and health. The caller holds `refreshing`.
+    async fn refresh_inner_timed(&self, app: &Arc<App>) -> Result<Refreshed, RefreshError> {
         let started = Instant::now();
         let result = self.refresh_inner(app).await;
         self.metrics.refreshed(&result, started.elapsed());
         let now = unix_now();
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = self.state_slot();
             state.last_refresh = Some(now);
             state.last_duration_secs = Some(started.elapsed().as_secs_f64());
             match &result {
@@ -248,8 +303,9 @@ impl OciSource {
             }
         }
         match &result {
-            Ok(_) => self.health.success(),
-            Err(e) => self.health.failure(e),
+            Err(e) if e.is_outage() => self.health.failure(e),
+            // The registry answered (what it published may still be unusable).
+            _ => self.health.success(),
         }
         result
     }
@@ -266,7 +322,8 @@ impl OciSource {
         })
         .await??;
         if known.as_deref() == Some(digest.as_str()) {
-            if let Ok(mut state) = self.state.lock() {
+            {
+                let mut state = self.state_slot();
                 state.manifest_digest = Some(digest.clone());
                 state.entries = count;
             }
@@ -282,7 +339,8 @@ impl OciSource {
         let layer = manifest.index_layer().map_err(RefreshError::Format)?;
         let blob = Self::limited(
             INDEX_DOWNLOAD_TIMEOUT,
-            self.registry.blob_bytes(&layer.digest, MAX_INDEX_BYTES),
+            self.registry
+                .blob_bytes(&layer.digest, Some(layer.size), MAX_INDEX_BYTES),
         )
         .await?;
         let a = app.clone();
@@ -313,7 +371,8 @@ impl OciSource {
                         Err((why, reason)) => {
                             rejected += 1;
                             metrics.entry_rejected(why, &reason);
-                            tracing::warn!(source = %id, hash = %key, reason = %reason, "index entry rejected");
+                            // Keys and reasons come from the publisher: Debug-formatted, so they cannot forge log lines.
+                            tracing::warn!(source = %id, hash = ?key, reason = ?reason, "index entry rejected");
                         }
                     }
                 }
@@ -329,7 +388,8 @@ impl OciSource {
             })
             .await??;
         self.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = self.state_slot();
             state.manifest_digest = Some(digest.clone());
             state.generated = Some(generated);
             state.entries = (applied.written + applied.unchanged) as u64;
