@@ -127,7 +127,9 @@ async fn narinfo(
     }
 }
 
-/// `POST /_refresh`: refresh the OCI index now. Allowed from loopback, or with the admin token.
+/// `POST /_refresh`: refresh the OCI index now. Allowed from loopback (unless `trust_loopback` is off,
+/// as behind a local reverse proxy where every client looks like loopback), or with the admin token.
+/// One refresh runs at a time: a call while one runs is answered 429.
 async fn refresh(
     State(app): State<Arc<App>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -141,23 +143,35 @@ async fn refresh(
         (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
         _ => false,
     };
-    if !peer.ip().is_loopback() && !token_ok {
-        return Err(ApiError::Forbidden(
-            "refresh is allowed from loopback or with the admin token",
-        ));
+    if !(token_ok || app.config.limits.trust_loopback && is_loopback(peer.ip())) {
+        return Err(ApiError::Forbidden(if app.config.limits.trust_loopback {
+            "refresh is allowed from loopback or with the admin token"
+        } else {
+            "refresh needs the admin token"
+        }));
     }
     let Some(oci) = app.sources.oci() else {
         return Err(ApiError::NotFound("no OCI source configured"));
     };
-    match oci.refresh_once(&app).await {
-        Ok(outcome) => Ok(Json(outcome).into_response()),
-        Err(e) => {
+    match oci.try_refresh_now(&app).await {
+        None => {
+            app.metrics.limits().refreshes_refused.inc();
+            Err(ApiError::TooManyRequests("a refresh is already running"))
+        }
+        Some(Ok(outcome)) => Ok(Json(outcome).into_response()),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "forced refresh failed");
             Err(ApiError::Upstream(
                 crate::sources::SourceError::RefreshFailed,
             ))
         }
     }
+}
+
+/// Loopback, also written as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, what a dual-stack
+/// `[::]` listener sees of an IPv4 loopback client).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -247,6 +261,7 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
             .iter()
             .enumerate()
             .map(|(i, u)| UpstreamStatus {
+                // The shown URL: credentials hidden.
                 url: u.url().to_string(),
                 priority: i,
                 accept_unsigned: u.accepts_unsigned(),
@@ -257,4 +272,24 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
         traffic: app.metrics.traffic(),
         recent_activity: app.metrics.activity().recent(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_loopback_is_loopback() {
+        for (ip, want) in [
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:192.168.1.5", false),
+            ("192.168.1.5", false),
+            ("fe80::1", false),
+        ] {
+            assert_eq!(is_loopback(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
 }
