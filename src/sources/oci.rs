@@ -267,10 +267,7 @@ impl OciSource {
     /// What `POST /_refresh` does: a refresh that starts after the call (waiting for a periodic one to
     /// end first), unless another forced refresh is running or waiting (`None`, answered 429). So a
     /// client calling it in a loop costs at most one refresh at a time (each scans the index).
-    pub async fn try_refresh_now(
-        &self,
-        app: &Arc<App>,
-    ) -> Option<Result<Refreshed, RefreshError>> {
+    pub async fn try_refresh_now(&self, app: &Arc<App>) -> Option<Result<Refreshed, RefreshError>> {
         let _forced = self.forced.try_lock().ok()?;
         Some(self.refresh_once(app).await)
     }
