@@ -122,6 +122,8 @@ pub struct FileConfig {
     pub send_timeout: Option<u64>,
     /// Connections served at once.
     pub max_connections: Option<usize>,
+    /// Connections served at once from one client address (0: no such cap).
+    pub max_connections_per_client: Option<usize>,
     /// Upstream narinfo requests in flight at once.
     pub max_upstream_lookups: Option<usize>,
     /// Whether loopback clients may `POST /_refresh` without the admin token.

@@ -17,6 +17,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT_SECS: u64 = 75;
 pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 60;
 /// Connections served at once; more wait in the listen backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections served at once from one client address; more are closed at once (0: no such cap).
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 /// Upstream narinfo requests in flight at once, over all upstreams.
 pub const DEFAULT_MAX_UPSTREAM_LOOKUPS: usize = 64;
 /// Whether `POST /_refresh` from loopback needs no token.
@@ -33,6 +35,9 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Connections served at once (lowered at start-up if the descriptor limit cannot hold them).
     pub max_connections: usize,
+    /// Connections served at once from one client address, 0 for no such cap: one machine cannot take
+    /// every connection. Behind a local reverse proxy every client has the proxy's address.
+    pub max_connections_per_client: usize,
     /// Upstream narinfo requests in flight at once.
     pub max_upstream_lookups: usize,
     /// Loopback clients may `POST /_refresh` without the admin token. Turn off behind a local reverse
@@ -50,6 +55,7 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(DEFAULT_KEEPALIVE_TIMEOUT_SECS),
             send_timeout: Duration::from_secs(DEFAULT_SEND_TIMEOUT_SECS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             max_upstream_lookups: DEFAULT_MAX_UPSTREAM_LOOKUPS,
             trust_loopback: DEFAULT_TRUST_LOOPBACK,
             oci_token_hosts: Vec::new(),
@@ -109,6 +115,9 @@ impl Limits {
                 "max_connections",
                 DEFAULT_MAX_CONNECTIONS,
             )?,
+            max_connections_per_client: file
+                .max_connections_per_client
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
             max_upstream_lookups: count(
                 file.max_upstream_lookups,
                 "max_upstream_lookups",

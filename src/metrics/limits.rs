@@ -45,6 +45,8 @@ pub struct LimitMetrics {
     pub connections_accepted: IntCounter,
     /// `accept()` failures (out of descriptors or memory, or a client that gave up first).
     pub accept_errors: IntCounter,
+    /// Connections closed at once because their client address had `max_connections_per_client`.
+    pub connections_refused: IntCounter,
     dropped: IntCounterVec,
     /// Upstream narinfo requests that found every lookup slot taken for the whole time-out.
     pub lookups_refused: IntCounter,
@@ -83,6 +85,11 @@ impl LimitMetrics {
                 r,
                 "nixcache_accept_errors_total",
                 "Failures to accept a connection (descriptors or memory exhausted, client gone).",
+            ),
+            connections_refused: counter(
+                r,
+                "nixcache_connections_refused_total",
+                "Connections closed at once: their client address already had max_connections_per_client.",
             ),
             dropped,
             lookups_refused: counter(

@@ -6,9 +6,11 @@
 //! - waiting for a request's headers: `header_timeout`, counted from the connection's start for the first
 //!   request and from the first byte of each later one (nginx's `client_header_timeout`);
 //! - idle between requests: `keepalive_timeout` (nginx's `keepalive_timeout`);
-//! - a write the client accepts no byte of: `send_timeout` (nginx's `send_timeout`). Only a client that
+//! - a response the client accepts no byte of: `send_timeout` (nginx's `send_timeout`). Only a client that
 //!   takes nothing at all is dropped: Nix pauses reading while its buffer is full, and a slow link still
-//!   takes bytes.
+//!   takes bytes. A slow reader can keep a write refused for long (the kernel reports a socket writable
+//!   only once much of its buffer is free), so when the time is up the socket's queue is looked at: if it
+//!   shrank, the client did take bytes, and the clock starts again.
 //!
 //! While a request is being answered no read limit applies (the answer may wait for an upstream).
 
@@ -41,6 +43,10 @@ use crate::metrics::{DropReason, LimitMetrics};
 /// The largest request head (request line and headers) accepted; larger ones get 431. nginx allows
 /// 4 × 8 KiB by default; a Nix request is a few hundred bytes.
 pub const MAX_REQUEST_HEAD: usize = 32 << 10;
+/// hyper's buffer limit: room for a request head, and how little of a response must be left to send
+/// before the next chunk of the body is taken (hyper's default, ~400 KiB, would let a stalled reader
+/// hold that much more besides the chunk it has).
+pub const CONNECTION_BUFFER: usize = 64 << 10;
 
 /// The time limits of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +76,8 @@ pub fn http1_builder() -> http1::Builder {
         .keep_alive(true)
         // Its timer would also end idle connections at the header time-out: `TimedIo` keeps both apart.
         .header_read_timeout(Option::<Duration>::None)
-        .max_header_size(MAX_REQUEST_HEAD);
+        .max_header_size(MAX_REQUEST_HEAD)
+        .max_buf_size(CONNECTION_BUFFER);
     builder
 }
 
@@ -214,6 +221,8 @@ struct TimedIo {
     read_deadline: Pin<Box<Sleep>>,
     /// Armed while a write is refused by a full socket buffer.
     write_deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes the socket still had to deliver when that clock (re)started.
+    queued_at_arm: Option<u64>,
 }
 
 impl TimedIo {
@@ -232,6 +241,7 @@ impl TimedIo {
             seen_finished: 0,
             read_deadline: Box::pin(tokio::time::sleep(timeouts.header)),
             write_deadline: None,
+            queued_at_arm: None,
         }
     }
 
@@ -255,16 +265,41 @@ impl TimedIo {
         io::Error::new(io::ErrorKind::TimedOut, reason.as_str())
     }
 
+    /// Bytes written to the socket that the client has not acknowledged yet (`TIOCOUTQ`).
+    fn queued(&self) -> Option<u64> {
+        let mut queued: libc::c_int = 0;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.inner);
+        // SAFETY: TIOCOUTQ writes one int through the pointer, which lives for the call.
+        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        (r == 0).then(|| u64::try_from(queued).unwrap_or(0))
+    }
+
     /// After a write the socket refused: `Ready(err)` once the client has accepted nothing for
     /// `send_timeout`, `Pending` (with the timer registered) before.
     fn poll_send_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let send = self.timeouts.send;
-        let deadline = self
-            .write_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(self.timed_out(DropReason::SendTimeout)),
-            Poll::Pending => Poll::Pending,
+        if self.write_deadline.is_none() {
+            self.write_deadline = Some(Box::pin(tokio::time::sleep(send)));
+            self.queued_at_arm = self.queued();
+        }
+        loop {
+            let elapsed = match self.write_deadline.as_mut() {
+                Some(deadline) => deadline.as_mut().poll(cx).is_ready(),
+                None => false,
+            };
+            if !elapsed {
+                return Poll::Pending;
+            }
+            match (self.queued_at_arm, self.queued()) {
+                // The client took bytes meanwhile: slow, not stalled. Count again from now.
+                (Some(before), Some(now)) if now < before => {
+                    self.queued_at_arm = Some(now);
+                    if let Some(deadline) = self.write_deadline.as_mut() {
+                        deadline.as_mut().reset(Instant::now() + send);
+                    }
+                }
+                _ => return Poll::Ready(self.timed_out(DropReason::SendTimeout)),
+            }
         }
     }
 
@@ -277,6 +312,7 @@ impl TimedIo {
             Poll::Pending => self.poll_send_deadline(cx).map(Err),
             ready => {
                 self.write_deadline = None;
+                self.queued_at_arm = None;
                 ready
             }
         }

@@ -1,13 +1,18 @@
-//! The accept loop: at most `max_connections` connections at once, each served by
-//! [`super::connection`], and a drain with a time limit at shutdown.
+//! The accept loop: at most `max_connections` connections at once, at most `max_connections_per_client`
+//! of them from one address, each served by [`super::connection`], and a drain with a time limit at
+//! shutdown.
 //!
 //! Past the cap the loop stops accepting: new connections wait in the kernel's listen backlog (and past
 //! that the kernel refuses them), so the process never runs out of descriptors because of clients. The cap
 //! is lowered at start-up when the descriptor limit could not hold it, and `accept()` failures (out of
 //! descriptors or memory for other reasons) pause the loop briefly instead of spinning or stopping it.
+//! A client address at its own cap has further connections closed at once: the backlog is shared, so
+//! one machine must not fill the connections every other machine waits for.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -53,6 +58,10 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         abort: CancellationToken::new(),
     };
+    let per_client = Arc::new(PerClient {
+        max: limits.max_connections_per_client,
+        open: Mutex::default(),
+    });
     let mut last_warning: Option<Instant> = None;
     loop {
         let permit = tokio::select! {
@@ -75,6 +84,11 @@ pub async fn serve(
             },
         };
         metrics.connections_accepted.inc();
+        let Some(client) = PerClient::admit(&per_client, peer.ip()) else {
+            metrics.connections_refused.inc();
+            drop(tcp);
+            continue;
+        };
         // Headers and a small body go out in separate writes: without TCP_NODELAY the body waits for
         // the client's delayed ACK (~40 ms per small NAR on a kept-alive connection).
         if let Err(e) = tcp.set_nodelay(true) {
@@ -86,6 +100,7 @@ pub async fn serve(
         tracker.spawn(async move {
             connection::serve(tcp, peer, shared).await;
             open.dec();
+            drop(client);
             drop(permit);
         });
     }
@@ -98,6 +113,56 @@ pub async fn serve(
         tracker.wait().await;
     }
     Ok(())
+}
+
+/// Connections open per client address.
+struct PerClient {
+    /// The cap; 0 for none.
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted for its client address; counted out when dropped.
+struct ClientGuard {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// Counts a connection from `ip` in, or `None` when that address is at its cap.
+    fn admit(clients: &Arc<PerClient>, ip: IpAddr) -> Option<ClientGuard> {
+        // One address however it is written (an IPv4 client of a dual-stack listener is ::ffff:a.b.c.d).
+        let ip = ip.to_canonical();
+        let mut open = clients
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if clients.max > 0 && *n >= clients.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientGuard {
+            clients: clients.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        let mut open = self
+            .clients
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Handles an `accept()` failure: a client that gave up is skipped at once; anything else (descriptors
@@ -166,6 +231,38 @@ pub fn raise_fd_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_gets_at_most_its_share() {
+        let clients = Arc::new(PerClient {
+            max: 2,
+            open: Mutex::default(),
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = PerClient::admit(&clients, a).unwrap();
+        let _second = PerClient::admit(&clients, mapped).unwrap();
+        assert!(
+            PerClient::admit(&clients, a).is_none(),
+            "the same address, mapped or not"
+        );
+        assert!(
+            PerClient::admit(&clients, b).is_some(),
+            "others are not affected"
+        );
+        drop(first);
+        assert!(
+            PerClient::admit(&clients, a).is_some(),
+            "a slot freed is a slot"
+        );
+        let unlimited = Arc::new(PerClient {
+            max: 0,
+            open: Mutex::default(),
+        });
+        let held: Vec<_> = (0..1000).map(|_| PerClient::admit(&unlimited, a)).collect();
+        assert!(held.iter().all(Option::is_some));
+    }
 
     #[test]
     fn the_cap_fits_the_descriptor_limit() {
