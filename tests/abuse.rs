@@ -46,6 +46,7 @@ struct Observed {
     nar: Vec<Duration>,
     failures: usize,
     most_sockets: usize,
+    rss_before_kib: u64,
     peak_rss_kib: u64,
     longest_held_ms: u64,
     opened: usize,
@@ -63,6 +64,7 @@ async fn under_slowloris(
     nar_size: usize,
 ) -> Observed {
     let pid = pids[0];
+    let rss_before_kib = pids.iter().map(|p| status_kib(*p, "VmRSS")).sum();
     for p in pids {
         reset_peak(*p);
     }
@@ -113,6 +115,7 @@ async fn under_slowloris(
         nar: nars,
         failures,
         most_sockets: sampler.await.expect("sampler"),
+        rss_before_kib,
         peak_rss_kib: pids.iter().map(|p| status_kib(*p, "VmHWM")).sum(),
         longest_held_ms: attack.longest_ms.load(Ordering::Relaxed),
         opened: attack.opened.load(Ordering::Relaxed),
@@ -133,7 +136,7 @@ fn healthy_client() -> reqwest::Client {
 fn report(name: &str, o: &Observed) {
     eprintln!(
         "{name}: narinfo p50 {:.1} ms p99 {:.1} ms max {:.1} ms; NAR p50 {:.1} ms p99 {:.1} ms; \
-         {} healthy requests, {} failed; sockets held at most {}; peak RSS {} MiB; \
+         {} healthy requests, {} failed; sockets held at most {}; RSS {} MiB, peak {} MiB; \
          slowloris: {} connections opened, {} closed by the server, longest held {:.1} s",
         quantile_ms(&o.narinfo, 0.5),
         quantile_ms(&o.narinfo, 0.99),
@@ -143,6 +146,7 @@ fn report(name: &str, o: &Observed) {
         o.narinfo.len() + o.nar.len(),
         o.failures,
         o.most_sockets,
+        o.rss_before_kib / 1024,
         o.peak_rss_kib / 1024,
         o.opened,
         o.dropped,
@@ -280,6 +284,69 @@ async fn one_machine_cannot_take_every_connection() {
     assert!(sockets_held <= 256 + 8, "{sockets_held} sockets");
     assert!(refused >= 700.0, "{refused} refused");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slow_connections_are_closed_at_their_time_outs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one_at_a_time = serial().await;
+    let daemon = Daemon::start(
+        "upstreams = []\nheader_timeout = 2\nkeepalive_timeout = 1\n",
+        &[],
+        None,
+    );
+    let closed_after = |mut s: tokio::net::TcpStream| async move {
+        let started = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let mut answered = 0;
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            answered += n;
+        }
+        (started.elapsed(), answered)
+    };
+    // Kept alive after one answer, then idle: closed after keepalive_timeout.
+    let mut idle = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    idle.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: cache\r\n\r\n")
+        .await
+        .unwrap();
+    let (idle_for, answered) = closed_after(idle).await;
+    // Silent from the start, and a later request begun but never finished: the header time.
+    let silent = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    let (silent_for, _) = closed_after(silent).await;
+    let mut partial = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    partial
+        .write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: cache\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    assert!(partial.read(&mut first).await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    partial
+        .write_all(b"GET /nix-cache-info HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let (partial_for, _) = closed_after(partial).await;
+    eprintln!(
+        "idle closed after {idle_for:?}, silent after {silent_for:?}, half a request after {partial_for:?}"
+    );
+    assert!(answered > 0, "the request was answered");
+    assert!((900..1600).contains(&idle_for.as_millis()), "{idle_for:?}");
+    assert!(
+        (1900..2600).contains(&silent_for.as_millis()),
+        "{silent_for:?}"
+    );
+    assert!(
+        (1900..2600).contains(&partial_for.as_millis()),
+        "{partial_for:?}"
+    );
+    let dropped = |reason: &'static str| {
+        daemon.metric(match reason {
+            "idle" => "nixcache_connections_dropped_total{reason=\"idle_timeout\"}",
+            _ => "nixcache_connections_dropped_total{reason=\"header_timeout\"}",
+        })
+    };
+    assert_eq!(dropped("idle").await, 1.0);
+    assert_eq!(dropped("header").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,8 @@
 //!   only once much of its buffer is free), so when the time is up the socket's queue is looked at: if it
 //!   shrank, the client did take bytes, and the clock starts again.
 //!
-//! While a request is being answered no read limit applies (the answer may wait for an upstream).
+//! While a request is being answered no read limit applies (the answer may wait for an upstream). A
+//! pipelined request whose first bytes arrived with the previous one is timed as idle until it is read.
 
 use std::convert::Infallible;
 use std::future::Future;
