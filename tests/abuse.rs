@@ -276,8 +276,9 @@ async fn one_machine_cannot_take_every_connection() {
     let refused = daemon.metric("nixcache_connections_refused_total").await;
     eprintln!(
         "1000 connections from one address: {sockets_held} sockets held, {refused} refused; another \
-         client answered in {:.1} ms",
-        took.as_secs_f64() * 1e3
+         client answered in {:.1} ms; peak RSS {} MiB",
+        took.as_secs_f64() * 1e3,
+        status_kib(daemon.pid, "VmHWM") / 1024
     );
     assert_eq!(status, 200);
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -327,7 +328,9 @@ async fn idle_and_slow_connections_are_closed_at_their_time_outs() {
         .unwrap();
     let (partial_for, _) = closed_after(partial).await;
     eprintln!(
-        "idle closed after {idle_for:?}, silent after {silent_for:?}, half a request after {partial_for:?}"
+        "idle closed after {idle_for:?}, silent after {silent_for:?}, half a request after \
+         {partial_for:?}; peak RSS {} MiB",
+        status_kib(daemon.pid, "VmHWM") / 1024
     );
     assert!(answered > 0, "the request was answered");
     assert!((900..1600).contains(&idle_for.as_millis()), "{idle_for:?}");
@@ -385,8 +388,9 @@ async fn the_connection_cap_holds_under_a_low_descriptor_limit() {
     let (status, answered) = healthy.await.unwrap();
     eprintln!(
         "cap 72 under RLIMIT_NOFILE 400: 300 silent clients; healthy client answered after {:.1} s; \
-         at most {most} descriptors open",
-        (answered - started).as_secs_f64()
+         at most {most} descriptors open; peak RSS {} MiB",
+        (answered - started).as_secs_f64(),
+        status_kib(daemon.pid, "VmHWM") / 1024
     );
     assert_eq!(
         status, 200,
@@ -623,6 +627,11 @@ async fn no_credential_shows_in_metrics_status_page_or_log() {
         shown.push_str(&body);
     }
     shown.push_str(&daemon.log());
+    eprintln!(
+        "credentials: {} bytes of pages and log checked; peak RSS {} MiB",
+        shown.len(),
+        status_kib(daemon.pid, "VmHWM") / 1024
+    );
     for secret in secrets {
         assert!(!shown.contains(secret), "{secret} shown");
     }
