@@ -18,8 +18,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks workflow scripts with it
+# Abuse tests: nginx is the reference server the slowloris run is compared with.
+command -v nginx >/dev/null || need+=(nginx-light)
 if [ "${1:-}" = "--bench" ]; then
-  command -v nginx >/dev/null || need+=(nginx-light)
   command -v wrk >/dev/null || need+=(wrk)
   command -v eatmydata >/dev/null || need+=(eatmydata)   # the cold-copy diagnosis without fsyncs
 fi

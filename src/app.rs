@@ -127,7 +127,7 @@ impl App {
             .iter()
             .map(|u| {
                 let trust = if u.accept_unsigned {
-                    tracing::warn!(source = %u.url, "accepting unsigned narinfos from this source (accept_unsigned)");
+                    tracing::warn!(source = %crate::redact::url(&u.url), "accepting unsigned narinfos from this source (accept_unsigned)");
                     Trust::AcceptUnsigned
                 } else {
                     let keys = u.trusted_keys.iter().map(|k| PublicKey::parse(k));
@@ -144,7 +144,8 @@ impl App {
                 }
                 Some(
                     OciSource::new(c, client.clone(), config.upstream_timeout)
-                        .map_err(StartError::Upstream)?,
+                        .map_err(StartError::Upstream)?
+                        .with_token_hosts(&config.limits.oci_token_hosts),
                 )
             }
             None => None,
@@ -248,7 +249,10 @@ impl App {
                 "trust settings changed since the last start: remembered misses forgotten"
             );
         }
-        let mut sources = Sources::new(oci, upstreams);
+        let mut sources = Sources::new(oci, upstreams).with_lookup_cap(
+            config.limits.max_upstream_lookups,
+            metrics.limits().lookups_refused.clone(),
+        );
         let bucket = match bucket {
             Some((bucket, source)) => {
                 let m = metrics.source(source.id());

@@ -10,10 +10,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod bucket;
+mod limits;
 mod parse;
 mod push;
 
 pub use bucket::{BucketConfig, BucketTable, Credential};
+pub use limits::Limits;
 pub use parse::{normalize_registry, parse_size};
 use parse::{normalize_upstream, parse_listen};
 pub use push::{PushConfig, PushTokenConfig, PushTokenTable};
@@ -198,6 +200,23 @@ pub struct FileConfig {
     // Issue 13 (shared bucket): keep this block last.
     /// `[bucket]`: NARs and narinfos in an S3-compatible bucket shared by several appliances.
     pub bucket: Option<BucketTable>,
+    // Limits and trust boundaries (see `limits.rs`), kept together.
+    /// Seconds a client may take to send a request's headers.
+    pub header_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may be idle between requests.
+    pub keepalive_timeout: Option<u64>,
+    /// Seconds a response may wait for the client to accept a byte.
+    pub send_timeout: Option<u64>,
+    /// Connections served at once.
+    pub max_connections: Option<usize>,
+    /// Connections served at once from one client address (0: no such cap).
+    pub max_connections_per_client: Option<usize>,
+    /// Upstream narinfo requests in flight at once.
+    pub max_upstream_lookups: Option<usize>,
+    /// Whether loopback clients may `POST /_refresh` without the admin token.
+    pub trust_loopback: Option<bool>,
+    /// Token realm hosts besides the registry's own that may receive the registry credentials.
+    pub oci_token_hosts: Option<Vec<String>>,
 }
 
 /// A secret (registry token): never printed.
@@ -210,8 +229,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The OCI source (a cache published in the nixcache-oci format).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The OCI source (a cache published in the nixcache-oci format). Its debug output hides credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OciConfig {
     /// Registry base URL.
     pub registry: String,
@@ -250,8 +269,8 @@ pub struct UpstreamTable {
     pub accept_unsigned: bool,
 }
 
-/// A resolved upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A resolved upstream. Its debug output hides credentials in the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Base URL ending in `/`.
     pub url: String,
@@ -259,6 +278,29 @@ pub struct UpstreamConfig {
     pub trusted_keys: Vec<String>,
     /// Narinfos are accepted without a signature: an explicit, visible choice.
     pub accept_unsigned: bool,
+}
+
+impl std::fmt::Debug for OciConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciConfig")
+            .field("registry", &crate::redact::url(&self.registry))
+            .field("repo", &self.repo)
+            .field("index_ttl", &self.index_ttl)
+            .field("trusted_keys", &self.trusted_keys)
+            .field("accept_unsigned", &self.accept_unsigned)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &crate::redact::url(&self.url))
+            .field("trusted_keys", &self.trusted_keys)
+            .field("accept_unsigned", &self.accept_unsigned)
+            .finish()
+    }
 }
 
 /// A size written either as a number of bytes or as a string with a unit.
@@ -323,6 +365,8 @@ pub struct Config {
     // Issue 13 (shared bucket): keep this block last.
     /// The shared bucket, when `[bucket]` is configured; `None`: the local disk only.
     pub bucket: Option<BucketConfig>,
+    /// Connection limits, time-outs, the upstream lookup cap and trust boundaries.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -549,6 +593,7 @@ impl Config {
                     DEFAULT_UPSTREAM_TIMEOUT_SECS,
                 )?,
             )?,
+            limits: Limits::resolve(&file, &in_file)?,
         })
     }
 }

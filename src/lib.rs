@@ -22,6 +22,7 @@ pub mod mirror;
 pub mod nix;
 pub mod oci;
 pub mod push;
+pub mod redact;
 pub mod server;
 pub mod sources;
 pub mod store;

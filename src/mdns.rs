@@ -255,7 +255,7 @@ pub async fn run(app: Arc<App>, local: SocketAddr) {
             e = event => match e {
                 Some(DaemonEvent::Error(e)) => tracing::warn!(error = %e, "mDNS"),
                 Some(DaemonEvent::NameChange(c)) => {
-                    tracing::info!(from = %c.original, to = %c.new_name, "mDNS name conflict resolved by renaming");
+                    tracing::info!(from = ?c.original, to = ?c.new_name, "mDNS name conflict resolved by renaming");
                 }
                 Some(_) => {}
                 None => {
@@ -283,6 +283,17 @@ pub struct Advertised {
     pub txt: HashMap<String, String>,
 }
 
+/// A TXT record's pairs as the browser keeps them: keys lower-cased, and of a key given twice the first
+/// (DNS-SD, RFC 6763 section 6.4). Values are kept verbatim: they are checked where they are used.
+pub fn txt_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> HashMap<String, String> {
+    let mut txt = HashMap::new();
+    for (key, value) in pairs {
+        txt.entry(key.to_ascii_lowercase())
+            .or_insert_with(|| value.to_string());
+    }
+    txt
+}
+
 /// Browses for `_nix-cache._tcp` for `duration` and returns the instances resolved by then, by name.
 pub async fn browse(duration: Duration) -> Result<Vec<Advertised>, MdnsError> {
     let daemon = ServiceDaemon::new()?;
@@ -292,12 +303,7 @@ pub async fn browse(duration: Duration) -> Result<Vec<Advertised>, MdnsError> {
     while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv_async()).await {
         match event {
             ServiceEvent::ServiceResolved(r) => {
-                let mut txt = HashMap::new();
-                for p in r.get_properties().iter() {
-                    // DNS-SD (RFC 6763 section 6.4): of a key given twice, the first counts.
-                    txt.entry(p.key().to_ascii_lowercase())
-                        .or_insert_with(|| p.val_str().to_string());
-                }
+                let txt = txt_map(r.get_properties().iter().map(|p| (p.key(), p.val_str())));
                 let advertised = Advertised {
                     fullname: r.get_fullname().to_string(),
                     addresses: r.get_addresses().iter().map(|a| a.to_ip_addr()).collect(),

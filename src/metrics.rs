@@ -8,6 +8,7 @@
 mod handles;
 mod http;
 mod labels;
+mod limits;
 mod push;
 mod source;
 mod traffic;
@@ -25,6 +26,7 @@ pub use labels::{
     CHECKS, FILL_FAILURE_REASONS, FROM_DISK, FillOutcome, NO_SOURCE, NarResult, NarinfoResult,
     OTHER_SOURCE, PUSH_SOURCE_PREFIX, RequestKind, SourceName,
 };
+pub use limits::{DropReason, LimitMetrics};
 pub use push::{NO_TOKEN, PUSH_KINDS, PUSH_REASONS, PushTotals};
 pub use source::SourceMetrics;
 pub use traffic::Traffic;
@@ -61,6 +63,11 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner::new(sources)),
         }
+    }
+
+    /// What the connection and lookup limits did.
+    pub fn limits(&self) -> &LimitMetrics {
+        &self.inner.limits
     }
 
     /// The recent activity the status page shows.

@@ -24,6 +24,14 @@ use crate::oci::format::{CacheIndex, IndexEntry};
 use crate::sources::Rejection;
 use crate::sources::oci::{OciSource, Poll, RefreshError, Refreshed};
 
+/// What `POST /_refresh` does: a refresh that starts after the call (waiting for a periodic one to end
+/// first), unless another forced refresh is running or waiting (`None`, answered 429).
+pub async fn try_refresh_now(app: &Arc<App>) -> Option<Result<Refreshed, RefreshError>> {
+    let oci = app.sources.oci()?;
+    let _forced = oci.forced_turn()?;
+    Some(refresh_once(app).await)
+}
+
 /// Refreshes the mirror once. One refresh runs at a time; a second caller waits for its turn.
 pub async fn refresh_once(app: &Arc<App>) -> Result<Refreshed, RefreshError> {
     let Some(oci) = app.sources.oci() else {
@@ -84,7 +92,8 @@ async fn refresh(
                     Err((why, reason)) => {
                         rejected += 1;
                         oci.count_rejected(why, &reason);
-                        tracing::warn!(source = %oci.id(), hash = ?key, reason = %reason, "index entry rejected");
+                        // Keys and reasons come from the publisher: Debug-formatted, so they cannot forge log lines.
+                        tracing::warn!(source = %oci.id(), hash = ?key, reason = ?reason, "index entry rejected");
                     }
                 }
             }

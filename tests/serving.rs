@@ -264,6 +264,76 @@ async fn failing_upstream_is_backed_off() {
     cache.stop().await;
 }
 
+/// A missing NAR (404) says "this file is missing", not "this source is down": it used to count towards
+/// the back-off, so three of them made every path of the source answer 502 for a while.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_nar_files_do_not_back_off_their_source() {
+    let fx = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let folder = fx.copy_cache("xz", work.path());
+    std::fs::remove_dir_all(folder.join("nar")).unwrap();
+    let up = TestUpstream::start(&folder).await;
+    let data = work.path().join("data");
+    let cache = Nixcache::start(test_config(&data, &[&up.url])).await;
+    let mut nar_urls = Vec::new();
+    for path in &fx.closure {
+        nar_urls.push(narinfo(&cache, path).await.1);
+    }
+    for url in nar_urls.iter().cycle().take(4) {
+        let status = get(&format!("{}/{url}", cache.url)).await.status();
+        assert_eq!(
+            status,
+            StatusCode::BAD_GATEWAY,
+            "the file is missing upstream"
+        );
+    }
+    let status = cache.status().await;
+    assert_eq!(status["upstreams"][0]["healthy"], true, "{status}");
+    assert_eq!(status["upstreams"][0]["consecutive_failures"], 0);
+    // Still asked: a narinfo it has is fetched, not refused as backed off.
+    narinfo(&cache, &fx.big).await;
+    cache.stop().await;
+}
+
+/// `max_upstream_lookups` slots, all taken for the whole time limit: the request is answered 503
+/// (retry), no source is asked, and the source's health is not touched by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_past_max_upstream_lookups_wait_then_get_503() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    up.set_fault(Fault::Stall);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path(), &[&up.url]);
+    config.limits.max_upstream_lookups = 1;
+    let cache = Nixcache::start(config).await;
+    // One slot, held up to upstream_timeout (2 s) by each request: the first holds it until 2.0 s, the
+    // second (waiting from 0.1 s) gets it then and holds it until 4.0 s, the third (waiting from 0.2 s)
+    // gives up at 2.2 s.
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let url = format!("{}/{}.narinfo", cache.url, i.to_string().repeat(32));
+        clients.push(tokio::spawn(async move { get(&url).await }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut statuses = Vec::new();
+    for c in clients {
+        let r = c.await.unwrap();
+        statuses.push((r.status(), r.headers().contains_key("retry-after")));
+    }
+    assert_eq!(
+        statuses,
+        [
+            (StatusCode::GATEWAY_TIMEOUT, true),
+            (StatusCode::GATEWAY_TIMEOUT, true),
+            (StatusCode::SERVICE_UNAVAILABLE, true),
+        ]
+    );
+    assert_eq!(up.narinfos(), 2, "the third was never sent");
+    let status = cache.status().await;
+    assert_eq!(status["upstreams"][0]["consecutive_failures"], 2);
+    cache.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_nar_is_never_stored_and_the_client_sees_a_failure() {
     let fx = fixture();

@@ -84,6 +84,18 @@ impl BucketError {
             _ => false,
         }
     }
+
+    /// Whether it says the bucket is unwell (counts towards its back-off): no answer, a failed
+    /// connection, a 5xx or 429. A missing object is not an outage.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            BucketError::Timeout | BucketError::Http(_) => true,
+            BucketError::Status(status) => crate::sources::status_is_outage(*status),
+            BucketError::Store(object_store::Error::NotFound { .. }) => false,
+            BucketError::Store(_) => true,
+            BucketError::Io(_) => false,
+        }
+    }
 }
 
 fn http_error(e: reqwest::Error) -> BucketError {

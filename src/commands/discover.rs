@@ -143,12 +143,12 @@ async fn check(
     trust_advertised: bool,
 ) -> Option<Found> {
     if ad.txt.get("proto").is_some_and(|p| p != "http") {
-        tracing::info!(service = %ad.fullname, "skipped: advertises a protocol other than http");
+        tracing::info!(service = ?ad.fullname, "skipped: advertises a protocol other than http");
         return None;
     }
     let path = ad.txt.get("path").map(String::as_str).unwrap_or("/");
     if !valid_path(path) {
-        tracing::warn!(service = %ad.fullname, path, "skipped: advertised path is not a plain URL path");
+        tracing::warn!(service = ?ad.fullname, path = ?path, "skipped: advertised path is not a plain URL path");
         return None;
     }
     for ip in candidates(&ad.addresses) {
@@ -172,7 +172,7 @@ async fn check(
             trust,
         });
     }
-    tracing::warn!(service = %ad.fullname, addresses = ?ad.addresses, "skipped: no address answers /nix-cache-info");
+    tracing::warn!(service = ?ad.fullname, addresses = ?ad.addresses, "skipped: no address answers /nix-cache-info");
     None
 }
 
@@ -186,7 +186,20 @@ async fn nix_cache_info(client: &reqwest::Client, url: &str) -> Option<Option<u3
     if !response.status().is_success() {
         return None;
     }
-    let body = response.text().await.ok()?;
+    // Whatever answers on the LAN may send an endless body: read a few KiB at most.
+    let body =
+        crate::oci::client::read_capped(response, "nix-cache-info", MAX_CACHE_INFO_BYTES, |_| {})
+            .await
+            .ok()?;
+    parse_cache_info(&String::from_utf8_lossy(&body))
+}
+
+/// The most of a `/nix-cache-info` answer read.
+pub const MAX_CACHE_INFO_BYTES: u64 = 16 << 10;
+
+/// Reads a `/nix-cache-info` text: `Some(priority it announces, if any)` when it is a cache of
+/// `/nix/store`, `None` otherwise.
+pub fn parse_cache_info(body: &str) -> Option<Option<u32>> {
     let field = |name: &str| {
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))

@@ -16,9 +16,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listen = config.listen;
     let app = App::open(config)?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %app.config.data_dir.display(),
@@ -40,6 +38,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listen backlog asked for (the kernel caps it at net.core.somaxconn): room for a burst of
+/// connections, and for those waiting while `max_connections` are served.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep backlog (tokio's `TcpListener::bind` asks for 1024).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restart must not wait for old connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {

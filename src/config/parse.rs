@@ -11,6 +11,9 @@ pub fn normalize_registry(value: &str) -> Result<String, String> {
     } else {
         format!("https://{value}")
     };
+    // Messages name the URL with its credentials hidden.
+    let shown = crate::redact::url(value);
+    let value = shown.as_str();
     let parsed =
         reqwest::Url::parse(&url).map_err(|e| format!("{value:?} is not a registry URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -72,9 +75,11 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
 }
 
 /// Checks an upstream URL (http or https, no query or fragment) and gives it a trailing `/`.
-pub fn normalize_upstream(url: &str) -> Result<String, String> {
+pub fn normalize_upstream(raw: &str) -> Result<String, String> {
+    // Messages name the URL with its credentials hidden.
+    let url = crate::redact::url(raw);
     let parsed =
-        reqwest::Url::parse(url.trim()).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        reqwest::Url::parse(raw.trim()).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
             "{url:?}: only http and https upstreams are supported"

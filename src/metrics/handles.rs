@@ -56,6 +56,7 @@ pub(super) struct Inner {
     pub(super) fs_free_bytes: IntGauge,
     pub(super) task_restarts: IntCounter,
     pub(super) push: super::push::PushHandles,
+    pub(super) limits: super::limits::LimitMetrics,
     /// The handles the serving path counts with, resolved once.
     pub(super) resolved: Resolved,
 }
@@ -110,7 +111,12 @@ fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T
     metric
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(super) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
     register(registry, metric)
 }
@@ -120,11 +126,11 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     register(registry, metric)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+pub(super) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help).expect("valid gauge"))
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+pub(super) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     register(
         registry,
         IntCounter::new(name, help).expect("valid counter"),
@@ -362,6 +368,7 @@ impl Inner {
                 &["source", "reason"],
             ),
             push: super::push::PushHandles::new(&r, &sources),
+            limits: super::limits::LimitMetrics::new(&r),
             registry: r,
             sources,
             resolved,

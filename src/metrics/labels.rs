@@ -172,6 +172,8 @@ pub(super) fn error_label(e: &SourceError) -> &'static str {
         SourceError::TooLarge => "too_large",
         SourceError::Unconfigured(_) => "unconfigured",
         SourceError::NarDownload | SourceError::RefreshFailed => "internal",
+        // Never sent to the source: counted in nixcache_upstream_lookups_refused_total instead.
+        SourceError::Saturated => "internal",
         SourceError::Registry(r) if r.is_timeout() => "timeout",
         SourceError::Registry(_) => "registry",
         SourceError::Bucket(e) if e.is_timeout() => "timeout",

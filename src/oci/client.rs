@@ -2,9 +2,19 @@
 //! (`WWW-Authenticate: Bearer realm=...` → token endpoint, anonymously or with Basic credentials), with
 //! tokens cached until they expire. Blob GETs follow redirects to other hosts (GHCR's presigned URLs)
 //! without the Authorization header, and ask the registry again when a presigned URL has expired.
+//!
+//! A registry is a peer on the network, so nothing it says is trusted with memory or time: every body is
+//! read with a cap that fits its kind, token lifetimes are clamped, and its error text is escaped.
+//! The credentials (`GITHUB_TOKEN`) go only to an https registry, only after it asked for them (a
+//! challenge), and only to a token realm on the registry's own host or one allowed by name
+//! ([`Registry::allow_token_hosts`]); anywhere else a token is asked for anonymously.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sha2::{Digest as _, Sha256};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
@@ -17,11 +27,22 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
 
+/// The largest manifest read (the distribution spec lets registries refuse manifests over 4 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The largest token answer read (tokens are a few KiB at most).
+pub const MAX_TOKEN_BYTES: u64 = 256 << 10;
+/// The most of an error answer read (only its first error's code and message are kept).
+pub const MAX_ERROR_BYTES: u64 = 64 << 10;
+/// The longest a token is kept, whatever `expires_in` says.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Characters of a registry's error message kept for logs and `/_status`.
+const MAX_DETAIL_CHARS: usize = 200;
+
 /// Failures talking to a registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The connection or transfer failed.
-    #[error("request failed: {0}")]
+    /// The connection or transfer failed (shown without the URL: presigned URLs carry signatures).
+    #[error("request failed: {}", crate::redact::reqwest_error(.0))]
     Http(#[from] reqwest::Error),
     /// An unexpected status, with the registry's error code when it gave one.
     #[error("{what}: HTTP {status} {detail}")]
@@ -47,6 +68,14 @@ pub enum RegistryError {
     /// The manifest or index is not in the expected format.
     #[error("format: {0}")]
     Format(String),
+    /// An answer was larger than allowed for its kind; reading stopped there.
+    #[error("{what} larger than {cap} bytes")]
+    TooLarge {
+        /// What was read.
+        what: &'static str,
+        /// The cap.
+        cap: u64,
+    },
 }
 
 impl RegistryError {
@@ -54,6 +83,44 @@ impl RegistryError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, RegistryError::Http(e) if e.is_timeout())
     }
+
+    /// Whether it says the registry is unwell (see [`crate::sources::SourceError::is_outage`]): a failed
+    /// connection or transfer, a 5xx or a 429. A 404 (a missing blob) and content problems do not.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            RegistryError::Http(_) => true,
+            RegistryError::Status { status, .. } => crate::sources::status_is_outage(*status),
+            RegistryError::Auth(_)
+            | RegistryError::Digest { .. }
+            | RegistryError::Format(_)
+            | RegistryError::TooLarge { .. } => false,
+        }
+    }
+}
+
+/// Reads a body of at most `cap` bytes, handing each chunk to `each` as it arrives; stops (and drops the
+/// connection) as soon as the body passes the cap, whatever Content-Length said.
+pub async fn read_capped(
+    response: reqwest::Response,
+    what: &'static str,
+    cap: u64,
+    mut each: impl FnMut(&[u8]),
+) -> Result<Vec<u8>, RegistryError> {
+    let too_large = RegistryError::TooLarge { what, cap };
+    if response.content_length().is_some_and(|n| n > cap) {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Err(too_large);
+        }
+        each(&chunk);
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[derive(Debug, Clone)]
@@ -68,8 +135,16 @@ pub struct Registry {
     base: Url,
     image: String,
     client: reqwest::Client,
-    /// A GitHub token or registry password, sent only to the token endpoint as Basic credentials.
+    /// A GitHub token or registry password, sent as Basic credentials only where the module doc says.
+    /// `None` for a plain-http registry, whatever was configured.
     credentials: Option<String>,
+    /// Token realm hosts (`host` or `host:port`, lower case) allowed to receive the credentials besides
+    /// the registry's own.
+    token_hosts: Vec<String>,
+    /// The registry asked for Basic credentials itself (a `Basic` challenge).
+    basic_challenged: AtomicBool,
+    /// A realm was refused the credentials once already (warned about once).
+    realm_refused: AtomicBool,
     token: Mutex<Option<Token>>,
 }
 
@@ -86,7 +161,18 @@ impl std::fmt::Debug for Registry {
 struct TokenAnswer {
     token: Option<String>,
     access_token: Option<String>,
-    expires_in: Option<u64>,
+    /// Seconds; a number of any size or sign (clamped, never trusted with arithmetic).
+    expires_in: Option<f64>,
+}
+
+/// How long to keep a token the endpoint said lives `expires_in` seconds: 60 s when unsaid (the spec's
+/// default), 10 s to [`MAX_TOKEN_LIFETIME`], renewed 5 s early.
+pub fn token_lifetime(expires_in: Option<f64>) -> Duration {
+    let secs = expires_in
+        .filter(|s| s.is_finite())
+        .unwrap_or(60.0)
+        .clamp(10.0, MAX_TOKEN_LIFETIME.as_secs_f64());
+    Duration::from_secs_f64(secs).saturating_sub(Duration::from_secs(5))
 }
 
 /// Parses `Bearer realm="...",service="...",scope="..."` into its parameters.
@@ -118,18 +204,73 @@ impl Registry {
         credentials: Option<String>,
         client: reqwest::Client,
     ) -> Result<Registry, String> {
-        let mut base = Url::parse(base).map_err(|e| format!("{base:?}: {e}"))?;
+        let shown = crate::redact::url(base);
+        let mut base = Url::parse(base).map_err(|e| format!("{shown:?}: {e}"))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(format!("{base}: only http and https registries"));
+            return Err(format!("{shown}: only http and https registries"));
         }
         base.set_path("/");
+        let credentials = match credentials {
+            Some(_) if base.scheme() != "https" => {
+                tracing::warn!(
+                    registry = %shown,
+                    "the registry token is never sent over plain http; asking this registry anonymously"
+                );
+                None
+            }
+            c => c,
+        };
         Ok(Registry {
             base,
             image: image.to_string(),
             client,
             credentials,
+            token_hosts: Vec::new(),
+            basic_challenged: AtomicBool::new(false),
+            realm_refused: AtomicBool::new(false),
             token: Mutex::new(None),
         })
+    }
+
+    /// Lets the credentials go to token realms on these hosts too (`host` or `host:port`; https only).
+    pub fn allow_token_hosts(mut self, hosts: &[String]) -> Registry {
+        self.token_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Whether the credentials may go to the token realm `realm`: https, and the registry's own host
+    /// and port or one allowed by name.
+    pub fn may_send_credentials_to(&self, realm: &Url) -> bool {
+        if realm.scheme() != "https" || self.base.scheme() != "https" {
+            return false;
+        }
+        let same_host = realm.host_str() == self.base.host_str()
+            && realm.port_or_known_default() == self.base.port_or_known_default();
+        let named = realm.host_str().is_some_and(|host| {
+            let host = host.to_ascii_lowercase();
+            let with_port = match realm.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.clone(),
+            };
+            self.token_hosts.iter().any(|allowed| {
+                *allowed == with_port || (realm.port().is_none() && *allowed == host)
+            })
+        });
+        same_host || named
+    }
+
+    fn token_slot(&self) -> std::sync::MutexGuard<'_, Option<Token>> {
+        // Nothing panics while it is held, but a poisoned lock must never disable the source.
+        self.token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The credentials for a request to the registry itself, once it asked for Basic ones.
+    fn basic_credentials(&self) -> Option<&str> {
+        self.credentials
+            .as_deref()
+            .filter(|_| self.basic_challenged.load(Ordering::Relaxed))
     }
 
     /// The registry's host (and port), as written in the index's `registry` field.
@@ -153,7 +294,7 @@ impl Registry {
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
-        let guard = self.token.lock().ok()?;
+        let guard = self.token_slot();
         let t = guard.as_ref()?;
         (t.scope == scope && Instant::now() < t.expires).then(|| t.value.clone())
     }
@@ -166,16 +307,19 @@ impl Registry {
     ) -> Result<Option<String>, RegistryError> {
         let Some((scheme, params)) = parse_challenge(challenge) else {
             return Err(RegistryError::Auth(format!(
-                "unreadable challenge {challenge:?}"
+                "unreadable challenge {:?}",
+                crate::redact::untrusted(challenge, MAX_DETAIL_CHARS)
             )));
         };
         if scheme == "basic" {
             // A registry asking for Basic directly: send the credentials with each request.
+            self.basic_challenged.store(true, Ordering::Relaxed);
             return Ok(None);
         }
         if scheme != "bearer" {
             return Err(RegistryError::Auth(format!(
-                "unsupported scheme {scheme:?}"
+                "unsupported scheme {:?}",
+                crate::redact::untrusted(&scheme, MAX_DETAIL_CHARS)
             )));
         }
         let get = |k: &str| {
@@ -195,18 +339,22 @@ impl Registry {
             }
             q.append_pair("scope", &scope);
         }
-        let mut request = self.client.get(url);
-        if let Some(secret) = &self.credentials {
-            request = request.basic_auth("token", Some(secret));
+        let allowed = self.may_send_credentials_to(&url);
+        let mut request = self.client.get(url.clone());
+        match &self.credentials {
+            Some(secret) if allowed => request = request.basic_auth("token", Some(secret)),
+            Some(_) if !self.realm_refused.swap(true, Ordering::Relaxed) => tracing::warn!(
+                realm_host = ?url.host_str().unwrap_or(""),
+                "the registry's token realm is not on its own host (or not https): asking it \
+                 anonymously; name the host in oci_token_hosts to send it the registry token"
+            ),
+            Some(_) | None => {}
         }
         let response = request.send().await?;
         if !response.status().is_success() {
-            return Err(RegistryError::Auth(format!(
-                "token endpoint answered HTTP {}",
-                response.status().as_u16()
-            )));
+            return Err(Self::error("token", response).await);
         }
-        let body = response.bytes().await?;
+        let body = read_capped(response, "token answer", MAX_TOKEN_BYTES, |_| {}).await?;
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Auth(format!("token answer: {e}")))?;
         let value = answer
@@ -214,15 +362,14 @@ impl Registry {
             .or(answer.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| RegistryError::Auth("token answer without a token".into()))?;
-        // Renew a little early; 60 s is the spec's default lifetime.
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10) - 5);
-        if let Ok(mut t) = self.token.lock() {
-            *t = Some(Token {
-                value: value.clone(),
-                scope: default_scope.to_string(),
-                expires: Instant::now() + lifetime,
-            });
-        }
+        let expires = Instant::now()
+            .checked_add(token_lifetime(answer.expires_in))
+            .unwrap_or_else(Instant::now);
+        *self.token_slot() = Some(Token {
+            value: value.clone(),
+            scope: default_scope.to_string(),
+            expires,
+        });
         Ok(Some(value))
     }
 
@@ -248,7 +395,7 @@ impl Registry {
             }
             if let Some(t) = token {
                 r = r.bearer_auth(t);
-            } else if basic && let Some(secret) = &self.credentials {
+            } else if basic && let Some(secret) = self.basic_credentials() {
                 r = r.basic_auth("token", Some(secret));
             }
             if let Some(b) = body {
@@ -257,7 +404,8 @@ impl Registry {
             r
         };
         let cached = self.cached_token(&scope);
-        let response = build(cached.as_deref(), false).send().await?;
+        // Basic credentials only once this registry asked for them; a token only once it was granted.
+        let response = build(cached.as_deref(), true).send().await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -271,14 +419,15 @@ impl Registry {
         Ok(build(token.as_deref(), token.is_none()).send().await?)
     }
 
+    /// The error for an unexpected answer: its status and, from at most [`MAX_ERROR_BYTES`] of its
+    /// body, the first error's code and message, escaped and shortened.
     async fn error(what: &'static str, response: reqwest::Response) -> RegistryError {
         let status = response.status().as_u16();
-        let detail = response
-            .text()
+        let detail = read_capped(response, "error answer", MAX_ERROR_BYTES, |_| {})
             .await
             .ok()
-            .and_then(|t| {
-                let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+            .and_then(|body| {
+                let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
                 let e = v.get("errors")?.get(0)?;
                 Some(format!(
                     "{} {}",
@@ -286,6 +435,7 @@ impl Registry {
                     e.get("message").and_then(|m| m.as_str()).unwrap_or("")
                 ))
             })
+            .map(|d| crate::redact::untrusted(&d, MAX_DETAIL_CHARS))
             .unwrap_or_default();
         RegistryError::Status {
             what,
@@ -328,7 +478,7 @@ impl Registry {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = r.bytes().await?;
+        let body = read_capped(r, "manifest", MAX_MANIFEST_BYTES, |_| {}).await?;
         let digest = digest_of(&body);
         if let Some(a) = announced
             && a != digest
@@ -368,7 +518,7 @@ impl Registry {
             if let Some(t) = &token {
                 // reqwest drops Authorization when a redirect leaves this host (GHCR's storage URLs).
                 request = request.header(AUTHORIZATION, format!("Bearer {t}"));
-            } else if let Some(secret) = &self.credentials {
+            } else if let Some(secret) = self.basic_credentials() {
                 request = request.basic_auth("token", Some(secret));
             }
             if let Some(from) = range_from {
@@ -383,9 +533,7 @@ impl Registry {
                     last = Some(Self::error("blob GET (storage)", r).await);
                 }
                 StatusCode::UNAUTHORIZED => {
-                    if let Ok(mut t) = self.token.lock() {
-                        *t = None;
-                    }
+                    *self.token_slot() = None;
                     last = Some(Self::error("blob GET", r).await);
                 }
                 _ => return Err(Self::error("blob GET", r).await),
@@ -394,28 +542,36 @@ impl Registry {
         Err(last.unwrap_or(RegistryError::Auth("blob GET kept failing".into())))
     }
 
-    /// A whole blob, at most `cap` bytes, checked against its digest.
-    pub async fn blob_bytes(&self, digest: &str, cap: u64) -> Result<Vec<u8>, RegistryError> {
+    /// A whole blob of exactly `size` bytes (its descriptor's) when known, and at most `cap`, checked
+    /// against its digest. Read as it arrives: a body longer than announced stops the download there.
+    pub async fn blob_bytes(
+        &self,
+        digest: &str,
+        size: Option<u64>,
+        cap: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        if size.is_some_and(|s| s > cap) {
+            return Err(RegistryError::TooLarge { what: "blob", cap });
+        }
         let r = self.blob(digest, None).await?;
-        if r.content_length().is_some_and(|n| n > cap) {
+        let mut sha = Sha256::new();
+        let body = read_capped(r, "blob", size.unwrap_or(cap), |chunk| sha.update(chunk)).await?;
+        if let Some(size) = size
+            && body.len() as u64 != size
+        {
             return Err(RegistryError::Format(format!(
-                "blob {digest} larger than {cap} bytes"
+                "blob is {} bytes, its descriptor says {size}",
+                body.len()
             )));
         }
-        let body = r.bytes().await?;
-        if body.len() as u64 > cap {
-            return Err(RegistryError::Format(format!(
-                "blob {digest} larger than {cap} bytes"
-            )));
-        }
-        let got = digest_of(&body);
+        let got = format!("sha256:{}", hex::encode(sha.finalize()));
         if got != digest {
             return Err(RegistryError::Digest {
                 expected: digest.to_string(),
                 got,
             });
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 
     /// Whether the registry already has the blob (HEAD).
@@ -516,5 +672,92 @@ mod tests {
         assert_eq!(scheme, "basic");
         assert_eq!(params.len(), 1);
         assert!(parse_challenge("Bearer").is_none());
+    }
+
+    fn registry(base: &str, token: Option<&str>) -> Registry {
+        Registry::new(
+            base,
+            "o/r/nix-cache",
+            token.map(str::to_string),
+            reqwest::Client::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn credentials_go_only_to_https_realms_on_the_registry_host_or_named_ones() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let ghcr = registry("https://ghcr.io", Some("secret"));
+        assert!(ghcr.may_send_credentials_to(&url("https://ghcr.io/token")));
+        assert!(ghcr.may_send_credentials_to(&url("https://ghcr.io:443/token")));
+        for elsewhere in [
+            "http://ghcr.io/token",
+            "https://ghcr.io:8443/token",
+            "https://evil.example/token",
+            "https://ghcr.io.evil.example/token",
+        ] {
+            assert!(
+                !ghcr.may_send_credentials_to(&url(elsewhere)),
+                "{elsewhere}"
+            );
+        }
+        let hub = registry("https://registry-1.docker.io", Some("secret"))
+            .allow_token_hosts(&["auth.docker.io".into(), "other.example:8443".into()]);
+        assert!(hub.may_send_credentials_to(&url("https://auth.docker.io/token")));
+        assert!(hub.may_send_credentials_to(&url("https://other.example:8443/t")));
+        assert!(!hub.may_send_credentials_to(&url("https://other.example/t")));
+        assert!(!hub.may_send_credentials_to(&url("http://auth.docker.io/token")));
+
+        let plain = registry("http://127.0.0.1:5000", Some("secret"));
+        assert_eq!(
+            plain.credentials, None,
+            "never kept for a plain-http registry"
+        );
+        assert!(!plain.may_send_credentials_to(&url("http://127.0.0.1:5000/token")));
+    }
+
+    #[test]
+    fn credentials_wait_for_a_basic_challenge() {
+        let r = registry("https://registry.example", Some("secret"));
+        assert_eq!(r.basic_credentials(), None, "nothing before a challenge");
+        r.basic_challenged.store(true, Ordering::Relaxed);
+        assert_eq!(r.basic_credentials(), Some("secret"));
+    }
+
+    #[test]
+    fn token_lifetimes_are_clamped_whatever_the_endpoint_says() {
+        assert_eq!(token_lifetime(None), Duration::from_secs(55));
+        assert_eq!(token_lifetime(Some(300.0)), Duration::from_secs(295));
+        assert_eq!(token_lifetime(Some(0.0)), Duration::from_secs(5));
+        assert_eq!(token_lifetime(Some(-1e9)), Duration::from_secs(5));
+        for huge in [u64::MAX as f64, 1e300] {
+            let max = MAX_TOKEN_LIFETIME - Duration::from_secs(5);
+            assert_eq!(token_lifetime(Some(huge)), max);
+        }
+        // Not JSON numbers, but never arithmetic trouble either: the default.
+        for odd in [f64::INFINITY, f64::NAN] {
+            assert_eq!(token_lifetime(Some(odd)), Duration::from_secs(55));
+        }
+        let answer: TokenAnswer =
+            serde_json::from_str(r#"{"token":"t","expires_in":18446744073709551615}"#).unwrap();
+        assert_eq!(answer.expires_in, Some(u64::MAX as f64));
+    }
+
+    #[test]
+    fn only_outages_count_against_a_registry() {
+        let status = |status| RegistryError::Status {
+            what: "blob GET",
+            status,
+            detail: String::new(),
+        };
+        assert!(
+            !status(404).is_outage(),
+            "a missing blob is not a registry that is down"
+        );
+        assert!(!status(403).is_outage());
+        assert!(status(500).is_outage());
+        assert!(status(503).is_outage());
+        assert!(status(429).is_outage());
+        assert!(!RegistryError::Format("x".into()).is_outage());
     }
 }

@@ -37,7 +37,9 @@ pub async fn read_index(
         None => Ok((None, CacheIndex::new(repo, &registry.host()))),
         Some((digest, manifest)) => {
             let layer = manifest.index_layer().map_err(PublishError::Index)?;
-            let blob = registry.blob_bytes(&layer.digest, 1 << 30).await?;
+            let blob = registry
+                .blob_bytes(&layer.digest, Some(layer.size), 1 << 30)
+                .await?;
             Ok((
                 Some(digest),
                 CacheIndex::parse(&blob).map_err(PublishError::Index)?,

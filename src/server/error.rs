@@ -21,6 +21,9 @@ pub enum ApiError {
     /// Not allowed from where it came.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The same work is already running; the client may ask again later (429 with Retry-After).
+    #[error("{0}")]
+    TooManyRequests(&'static str),
     /// A Range that starts past the end of the file.
     #[error("range not satisfiable")]
     RangeNotSatisfiable {
@@ -96,8 +99,16 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(reason) => (StatusCode::BAD_REQUEST, reason),
             ApiError::NotFound(reason) => (StatusCode::NOT_FOUND, reason),
             ApiError::Forbidden(reason) => (StatusCode::FORBIDDEN, reason),
+            ApiError::TooManyRequests(reason) => (StatusCode::TOO_MANY_REQUESTS, reason),
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable")
+            }
+            ApiError::Upstream(SourceError::Saturated) => {
+                // The appliance is busy, no source was asked: Nix retries a 503 (honouring Retry-After).
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many upstream lookups, retry",
+                )
             }
             ApiError::Upstream(e) if e.is_timeout() => {
                 tracing::warn!(error = %e, "answering 504");
@@ -121,7 +132,10 @@ impl IntoResponse for ApiError {
         }
         if matches!(
             status,
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE
+            StatusCode::BAD_GATEWAY
+                | StatusCode::GATEWAY_TIMEOUT
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::TOO_MANY_REQUESTS
         ) {
             // Nix 2.35+ honours it; others retry with their own back-off.
             response

@@ -1,7 +1,9 @@
 //! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
 
 pub mod bucket;
+pub mod connection;
 pub mod error;
+pub mod listener;
 pub mod nar;
 pub mod observe;
 pub mod status_page;
@@ -16,7 +18,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -51,33 +52,19 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Serves `listener` until `app.shutdown` is cancelled, then drains for at most [`DRAIN_TIMEOUT`] and
-/// stops the background tasks. The caller binds the socket (tests pass a port-0 listener).
+/// stops the background tasks. The caller binds the socket (tests pass a port-0 listener). Connections
+/// are limited as `app.config.limits` says (see [`listener`] and [`connection`]).
 pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let background = app.start_background();
-    let shutdown = app.shutdown.clone();
-    // Headers and a small body go out in separate writes: without TCP_NODELAY the body waits for the
-    // client's delayed ACK (~40 ms per small NAR on a kept-alive connection).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(
+    let result = listener::serve(
         listener,
-        router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router(app.clone()),
+        &app.config.limits,
+        app.metrics.limits().clone(),
+        app.shutdown.clone(),
+        DRAIN_TIMEOUT,
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await });
-    let drained = async {
-        app.shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
-    let result = tokio::select! {
-        r = serve => r,
-        () = drained => {
-            tracing::warn!("requests still running after the drain time-out; closing them");
-            Ok(())
-        }
-    };
+    .await;
     app.shutdown.cancel();
     app.stopped.cancel();
     background.join(&app).await;
@@ -157,7 +144,9 @@ async fn narinfo(
     }
 }
 
-/// `POST /_refresh`: refresh the OCI index now. Allowed from loopback, or with the admin token.
+/// `POST /_refresh`: refresh the OCI index now. Allowed from loopback (unless `trust_loopback` is off,
+/// as behind a local reverse proxy where every client looks like loopback), or with the admin token.
+/// One refresh runs at a time: a call while one runs is answered 429.
 async fn refresh(
     State(app): State<Arc<App>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -171,23 +160,35 @@ async fn refresh(
         (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
         _ => false,
     };
-    if !peer.ip().is_loopback() && !token_ok {
-        return Err(ApiError::Forbidden(
-            "refresh is allowed from loopback or with the admin token",
-        ));
+    if !(token_ok || app.config.limits.trust_loopback && is_loopback(peer.ip())) {
+        return Err(ApiError::Forbidden(if app.config.limits.trust_loopback {
+            "refresh is allowed from loopback or with the admin token"
+        } else {
+            "refresh needs the admin token"
+        }));
     }
     if app.sources.oci().is_none() {
         return Err(ApiError::NotFound("no OCI source configured"));
     }
-    match crate::mirror::refresh_once(&app).await {
-        Ok(outcome) => Ok(Json(outcome).into_response()),
-        Err(e) => {
+    match crate::mirror::try_refresh_now(&app).await {
+        None => {
+            app.metrics.limits().refreshes_refused.inc();
+            Err(ApiError::TooManyRequests("a refresh is already running"))
+        }
+        Some(Ok(outcome)) => Ok(Json(outcome).into_response()),
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "forced refresh failed");
             Err(ApiError::Upstream(
                 crate::sources::SourceError::RefreshFailed,
             ))
         }
     }
+}
+
+/// Loopback, also written as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, what a dual-stack
+/// `[::]` listener sees of an IPv4 loopback client).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -300,6 +301,7 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
             .iter()
             .enumerate()
             .map(|(i, u)| UpstreamStatus {
+                // The shown URL: credentials hidden.
                 url: u.url().to_string(),
                 priority: i,
                 accept_unsigned: u.accepts_unsigned(),
@@ -312,4 +314,24 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
         recent_activity: app.metrics.activity().recent(),
         pushes: app.pushes.status(&app.metrics),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_loopback_is_loopback() {
+        for (ip, want) in [
+            ("127.0.0.1", true),
+            ("127.1.2.3", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:192.168.1.5", false),
+            ("192.168.1.5", false),
+            ("fe80::1", false),
+        ] {
+            assert_eq!(is_loopback(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
 }

@@ -76,7 +76,7 @@ impl BucketSource {
         self.metrics.observe(RequestKind::Narinfo, started, &result);
         match &result {
             Ok(NarinfoAnswer::Rejected(why, reason)) => {
-                tracing::warn!(source = %self.id(), hash = %hash, reason = %reason, "bucket narinfo rejected");
+                tracing::warn!(source = %self.id(), hash = %hash, reason = ?reason, "bucket narinfo rejected");
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.metrics.rejected(*why, reason);
                 self.health.success();
@@ -84,8 +84,11 @@ impl BucketSource {
             Ok(_) => self.health.success(),
             Err(e) => {
                 tracing::warn!(source = %self.id(), hash = %hash, error = %e, "bucket narinfo request failed");
-                self.health.failure(e);
             }
+        }
+        if result.is_err() {
+            // Only outages move the back-off.
+            self.health.observe(&result);
         }
         result
     }
@@ -152,10 +155,8 @@ impl BucketSource {
         let started = Instant::now();
         let result = self.bucket.get(url, range).await.map_err(SourceError::from);
         self.metrics.observe(RequestKind::Nar, started, &result);
-        match &result {
-            Ok(_) => self.health.success(),
-            Err(e) => self.health.failure(e),
-        }
+        // A missing object is not a bucket that is down: only outages move the back-off.
+        self.health.observe(&result);
         result
     }
 }

@@ -33,8 +33,8 @@ pub enum SourceError {
     /// It answered with an unexpected status.
     #[error("answered HTTP {0}")]
     Status(u16),
-    /// The connection or transfer failed.
-    #[error("request failed: {0}")]
+    /// The connection or transfer failed (shown without the URL, which may carry credentials).
+    #[error("request failed: {}", crate::redact::reqwest_error(.0))]
     Http(#[source] reqwest::Error),
     /// The body was larger than allowed.
     #[error("answer too large")]
@@ -54,6 +54,10 @@ pub enum SourceError {
     /// The shared bucket failed (issue 13).
     #[error(transparent)]
     Bucket(#[from] crate::bucket::BucketError),
+    /// Every upstream lookup slot stayed taken for the whole time limit (`max_upstream_lookups`): the
+    /// appliance is busy, the source was not asked.
+    #[error("too many upstream lookups at once")]
+    Saturated,
 }
 
 impl SourceError {
@@ -66,6 +70,30 @@ impl SourceError {
             _ => false,
         }
     }
+
+    /// Whether this failure says the source is unwell, and so counts towards its back-off: no answer in
+    /// time, a failed connection or transfer, a 5xx, or a 429 (it asks to be left alone). A 404 on a NAR
+    /// or blob means "this file is missing", not "this source is down"; other answers say nothing about
+    /// its health either.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            SourceError::Timeout | SourceError::Http(_) => true,
+            SourceError::Status(status) => status_is_outage(*status),
+            SourceError::Registry(e) => e.is_outage(),
+            SourceError::Bucket(e) => e.is_outage(),
+            SourceError::BackedOff
+            | SourceError::TooLarge
+            | SourceError::Unconfigured(_)
+            | SourceError::NarDownload
+            | SourceError::RefreshFailed
+            | SourceError::Saturated => false,
+        }
+    }
+}
+
+/// Statuses that mean the source (not the file asked for) is in trouble.
+pub fn status_is_outage(status: u16) -> bool {
+    status >= 500 || status == 429
 }
 
 /// A source's answer to "do you have this narinfo".
@@ -175,9 +203,17 @@ const FAILURES_BEFORE_BACKOFF: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Health {
+    /// The state. A panic elsewhere while it was held must not disable the source for good (a poisoned
+    /// lock used to read as "backed off" until restart): every update leaves it consistent.
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// `Err(BackedOff)` while the source is backed off.
     pub fn check(&self) -> Result<(), SourceError> {
-        let state = self.state.lock().map_err(|_| SourceError::BackedOff)?;
+        let state = self.state();
         match state.backed_off_until {
             Some(until) if Instant::now() < until => Err(SourceError::BackedOff),
             _ => Ok(()),
@@ -186,35 +222,37 @@ impl Health {
 
     /// Records a success: the source is healthy again.
     pub fn success(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.consecutive_failures = 0;
-            state.backed_off_until = None;
-        }
+        let mut state = self.state();
+        state.consecutive_failures = 0;
+        state.backed_off_until = None;
     }
 
     /// Records a failure; from the third in a row the source is backed off 1 s, 2 s, 4 s ... up to 60 s.
     pub fn failure(&self, error: &dyn std::fmt::Display) {
-        if let Ok(mut state) = self.state.lock() {
-            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            state.last_error = Some(error.to_string());
-            if state.consecutive_failures >= FAILURES_BEFORE_BACKOFF {
-                let exp = (state.consecutive_failures - FAILURES_BEFORE_BACKOFF).min(6);
-                let backoff = Duration::from_secs(1 << exp).min(MAX_BACKOFF);
-                state.backed_off_until = Some(Instant::now() + backoff);
-            }
+        let mut state = self.state();
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        state.last_error = Some(crate::redact::untrusted(&error.to_string(), 300));
+        if state.consecutive_failures >= FAILURES_BEFORE_BACKOFF {
+            let exp = (state.consecutive_failures - FAILURES_BEFORE_BACKOFF).min(6);
+            let backoff = Duration::from_secs(1 << exp).min(MAX_BACKOFF);
+            state.backed_off_until = Instant::now().checked_add(backoff);
+        }
+    }
+
+    /// Records what a request to the source came to: an answer (even "missing") is a sign of health,
+    /// an outage ([`SourceError::is_outage`]) a failure; a request never sent counts neither way.
+    pub fn observe<T>(&self, result: &Result<T, SourceError>) {
+        match result {
+            Ok(_) => self.success(),
+            Err(SourceError::BackedOff | SourceError::Saturated) => {}
+            Err(e) if e.is_outage() => self.failure(e),
+            Err(_) => self.success(),
         }
     }
 
     /// A snapshot for `/_status`.
     pub fn snapshot(&self) -> HealthSnapshot {
-        let Ok(state) = self.state.lock() else {
-            return HealthSnapshot {
-                healthy: false,
-                consecutive_failures: 0,
-                backed_off_secs: None,
-                last_error: None,
-            };
-        };
+        let state = self.state();
         let now = Instant::now();
         HealthSnapshot {
             healthy: state.consecutive_failures == 0,
@@ -226,6 +264,14 @@ impl Health {
             last_error: state.last_error.clone(),
         }
     }
+}
+
+/// The slots upstream narinfo requests share (`max_upstream_lookups`).
+pub struct LookupSlots {
+    /// One permit per request in flight.
+    pub slots: tokio::sync::Semaphore,
+    /// Requests that found none free in time.
+    pub refused: prometheus::IntCounter,
 }
 
 /// The configured sources: the OCI source (mirrored into the index, so it answers first), then the
@@ -261,7 +307,7 @@ impl Sources {
             return bucket.get_nar(url).await;
         }
         if let Some(oci) = &self.oci
-            && oci.id() == source
+            && oci.is_recorded_as(source)
         {
             return oci.get_nar(url).await;
         }
@@ -276,9 +322,23 @@ impl Sources {
         &self.upstreams
     }
 
-    /// The source with this base URL (as recorded in the index).
+    /// The source with this base URL (as recorded in the index: its shown URL, or, in indexes written
+    /// before credentials were hidden, its full URL).
     pub fn by_url(&self, url: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|u| u.url() == url)
+        self.upstreams.iter().find(|u| u.is_recorded_as(url))
+    }
+
+    /// Lets at most `max` upstream narinfo requests run at once, over all upstreams; `refused` counts
+    /// those that found no slot within their time limit.
+    pub fn with_lookup_cap(mut self, max: usize, refused: prometheus::IntCounter) -> Sources {
+        let slots = std::sync::Arc::new(LookupSlots {
+            slots: tokio::sync::Semaphore::new(max),
+            refused,
+        });
+        for u in &mut self.upstreams {
+            u.set_lookup_slots(slots.clone());
+        }
+        self
     }
 
     /// Asks every source at once; returns as soon as the best-priority hit is certain.

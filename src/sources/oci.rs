@@ -20,7 +20,8 @@ use crate::nix::signing::PublicKey;
 use crate::oci::client::{Registry, RegistryError};
 use crate::oci::format::image_name;
 
-/// The largest index blob accepted.
+/// The largest index blob accepted (about 700,000 entries). Its manifest must announce its size, and
+/// the download stops as soon as the body passes that.
 const MAX_INDEX_BYTES: u64 = 1 << 30;
 /// Time allowed to download the index blob (it can be tens of MB).
 const INDEX_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -43,6 +44,18 @@ pub enum RefreshError {
     /// The registry did not answer in time.
     #[error("registry timed out")]
     Timeout,
+}
+
+impl RefreshError {
+    /// Whether it says the registry is unwell (counts towards the source's back-off), rather than that
+    /// what it published is unusable or that something failed here.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            RefreshError::Registry(e) => e.is_outage(),
+            RefreshError::Timeout => true,
+            RefreshError::Format(_) | RefreshError::Index(_) | RefreshError::Task(_) => false,
+        }
+    }
 }
 
 /// What a refresh did.
@@ -89,7 +102,10 @@ pub struct IndexState {
 
 /// The OCI source.
 pub struct OciSource {
+    /// Its name, credentials in the registry URL hidden.
     id: String,
+    /// Its name as indexes written before credentials were hidden recorded it.
+    full_id: String,
     registry: Registry,
     repo: String,
     ttl: Duration,
@@ -98,6 +114,8 @@ pub struct OciSource {
     trust: Trust,
     health: Health,
     refreshing: tokio::sync::Mutex<()>,
+    /// Held by the one forced refresh (`POST /_refresh`) running or waiting.
+    forced: tokio::sync::Mutex<()>,
     state: Mutex<IndexState>,
     rejected: AtomicU64,
     metrics: SourceMetrics,
@@ -131,8 +149,10 @@ impl OciSource {
                     .map_err(|e| e.to_string())?,
             )
         };
+        let full_id = format!("oci:{}/{image}", config.registry.trim_end_matches('/'));
         Ok(OciSource {
-            id: format!("oci:{}/{image}", config.registry.trim_end_matches('/')),
+            id: crate::redact::url(&full_id),
+            full_id,
             registry,
             repo: config.repo.clone(),
             ttl: config.index_ttl,
@@ -140,6 +160,7 @@ impl OciSource {
             trust,
             health: Health::default(),
             refreshing: tokio::sync::Mutex::new(()),
+            forced: tokio::sync::Mutex::new(()),
             state: Mutex::new(IndexState::default()),
             rejected: AtomicU64::new(0),
             metrics: SourceMetrics::default(),
@@ -156,6 +177,17 @@ impl OciSource {
     /// The name recorded as the source of its narinfos and NARs.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether `recorded` (a source name from the index) names this source.
+    pub fn is_recorded_as(&self, recorded: &str) -> bool {
+        recorded == self.id || recorded == self.full_id
+    }
+
+    /// Lets the registry credentials go to token realms on these hosts too (`oci_token_hosts`).
+    pub fn with_token_hosts(mut self, hosts: &[String]) -> OciSource {
+        self.registry = self.registry.allow_token_hosts(hosts);
+        self
     }
 
     /// Its health (registry reachability).
@@ -180,7 +212,14 @@ impl OciSource {
 
     /// The index state, for `/_status`.
     pub fn state(&self) -> IndexState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        self.state_slot().clone()
+    }
+
+    fn state_slot(&self) -> std::sync::MutexGuard<'_, IndexState> {
+        // Every update leaves it consistent: a panic elsewhere must not hide the source's state.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts the download of a NAR blob by digest.
@@ -197,10 +236,8 @@ impl OciSource {
                 Err(_) => Err(SourceError::Timeout),
             };
         self.metrics.observe(RequestKind::Nar, started, &result);
-        match &result {
-            Ok(_) => self.health.success(),
-            Err(e) => self.health.failure(e),
-        }
+        // A missing blob (404) is not a registry that is down: only outages move the back-off.
+        self.health.observe(&result);
         result
     }
 
@@ -232,7 +269,8 @@ impl OciSource {
         let layer = manifest.index_layer().map_err(RefreshError::Format)?;
         let blob = Self::limited(
             INDEX_DOWNLOAD_TIMEOUT,
-            self.registry.blob_bytes(&layer.digest, MAX_INDEX_BYTES),
+            self.registry
+                .blob_bytes(&layer.digest, Some(layer.size), MAX_INDEX_BYTES),
         )
         .await?;
         Ok(Poll::Changed { digest, blob })
@@ -241,6 +279,12 @@ impl OciSource {
     /// One refresh at a time: held by the mirror while it polls and applies.
     pub async fn refresh_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.refreshing.lock().await
+    }
+
+    /// The turn of the one forced refresh (`POST /_refresh`), or `None` while another forced refresh
+    /// runs or waits: a client calling it in a loop costs at most one refresh at a time.
+    pub fn forced_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.forced.try_lock().ok()
     }
 
     /// Records how a refresh ended, for `/_status`, metrics and the back-off. `entries` and
@@ -254,7 +298,8 @@ impl OciSource {
     ) {
         self.metrics.refreshed(result, took);
         let now = unix_now();
-        if let Ok(mut state) = self.state.lock() {
+        {
+            let mut state = self.state_slot();
             state.last_refresh = Some(now);
             state.last_duration_secs = Some(took.as_secs_f64());
             if let Some(n) = entries {
@@ -288,8 +333,9 @@ impl OciSource {
             }
         }
         match result {
-            Ok(_) => self.health.success(),
-            Err(e) => self.health.failure(e),
+            Err(e) if e.is_outage() => self.health.failure(e),
+            // The registry answered (what it published may still be unusable).
+            _ => self.health.success(),
         }
     }
 

@@ -1,13 +1,14 @@
 //! An upstream HTTP binary cache (cache.nixos.org, another nixcache, a `nix copy --to file://` folder
 //! behind any web server), asked per request.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::{StatusCode, Url};
 
-use super::{Health, NarinfoAnswer, Rejection, SourceError};
+use super::{Health, LookupSlots, NarinfoAnswer, Rejection, SourceError};
 use crate::metrics::{RequestKind, SourceMetrics};
 use crate::nix::narinfo::{MAX_NARINFO_BYTES, NarInfo};
 use crate::nix::store_path::StoreHash;
@@ -15,7 +16,9 @@ use crate::trust::Trust;
 
 /// One upstream cache.
 pub struct Upstream {
+    /// The base URL as shown and recorded: credentials hidden ([`crate::redact::url`]).
     url: String,
+    /// The base URL requests go to, credentials included.
     base: Url,
     client: reqwest::Client,
     timeout: Duration,
@@ -23,6 +26,7 @@ pub struct Upstream {
     health: Health,
     rejected: AtomicU64,
     metrics: SourceMetrics,
+    slots: Option<Arc<LookupSlots>>,
 }
 
 fn http_error(e: reqwest::Error) -> SourceError {
@@ -43,7 +47,7 @@ impl Upstream {
     ) -> Result<Upstream, String> {
         let base = Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
         Ok(Upstream {
-            url: url.to_string(),
+            url: crate::redact::url(url),
             base,
             client,
             timeout,
@@ -51,7 +55,18 @@ impl Upstream {
             health: Health::default(),
             rejected: AtomicU64::new(0),
             metrics: SourceMetrics::default(),
+            slots: None,
         })
+    }
+
+    /// Makes its narinfo requests take one of `slots` (shared by all upstreams).
+    pub fn set_lookup_slots(&mut self, slots: Arc<LookupSlots>) {
+        self.slots = Some(slots);
+    }
+
+    /// Whether `recorded` (a source name from the index) names this upstream.
+    pub fn is_recorded_as(&self, recorded: &str) -> bool {
+        recorded == self.url || recorded == self.base.as_str()
     }
 
     /// Records its requests, errors and refusals in `metrics` (the appliance's; others record nothing).
@@ -81,7 +96,7 @@ impl Upstream {
         matches!(self.trust, Trust::AcceptUnsigned)
     }
 
-    /// The base URL, which also names the source in the index and in `/_status`.
+    /// The base URL without credentials, which names the source in the index, `/_status` and metrics.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -97,22 +112,33 @@ impl Upstream {
             self.metrics.backed_off(RequestKind::Narinfo);
             return Err(e);
         }
+        // A slot first (waiting for one does not count against the source), then the request's own time.
+        let _slot = match &self.slots {
+            Some(slots) => match tokio::time::timeout(self.timeout, slots.slots.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) | Err(_) => {
+                    slots.refused.inc();
+                    return Err(SourceError::Saturated);
+                }
+            },
+            None => None,
+        };
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.fetch_narinfo(hash))
             .await
             .unwrap_or(Err(SourceError::Timeout));
         self.metrics.observe(RequestKind::Narinfo, started, &result);
+        self.health.observe(&result);
         match &result {
             Ok(NarinfoAnswer::Rejected(why, reason)) => {
-                tracing::warn!(source = %self.url, hash = %hash, reason = %reason, "upstream narinfo rejected");
+                // The reason may quote the source's text: Debug-formatted, so it cannot forge log lines.
+                tracing::warn!(source = %self.url, hash = %hash, reason = ?reason, "upstream narinfo rejected");
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.metrics.rejected(*why, reason);
-                self.health.success();
             }
-            Ok(_) => self.health.success(),
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(source = %self.url, hash = %hash, error = %e, "upstream narinfo request failed");
-                self.health.failure(e);
             }
         }
         result
@@ -209,10 +235,8 @@ impl Upstream {
             Ok(Ok(r)) => Err(SourceError::Status(r.status().as_u16())),
         };
         self.metrics.observe(RequestKind::Nar, started, &result);
-        match &result {
-            Ok(_) => self.health.success(),
-            Err(e) => self.health.failure(e),
-        }
+        // A 404 here is a missing file, not a source that is down: only outages move the back-off.
+        self.health.observe(&result);
         result
     }
 }
