@@ -85,6 +85,10 @@ pub struct App {
     pub lookups: crate::lookup::Lookups,
     /// Prometheus metrics and recent activity.
     pub metrics: Metrics,
+    /// Issue 16: stored NARs waiting to be transcoded to zstd.
+    pub transcoder: crate::transcode::Transcoder,
+    /// Issue 16: warm jobs.
+    pub warm: crate::warm::WarmJobs,
     /// When it started, for `/_status`.
     pub started: Instant,
     /// Cancelled when shutdown begins: no new connections, in-flight requests drain.
@@ -212,6 +216,8 @@ impl App {
             fills,
             lookups: crate::lookup::Lookups::default(),
             metrics,
+            transcoder: Default::default(),
+            warm: Default::default(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),

@@ -11,6 +11,8 @@
 //! | sweeps | once, after start | orphan NAR files; recorded narinfos against today's trust |
 //! | scrub | every `scrub_interval` | re-hashes stored NARs, drops damaged ones |
 //! | OCI refresh | every `index_ttl`, or when asked | mirrors the published index |
+//! | transcode | as fills commit; originals every minute | xz/bzip2 → zstd (`transcode.rs`), drops originals after their grace |
+//! | config pins | once, after start | warms and pins the config file's `pins` (`warm.rs`) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,6 +84,9 @@ pub fn start(app: &Arc<App>) -> Background {
         supervise(app, "trust-sweep", crate::trust::sweep),
         supervise(app, "oci-refresh", crate::mirror::run_refresh),
     ];
+    // Issue 16: transcoding threads, originals' grace, configured pins.
+    tasks.push(crate::transcode::start(app));
+    tasks.push(crate::warm::start_config_pins(app));
     if let Some(interval) = app.config.scrub_interval {
         tasks.push(every(app, "scrub", interval, crate::integrity::scrub));
     }

@@ -7,6 +7,7 @@
 
 mod handles;
 mod labels;
+mod lan;
 mod source;
 mod traffic;
 
@@ -23,6 +24,7 @@ pub use labels::{
     CHECKS, FILL_FAILURE_REASONS, FROM_DISK, FillOutcome, NO_SOURCE, NarResult, NarinfoResult,
     OTHER_SOURCE, RequestKind, SourceName,
 };
+pub use lan::{TranscodeTotals, WARM_NAR_RESULTS};
 pub use source::SourceMetrics;
 pub use traffic::Traffic;
 

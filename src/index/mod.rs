@@ -22,8 +22,10 @@ mod gc;
 mod migrate;
 mod narinfos;
 mod nars;
+mod pins;
 mod records;
 mod tables;
+mod transcoded;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +39,10 @@ use serde::Serialize;
 
 pub use gc::GcReport;
 pub use narinfos::{Applied, MirroredEntry};
+pub use pins::{PinRecord, PinUsage};
 pub use records::{Evicted, NarRecord, NarinfoRow, NewNarinfo, Recorded, StoredNar};
 use tables::*;
+pub use transcoded::{Transcoded, Twin};
 
 /// Failures of the index. All of them are internal errors to a client.
 #[derive(Debug, thiserror::Error)]
@@ -370,6 +374,7 @@ fn open_database(path: &Path, cache_size: Option<usize>) -> Result<Database, Ind
     tx.open_table(NEGATIVE)?;
     tx.open_table(COUNTERS)?;
     tx.open_table(MIRROR)?;
+    transcoded::open_tables(&tx)?;
     tx.commit()?;
     Ok(db)
 }

@@ -55,6 +55,8 @@ pub(super) struct Inner {
     pub(super) reserved_bytes: IntGauge,
     pub(super) fs_free_bytes: IntGauge,
     pub(super) task_restarts: IntCounter,
+    /// Issue 16: transcoding, warm jobs, pins.
+    pub(super) lan: super::lan::LanHandles,
 }
 
 fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -311,6 +313,7 @@ impl Inner {
                 "OCI index entries refused, by reason.",
                 &["source", "reason"],
             ),
+            lan: super::lan::LanHandles::new(&r),
             registry: r,
             sources,
             activity: Activity::default(),

@@ -1,5 +1,6 @@
 //! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
 
+pub mod admin;
 pub mod error;
 pub mod nar;
 pub mod observe;
@@ -38,6 +39,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/_status", get(status))
         .route("/public-key", get(public_key))
         .route("/_refresh", axum::routing::post(refresh))
+        .merge(admin::routes())
         .route("/nar/{name}", get(nar::get_nar))
         .route("/{file}", get(narinfo))
         .fallback(|| async { ApiError::NotFound("not found") })
@@ -152,19 +154,12 @@ async fn refresh(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token_ok = match (&app.admin_token, bearer) {
-        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
-        _ => false,
-    };
-    if !peer.ip().is_loopback() && !token_ok {
-        return Err(ApiError::Forbidden(
-            "refresh is allowed from loopback or with the admin token",
-        ));
-    }
+    authorize_admin(
+        &app,
+        peer,
+        &headers,
+        "refresh is allowed from loopback or with the admin token",
+    )?;
     if app.sources.oci().is_none() {
         return Err(ApiError::NotFound("no OCI source configured"));
     }
@@ -177,6 +172,28 @@ async fn refresh(
             ))
         }
     }
+}
+
+/// The authorization of the admin endpoints (`POST /_refresh`, and issue 16's `/_warm`, `/_pins`):
+/// allowed from loopback, or with `Authorization: Bearer <admin token>`; otherwise `refusal` (403).
+pub(crate) fn authorize_admin(
+    app: &App,
+    peer: std::net::SocketAddr,
+    headers: &axum::http::HeaderMap,
+    refusal: &'static str,
+) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = match (&app.admin_token, bearer) {
+        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
+        _ => false,
+    };
+    if !peer.ip().is_loopback() && !token_ok {
+        return Err(ApiError::Forbidden(refusal));
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -213,6 +230,9 @@ struct Status {
     traffic: crate::metrics::Traffic,
     /// The last things that happened, newest first.
     recent_activity: Vec<crate::activity::Event>,
+    /// Issue 16: transcoding, warm jobs, pins.
+    #[serde(flatten)]
+    lan: admin::LanStatus,
 }
 
 #[derive(Serialize)]
@@ -246,9 +266,11 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
 /// What `/_status` answers and the status page shows.
 async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
     let a = app.clone();
-    let (index, usage) =
-        tokio::task::spawn_blocking(move || a.index.stats().map(|s| (s, a.budget.usage(&a))))
-            .await??;
+    let (index, usage, lan) = tokio::task::spawn_blocking(move || {
+        let lan = admin::lan_status(&a)?;
+        a.index.stats().map(|s| (s, a.budget.usage(&a), lan))
+    })
+    .await??;
     let health = crate::health::check(app);
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -294,5 +316,6 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
             .collect(),
         traffic: app.metrics.traffic(),
         recent_activity: app.metrics.activity().recent(),
+        lan,
     })
 }
