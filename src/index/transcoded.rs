@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(index.due_originals(20, 10).unwrap(), vec![a]);
         assert_eq!(index.drop_original(&a).unwrap().unwrap().size, 100);
         // The original's record stays (clients holding the old narinfo can still fetch it).
-        assert_eq!(index.nar(&a).unwrap().unwrap().1, false);
+        assert!(!index.nar(&a).unwrap().unwrap().1);
         assert_eq!(index.twin_of(&a).unwrap().unwrap().file_hash, b);
         // A row recorded again for the original points at the twin.
         record(&index, 'c', a);

@@ -7,6 +7,7 @@
 //! carry text someone else chose. The Content-Security-Policy forbids scripts as a second line of defence.
 
 mod html;
+mod lan;
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -79,6 +80,7 @@ fn render(status: &Status, url: &str, index_ttl: Option<u64>) -> String {
     cards(&mut out, status);
     sources(&mut out, status);
     freshness(&mut out, status, index_ttl);
+    lan::section(&mut out, status); // issue 16
     activity(&mut out, &status.recent_activity);
     client_setup(&mut out, status, url);
     counters(&mut out, status);
