@@ -14,35 +14,36 @@
 //! made again from its original, at the level recorded for it, when it is asked for ([`regenerate`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::budget::{NoSpace, compressed_bound};
 use crate::clock::unix_now;
-use crate::fill::{Failure, Fills, Joined, Want};
 use crate::index::{IndexError, NarRecord, Transcoded};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::Compression;
-use crate::server::error::ApiError;
-use crate::store::{StoreError, TempGuard};
-use crate::verify::{Expected, NarVerifier, VerifyError};
+use crate::store::StoreError;
+use crate::verify::VerifyError;
 
 /// Bytes decoded per step (and between two checks for shutdown).
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 /// NARs waiting at most; more are dropped (the walk after the next start finds them again).
 const MAX_QUEUE: usize = 100_000;
 /// How often the originals whose grace ended are dropped.
 const DROP_EVERY: Duration = Duration::from_secs(60);
 /// Wait after start before walking the store for NARs stored before transcoding was on.
 const CATCH_UP_AFTER: Duration = Duration::from_secs(5);
+
+mod encode;
+mod regenerate;
+
+pub use regenerate::{RegenerateError, regenerate, wait_stored};
+
+use encode::{encode, lower_priority, thread_cpu};
 
 /// Why a transcode failed. Logged; the original keeps being served.
 #[derive(Debug, thiserror::Error)]
@@ -218,33 +219,6 @@ fn worker(app: Arc<App>) {
     }
 }
 
-/// Nice 19 and the idle I/O class for the calling thread only: transcoding never competes with fills
-/// and hits for the CPU or the disk.
-fn lower_priority() {
-    // SAFETY: plain syscalls on the calling thread's id; failures only leave the priority as it was.
-    unsafe {
-        let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
-            tracing::warn!("cannot lower the transcoding thread's CPU priority");
-        }
-        // IOPRIO_WHO_PROCESS (1) of this thread (0), class IDLE (3) in the top bits.
-        libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13);
-    }
-}
-
-/// CPU seconds the calling thread has used.
-fn thread_cpu() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct it is given.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
-            return 0.0;
-        }
-        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        t(usage.ru_utime) + t(usage.ru_stime)
-    }
-}
-
 /// Transcodes the stored original `file_hash` (or makes its missing twin again). Returns (bytes before,
 /// bytes after, rows switched), or `None` when there was nothing to do.
 fn transcode_stored(
@@ -344,139 +318,6 @@ fn make_again(
     }
 }
 
-/// A verified zstd file in the temp folder.
-struct Encoded {
-    guard: TempGuard,
-    file: File,
-    file_hash: Sha256Hash,
-    size: u64,
-}
-
-/// Counts and hashes what is written through it.
-struct HashingWriter {
-    file: File,
-    sha: Sha256,
-    size: u64,
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.sha.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-/// Decodes the stored original, checks the NAR inside against the record, encodes zstd at `level`
-/// into a temp file, and verifies that file as a fill would. Blocking; stops at shutdown.
-fn encode(
-    app: &App,
-    original: &NarName,
-    record: &NarRecord,
-    level: i32,
-) -> Result<Encoded, TranscodeError> {
-    let stopped = &app.stopped;
-    let _reservation = app
-        .budget
-        .reserve(app, compressed_bound(Compression::Zstd, record.nar_size))
-        .map_err(|e| match e {
-            NoSpace::LargerThanCap => TranscodeError::NoRoom("larger than the store's cap".into()),
-            NoSpace::Full(why) => TranscodeError::NoRoom(why),
-        })?;
-    let source = BufReader::with_capacity(CHUNK, File::open(app.store.path(original))?);
-    let mut decoder: Box<dyn Read> = match original.compression {
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(source)),
-        Compression::Bzip2 => Box::new(bzip2::read::BzDecoder::new(source)),
-        _ => return Err(TranscodeError::Original),
-    };
-    let temp_name = NarName {
-        file_hash: original.file_hash,
-        compression: Compression::Zstd,
-    };
-    let (guard, file) = app.store.temp_file(&temp_name)?;
-    let sink = HashingWriter {
-        file: file.try_clone()?,
-        sha: Sha256::new(),
-        size: 0,
-    };
-    let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
-    encoder.include_checksum(true)?;
-    encoder.set_pledged_src_size(Some(record.nar_size))?;
-    let mut nar_sha = Sha256::new();
-    let mut nar_size = 0u64;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        if stopped.is_cancelled() {
-            return Err(TranscodeError::ShuttingDown);
-        }
-        let n = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(TranscodeError::Original),
-        };
-        nar_size += n as u64;
-        if nar_size > record.nar_size {
-            return Err(TranscodeError::Original);
-        }
-        nar_sha.update(&buf[..n]);
-        encoder.write_all(&buf[..n])?;
-    }
-    if nar_size != record.nar_size || Sha256Hash(nar_sha.finalize().into()) != record.nar_hash {
-        return Err(TranscodeError::Original);
-    }
-    let sink = encoder.finish()?;
-    let file_hash = Sha256Hash(sink.sha.finalize().into());
-    let size = sink.size;
-    verify_written(
-        &file,
-        Expected {
-            compression: Compression::Zstd,
-            file_hash,
-            file_size: Some(size),
-            nar_hash: record.nar_hash,
-            nar_size: record.nar_size,
-        },
-        stopped,
-    )?;
-    Ok(Encoded {
-        guard,
-        file,
-        file_hash,
-        size,
-    })
-}
-
-/// Reads the written file back through the verifier every fill uses.
-fn verify_written(
-    file: &File,
-    expected: Expected,
-    stopped: &CancellationToken,
-) -> Result<(), TranscodeError> {
-    use std::os::unix::fs::FileExt;
-    let mut verifier = NarVerifier::new(expected)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut at = 0u64;
-    loop {
-        if stopped.is_cancelled() {
-            return Err(TranscodeError::ShuttingDown);
-        }
-        let n = file.read_at(&mut buf, at)?;
-        if n == 0 {
-            break;
-        }
-        verifier.update(&buf[..n])?;
-        at += n as u64;
-    }
-    verifier.finish()?;
-    Ok(())
-}
-
 /// Queues the stored xz/bzip2 NARs that have no twin yet (stored before transcoding was on, or queued
 /// when the process stopped).
 async fn catch_up(app: &Arc<App>) {
@@ -544,131 +385,4 @@ fn drop_due_originals(app: &App) {
             "dropped originals of transcoded NARs"
         );
     }
-}
-
-/// Why a twin could not be made again for a client.
-#[derive(Debug, thiserror::Error)]
-pub enum RegenerateError {
-    /// Fetching the original failed.
-    #[error("fetching the original: {0:?}")]
-    Fill(Failure),
-    /// Starting the original's fill failed.
-    #[error("fetching the original: {0}")]
-    Start(#[from] crate::fill::FillError),
-    /// The original's record is gone.
-    #[error("the original is unknown")]
-    Gone,
-    /// Transcoding failed.
-    #[error(transparent)]
-    Transcode(#[from] TranscodeError),
-    /// The blocking task failed.
-    #[error("task: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl From<IndexError> for RegenerateError {
-    fn from(e: IndexError) -> Self {
-        RegenerateError::Transcode(e.into())
-    }
-}
-
-impl From<RegenerateError> for ApiError {
-    fn from(e: RegenerateError) -> Self {
-        match e {
-            RegenerateError::Fill(f) => f.into(),
-            RegenerateError::Start(f) => f.into(),
-            RegenerateError::Gone => ApiError::NotFound("unknown NAR"),
-            RegenerateError::Transcode(TranscodeError::Index(i)) => i.into(),
-            RegenerateError::Transcode(TranscodeError::NoRoom(_)) => {
-                ApiError::Unavailable("no room in the cache's store; try again later")
-            }
-            RegenerateError::Transcode(TranscodeError::ShuttingDown) => {
-                ApiError::Unavailable("shutting down")
-            }
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// Makes the file of twin `name` again when it is not on disk: the original is fetched if needed (a
-/// fill that is never abandoned), then transcoded at the twin's recorded level. `Ok(false)` when `name`
-/// is not a twin (an ordinary NAR: fill it as usual).
-pub async fn regenerate(app: &Arc<App>, name: &NarName) -> Result<bool, RegenerateError> {
-    if name.compression != Compression::Zstd {
-        return Ok(false);
-    }
-    let Some(original) = app.index.original_of(&name.file_hash)? else {
-        return Ok(false);
-    };
-    let turn = {
-        let mut turns = app
-            .transcoder
-            .regenerating
-            .lock()
-            .map_err(|_| TranscodeError::Io(io::Error::other("lock poisoned")))?;
-        turns.entry(name.file_hash).or_default().clone()
-    };
-    let _held = turn.lock().await;
-    let result = regenerate_locked(app, name, original).await;
-    if let Ok(mut turns) = app.transcoder.regenerating.lock()
-        && Arc::strong_count(&turn) == 2
-    {
-        turns.remove(&name.file_hash);
-    }
-    result.map(|()| true)
-}
-
-async fn regenerate_locked(
-    app: &Arc<App>,
-    name: &NarName,
-    original: Sha256Hash,
-) -> Result<(), RegenerateError> {
-    if app.index.nar(&name.file_hash)?.is_some_and(|(_, s)| s) {
-        return Ok(());
-    }
-    let Some((record, stored)) = app.index.nar(&original)? else {
-        return Err(RegenerateError::Gone);
-    };
-    let Some(twin) = app.index.twin_of(&original)? else {
-        return Err(RegenerateError::Gone);
-    };
-    let original_name = NarName {
-        file_hash: original,
-        compression: record.compression,
-    };
-    if !stored {
-        match Fills::join_or_start(app, original_name, record.clone(), Want::Keep)? {
-            Joined::Fill(sub) => {
-                sub.fill().finished().await.map_err(RegenerateError::Fill)?;
-            }
-            Joined::Stored => {}
-            Joined::PassThrough => {
-                return Err(TranscodeError::NoRoom("larger than the store's cap".into()).into());
-            }
-        }
-        wait_stored(app, &original).await?;
-    }
-    let a = app.clone();
-    let expected = name.file_hash;
-    let made = tokio::task::spawn_blocking(move || {
-        let started = thread_cpu();
-        let made = make_again(&a, &original_name, &record, expected, twin.level);
-        a.metrics.transcode_cpu(thread_cpu() - started);
-        made
-    })
-    .await??;
-    tracing::info!(nar = %name, size = made, "transcoded NAR made again from its original");
-    Ok(())
-}
-
-/// Waits until a verified fill of `file_hash` is committed (a fill releases its clients before it
-/// made the file durable): at most 30 s.
-pub async fn wait_stored(app: &App, file_hash: &Sha256Hash) -> Result<(), IndexError> {
-    for _ in 0..1500 {
-        if app.index.nar(file_hash)?.is_some_and(|(_, stored)| stored) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(IndexError::Unavailable)
 }
