@@ -22,12 +22,16 @@ fi
 cargo build --release --quiet
 BIN=$PWD/target/release/nixcache
 W=$(mktemp -d /tmp/nixcache-bench-zstd.XXXXXX)
+chmod 755 "$W" # nginx's workers run as another user
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W"; fi
+}
 trap cleanup EXIT
 export HOME=$W/home XDG_CACHE_HOME=$W/xdg
 mkdir -p "$HOME" "$W/keys"
-export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
+export NIX_CONFIG=$'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\nextra-sandbox-paths = /bin /usr /lib /lib64\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
@@ -40,7 +44,8 @@ PK=$(cat "$W/keys/pk")
   i=0; for f in "${FILES[@]}"; do echo "  (sh \"f$i\" \"$f\")"; i=$((i+1)); done
   echo ']'
 } > "$W/closure.nix"
-mapfile -t PATHS < <(nix-build --store "$W/store" "$W/closure.nix" --no-out-link)
+nix-build --store "$W/store" "$W/closure.nix" --no-out-link > "$W/paths"
+mapfile -t PATHS < "$W/paths"
 nix copy --store "$W/store" --to "file://$W/plain?compression=none&secret-key=$W/keys/sk" "${PATHS[@]}"
 nix copy --store "$W/store" --to "file://$W/zstd?compression=zstd&secret-key=$W/keys/sk" "${PATHS[@]}"
 
@@ -85,7 +90,8 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$NC/nix-cache-info" >/dev/nul
 copy() { # copy FROM-URL into a fresh store; prints seconds
   local s; s=$(mktemp -d "$W/s.XXXX")
   local t0; t0=$(now)
-  XDG_CACHE_HOME=$s/xdg nix copy --store "$s/store" --from "$1" --option trusted-public-keys "$PK" "${PATHS[@]}"
+  XDG_CACHE_HOME=$s/xdg nix copy --store "$s/store" --from "$1" --option trusted-public-keys "$PK" "${PATHS[@]}" \
+    || { echo "nix copy --from $1 failed" >&2; exit 1; }
   python3 -c "print(f'{$(now) - $t0:.2f}')"
   rm -rf "$s"
 }
@@ -97,7 +103,11 @@ cpu0=$(awk '{print $14+$15}' /proc/$NCPID/stat)
 fill=$(copy "http://127.0.0.1:$NC")
 filled=$(now)
 n=${#PATHS[@]}
-until [ "$(status | jq_ "d['transcode']['nars_transcoded']")" -ge "$n" ]; do sleep 0.2; done
+for i in $(seq 6000); do
+  [ "$(status | jq_ "d['transcode']['nars_transcoded']")" -ge "$n" ] && break
+  [ "$i" -eq 6000 ] && { echo "not all NARs were transcoded in 20 min" >&2; exit 1; }
+  sleep 0.2
+done
 to_zstd=$(python3 -c "print(f'{$(now) - $filled:.1f}')")
 S=$(status)
 TCPU=$(echo "$S" | jq_ "d['transcode']['cpu_seconds']")
