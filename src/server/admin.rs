@@ -27,6 +27,7 @@ use super::error::ApiError;
 use crate::app::App;
 use crate::index::{IndexError, PinUsage};
 use crate::metrics::TranscodeTotals;
+use crate::transcode::{RegenerateError, TranscodeError};
 use crate::warm::Progress;
 
 /// A warm request's body: up to 16 MiB (a closure of a whole system is ~100 KiB of paths).
@@ -219,4 +220,23 @@ pub fn lan_status(app: &App) -> Result<LanStatus, IndexError> {
         },
         pins: pins_status(app)?,
     })
+}
+
+/// A twin that could not be made again for a client (issue 16): how it is answered.
+impl From<RegenerateError> for ApiError {
+    fn from(e: RegenerateError) -> Self {
+        match e {
+            RegenerateError::Fill(f) => f.into(),
+            RegenerateError::Start(f) => f.into(),
+            RegenerateError::Gone => ApiError::NotFound("unknown NAR"),
+            RegenerateError::Transcode(TranscodeError::Index(i)) => i.into(),
+            RegenerateError::Transcode(TranscodeError::NoRoom(_)) => {
+                ApiError::Unavailable("no room in the cache's store; try again later")
+            }
+            RegenerateError::Transcode(TranscodeError::ShuttingDown) => {
+                ApiError::Unavailable("shutting down")
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }

@@ -13,7 +13,6 @@ use crate::index::IndexError;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::Compression;
-use crate::server::error::ApiError;
 
 /// Why a twin could not be made again for a client.
 #[derive(Debug, thiserror::Error)]
@@ -38,24 +37,6 @@ pub enum RegenerateError {
 impl From<IndexError> for RegenerateError {
     fn from(e: IndexError) -> Self {
         RegenerateError::Transcode(e.into())
-    }
-}
-
-impl From<RegenerateError> for ApiError {
-    fn from(e: RegenerateError) -> Self {
-        match e {
-            RegenerateError::Fill(f) => f.into(),
-            RegenerateError::Start(f) => f.into(),
-            RegenerateError::Gone => ApiError::NotFound("unknown NAR"),
-            RegenerateError::Transcode(TranscodeError::Index(i)) => i.into(),
-            RegenerateError::Transcode(TranscodeError::NoRoom(_)) => {
-                ApiError::Unavailable("no room in the cache's store; try again later")
-            }
-            RegenerateError::Transcode(TranscodeError::ShuttingDown) => {
-                ApiError::Unavailable("shutting down")
-            }
-            other => ApiError::Internal(other.to_string()),
-        }
     }
 }
 
