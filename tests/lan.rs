@@ -33,9 +33,10 @@ async fn narinfo_text(cache: &Nixcache, path: &str) -> String {
     r.text().await.unwrap()
 }
 
-/// Waits until the narinfo of `path` points at a zstd file; returns it.
+/// Waits until the narinfo of `path` points at a zstd file; returns it. Generous: the transcoding
+/// thread runs at nice 19, and a loaded machine gives it little CPU.
 async fn wait_transcoded(cache: &Nixcache, path: &str) -> String {
-    for _ in 0..600 {
+    for _ in 0..1800 {
         let text = narinfo_text(cache, path).await;
         if field(&text, "Compression") == Some("zstd") {
             return text;
