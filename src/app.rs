@@ -91,6 +91,10 @@ pub struct App {
     pub metrics: Metrics,
     /// LAN pushes: tokens, uploads waiting for their narinfo (issue 12).
     pub pushes: crate::push::Pushes,
+    /// Issue 16: stored NARs waiting to be transcoded to zstd.
+    pub transcoder: crate::transcode::Transcoder,
+    /// Issue 16: warm jobs.
+    pub warm: crate::warm::WarmJobs,
     /// When it started, for `/_status`.
     pub started: Instant,
     /// Cancelled when shutdown begins: no new connections, in-flight requests drain.
@@ -275,6 +279,8 @@ impl App {
             lookups: crate::lookup::Lookups::default(),
             metrics,
             pushes,
+            transcoder: Default::default(),
+            warm: Default::default(),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),

@@ -29,6 +29,54 @@ pub enum Command {
     /// Check the data folder (an fsck): re-hash stored NARs, check the index against the files both
     /// ways, repair what can be repaired. Run it with the daemon stopped.
     Verify(VerifyArgs),
+    /// Fetch the closures of store paths into a running appliance ahead of time, optionally as a
+    /// named pin that is never evicted (paths as arguments, from --file, or `-` for stdin, e.g. the
+    /// output of `nix path-info -r`).
+    Warm(WarmArgs),
+    /// List the pins of a running appliance and their sizes, or remove one.
+    Pins(PinsArgs),
+}
+
+/// How to reach a running appliance's admin endpoints (issue 16).
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The appliance's URL.
+    #[arg(long, env = "NIXCACHE_URL", default_value = "http://127.0.0.1:37515")]
+    pub url: String,
+    /// File holding the admin token (needed from other hosts than the appliance itself).
+    #[arg(long, env = "NIXCACHE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Arguments of `nixcache warm`.
+#[derive(Debug, Clone, Args)]
+pub struct WarmArgs {
+    /// The appliance.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Keep the closures as this named pin (replacing a pin of that name).
+    #[arg(long, value_name = "NAME")]
+    pub pin: Option<String>,
+    /// Read store paths from FILE, one per line (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Start the job and print its id without waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Store paths (`-` reads them from stdin).
+    #[arg(value_name = "STORE-PATH")]
+    pub paths: Vec<String>,
+}
+
+/// Arguments of `nixcache pins`.
+#[derive(Debug, Clone, Args)]
+pub struct PinsArgs {
+    /// The appliance.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Remove this pin, releasing the NARs only it held.
+    #[arg(long, value_name = "NAME")]
+    pub remove: Option<String>,
 }
 
 /// Arguments of `nixcache verify`.

@@ -97,6 +97,17 @@ pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 /// Memory redb may use to cache index pages (the OS page cache holds the file too).
 pub const DEFAULT_INDEX_CACHE_SIZE: &str = "128MiB";
 
+/// Issue 16: `transcode` unless told otherwise.
+pub const DEFAULT_TRANSCODE: &str = "zstd";
+/// Issue 16: zstd level of transcoded NARs.
+pub const DEFAULT_TRANSCODE_LEVEL: i32 = 6;
+/// Issue 16: transcoding threads.
+pub const DEFAULT_TRANSCODE_WORKERS: usize = 1;
+/// Issue 16: seconds a transcoded NAR's original stays on disk after the switch.
+pub const DEFAULT_TRANSCODE_KEEP_ORIGINAL_SECS: u64 = 3600;
+/// Issue 16: NARs one warm job fetches at once.
+pub const DEFAULT_WARM_CONCURRENCY: usize = 4;
+
 /// Errors that stop start-up; each names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -217,6 +228,19 @@ pub struct FileConfig {
     pub trust_loopback: Option<bool>,
     /// Token realm hosts besides the registry's own that may receive the registry credentials.
     pub oci_token_hosts: Option<Vec<String>>,
+    // --- Issue 16: transcoding to zstd, warm, pins ---
+    /// `zstd` (re-encode stored xz and bzip2 NARs to zstd in the background) or `off`.
+    pub transcode: Option<String>,
+    /// zstd level of transcoded NARs (1 to 19).
+    pub transcode_level: Option<i32>,
+    /// Transcoding threads (at the lowest CPU and I/O priority).
+    pub transcode_workers: Option<usize>,
+    /// Seconds the original of a transcoded NAR stays on disk after the switch.
+    pub transcode_keep_original: Option<u64>,
+    /// NARs one warm job fetches at once.
+    pub warm_concurrency: Option<usize>,
+    /// Named pins: name → store paths whose closures are fetched at start and never evicted.
+    pub pins: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// A secret (registry token): never printed.
@@ -367,6 +391,17 @@ pub struct Config {
     pub bucket: Option<BucketConfig>,
     /// Connection limits, time-outs, the upstream lookup cap and trust boundaries.
     pub limits: Limits,
+    // --- Issue 16: transcoding to zstd, warm, pins ---
+    /// zstd level to transcode stored xz and bzip2 NARs at; `None`: transcoding is off.
+    pub transcode_level: Option<i32>,
+    /// Transcoding threads.
+    pub transcode_workers: usize,
+    /// How long the original of a transcoded NAR stays on disk after the switch.
+    pub transcode_keep_original: Duration,
+    /// NARs one warm job fetches at once.
+    pub warm_concurrency: usize,
+    /// Named pins from the config file: name → store paths (checked to parse).
+    pub pins: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Config {
@@ -594,8 +629,69 @@ impl Config {
                 )?,
             )?,
             limits: Limits::resolve(&file, &in_file)?,
+            // Issue 16.
+            transcode_level: resolve_transcode(&file, &in_file)?,
+            transcode_workers: count(
+                file.transcode_workers,
+                "transcode_workers",
+                DEFAULT_TRANSCODE_WORKERS,
+            )?,
+            transcode_keep_original: Duration::from_secs(
+                file.transcode_keep_original
+                    .unwrap_or(DEFAULT_TRANSCODE_KEEP_ORIGINAL_SECS),
+            ),
+            warm_concurrency: count(
+                file.warm_concurrency,
+                "warm_concurrency",
+                DEFAULT_WARM_CONCURRENCY,
+            )?,
+            pins: resolve_pins(&file, &in_file)?,
         })
     }
+}
+
+/// Whether stored NARs are transcoded and at which zstd level (issue 16).
+fn resolve_transcode(
+    file: &FileConfig,
+    in_file: &dyn Fn(&str) -> String,
+) -> Result<Option<i32>, ConfigError> {
+    let level = file.transcode_level.unwrap_or(DEFAULT_TRANSCODE_LEVEL);
+    if !(1..=19).contains(&level) {
+        return Err(invalid(
+            &in_file("transcode_level"),
+            format!("{level} is not a zstd level from 1 to 19"),
+        ));
+    }
+    match file.transcode.as_deref().unwrap_or(DEFAULT_TRANSCODE) {
+        "zstd" => Ok(Some(level)),
+        "off" => Ok(None),
+        other => Err(invalid(
+            &in_file("transcode"),
+            format!("{other:?} is not \"zstd\" or \"off\""),
+        )),
+    }
+}
+
+/// The config file's pins: names of letters, digits, `-`, `_`, `.`; each path a store path (issue 16).
+fn resolve_pins(
+    file: &FileConfig,
+    in_file: &dyn Fn(&str) -> String,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, ConfigError> {
+    let Some(pins) = &file.pins else {
+        return Ok(Default::default());
+    };
+    for (name, paths) in pins {
+        crate::pins::check_name(name).map_err(|m| invalid(&in_file("pins"), m))?;
+        for p in paths {
+            crate::nix::store_path::StorePath::parse(p.trim()).map_err(|e| {
+                invalid(
+                    &in_file("pins"),
+                    format!("pin {name}: {p:?} is not a store path: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(pins.clone())
 }
 
 fn invalid(origin: &str, message: String) -> ConfigError {

@@ -610,7 +610,11 @@ fn commit(
         .index
         .commit_nar(&name.file_hash, record, size, unix_now())
     {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(_)) => {
+            // Issue 16: queued for transcoding to zstd (cheap; the work happens on its own threads).
+            app.transcoder.enqueue(app, name);
+            Ok(())
+        }
         Ok(None) => {
             app.store.remove(name)?;
             Err(FillError::RecordChanged)

@@ -14,6 +14,8 @@
 //! | push upkeep | at start, then every 30 s | drops NAR uploads whose narinfo never came; reconciles pushed paths with the index |
 //! | bucket publisher | when woken, every 10 min | `nix-cache-info`, narinfos whose NAR reached the shared bucket, retried uploads |
 //! | bucket GC | every 10 min / hourly | this appliance's liveness manifest; pruning, on the one with `gc_max_size` |
+//! | transcode | as fills commit; originals every minute | xz/bzip2 → zstd (`transcode.rs`), drops originals after their grace |
+//! | config pins | once, after start | warms and pins the config file's `pins` (`warm.rs`) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,6 +94,9 @@ pub fn start(app: &Arc<App>) -> Background {
         ),
         supervise(app, "bucket-gc", crate::bucket::gc::run),
     ];
+    // Issue 16: transcoding threads, originals' grace, configured pins.
+    tasks.push(crate::transcode::start(app));
+    tasks.push(crate::warm::start_config_pins(app));
     if let Some(interval) = app.config.scrub_interval {
         tasks.push(every(app, "scrub", interval, crate::integrity::scrub));
     }

@@ -21,6 +21,8 @@ fn main() -> anyhow::Result<()> {
             Command::Gc(args) => nixcache::commands::gc::gc(args).await,
             Command::Discover(args) => nixcache::commands::discover::discover(args).await,
             Command::Verify(args) => nixcache::commands::verify::verify(args),
+            Command::Warm(args) => nixcache::commands::warm::warm(args).await,
+            Command::Pins(args) => nixcache::commands::warm::pins(args).await,
         }
     })
 }

@@ -8,6 +8,7 @@
 mod handles;
 mod http;
 mod labels;
+mod lan;
 mod limits;
 mod push;
 mod source;
@@ -26,6 +27,7 @@ pub use labels::{
     CHECKS, FILL_FAILURE_REASONS, FROM_DISK, FillOutcome, NO_SOURCE, NarResult, NarinfoResult,
     OTHER_SOURCE, PUSH_SOURCE_PREFIX, RequestKind, SourceName,
 };
+pub use lan::{TranscodeTotals, WARM_NAR_RESULTS};
 pub use limits::{DropReason, LimitMetrics};
 pub use push::{NO_TOKEN, PUSH_KINDS, PUSH_REASONS, PushTotals};
 pub use source::SourceMetrics;

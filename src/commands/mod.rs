@@ -7,3 +7,4 @@ pub mod publish_common;
 pub mod push;
 pub mod serve;
 pub mod verify;
+pub mod warm;

@@ -292,3 +292,34 @@ fn sizes() {
         assert_eq!(parse_size(text).ok(), want, "{text:?}");
     }
 }
+
+// Issue 16.
+#[test]
+fn transcoding_warm_and_pin_keys_are_checked() {
+    let c = resolve(Overrides::default(), &[]).unwrap();
+    assert_eq!(c.transcode_level, Some(DEFAULT_TRANSCODE_LEVEL));
+    let (_d, args) = file_args(
+        "transcode = \"off\"\ntranscode_workers = 2\nwarm_concurrency = 8\n\
+         pins = { desktop = [\"/nix/store/0c0ha5s1pv7p1r0a6z1zfbqqvxgdqrmk-hello-2.12\"] }\n",
+    );
+    let c = resolve(args, &[]).unwrap();
+    assert_eq!(
+        (c.transcode_level, c.transcode_workers, c.warm_concurrency),
+        (None, 2, 8)
+    );
+    assert_eq!(c.pins["desktop"].len(), 1);
+    for (text, culprit) in [
+        ("transcode = \"brotli\"\n", "transcode in"),
+        ("transcode_level = 22\n", "transcode_level"),
+        ("transcode_workers = 0\n", "transcode_workers"),
+        ("pins = { \"a/b\" = [] }\n", "is not a pin name"),
+        (
+            "pins = { x = [\"/tmp/hello\"] }\n",
+            "pin x: \"/tmp/hello\" is not a store path",
+        ),
+    ] {
+        let (_d, args) = file_args(text);
+        let err = resolve(args, &[]).unwrap_err().to_string();
+        assert!(err.contains(culprit), "{text}: {err}");
+    }
+}

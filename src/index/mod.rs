@@ -23,10 +23,12 @@ mod gc;
 mod migrate;
 mod narinfos;
 mod nars;
+mod pins;
 mod pushes;
 mod records;
 mod snapshot;
 mod tables;
+mod transcoded;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,9 +42,11 @@ use serde::Serialize;
 
 pub use gc::GcReport;
 pub use narinfos::{Applied, MirroredEntry};
+pub use pins::{PinRecord, PinUsage};
 pub use pushes::{PushCommit, PushConflict, PushRecorded, PushedRow};
 pub use records::{Evicted, NarRecord, NarinfoRow, NewNarinfo, Recorded, StoredNar};
 use tables::*;
+pub use transcoded::{Transcoded, Twin};
 
 /// Failures of the index. All of them are internal errors to a client.
 #[derive(Debug, thiserror::Error)]
@@ -444,6 +448,7 @@ fn prepare(db: Database) -> Result<Database, IndexError> {
     tx.open_table(MIRROR)?;
     tx.open_table(PUSHED)?;
     tx.open_multimap_table(BUCKET_PENDING)?;
+    transcoded::open_tables(&tx)?;
     tx.commit()?;
     Ok(db)
 }

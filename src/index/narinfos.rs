@@ -38,7 +38,7 @@ pub struct Applied {
     pub conflicts: usize,
 }
 
-fn to_row(v: NarinfoValue<'_>) -> NarinfoRow {
+pub(super) fn to_row(v: NarinfoValue<'_>) -> NarinfoRow {
     let (recorded, policy, source, signer, file_hash, text) = v;
     NarinfoRow {
         recorded,
@@ -50,7 +50,7 @@ fn to_row(v: NarinfoValue<'_>) -> NarinfoRow {
     }
 }
 
-fn as_value(row: &NarinfoRow) -> NarinfoValue<'_> {
+pub(super) fn as_value(row: &NarinfoRow) -> NarinfoValue<'_> {
     (
         row.recorded,
         row.policy,
@@ -317,16 +317,20 @@ pub(super) fn put_narinfo(
             }
         }
     }
+    // Issue 16: a row of a NAR that was transcoded points at its zstd twin.
+    let row = super::transcoded::follow_twin(tx, new.row)?;
+    let row = row.as_ref();
     let previous = {
         let mut table = tx.open_table(NARINFO)?;
         let previous = table
             .get(new.hash.as_str())?
             .map(|v| Sha256Hash(v.value().4));
-        table.insert(new.hash.as_str(), as_value(new.row))?;
+        table.insert(new.hash.as_str(), as_value(row))?;
         previous
     };
-    if previous != Some(new.row.file_hash) {
-        add_ref(tx, &new.row.file_hash, 1)?;
+    super::transcoded::row_written(tx, new.hash.as_str(), previous, &row.file_hash)?;
+    if previous != Some(row.file_hash) {
+        add_ref(tx, &row.file_hash, 1)?;
         if let Some(old) = previous {
             add_ref(tx, &old, -1)?;
         }
@@ -343,6 +347,7 @@ pub(super) fn remove_narinfo(tx: &WriteTransaction, hash: &str) -> Result<bool, 
     tx.open_table(NARINFO_ASKED)?.remove(hash)?;
     match removed {
         Some(file_hash) => {
+            super::transcoded::row_removed(tx, hash, &file_hash)?;
             add_ref(tx, &file_hash, -1)?;
             Ok(true)
         }
@@ -368,7 +373,7 @@ pub(super) fn add_ref(
     let stored = tx.open_table(STORED)?.get(file_hash.0)?.is_some();
     let protected = tx.open_table(PROTECTED)?.get(file_hash.0)?.is_some();
     if !stored && !protected {
-        tx.open_table(NAR)?.remove(file_hash.0)?;
+        super::nars::forget_nar(tx, file_hash)?;
     }
     Ok(())
 }

@@ -51,7 +51,7 @@ impl Index {
         now: u64,
     ) -> Result<Option<u64>, IndexError> {
         self.write(false, |tx| {
-            let mut nars = tx.open_table(NAR)?;
+            let nars = tx.open_table(NAR)?;
             let current = match nars.get(file_hash.0)? {
                 Some(raw) => NarRecord::decode(raw.value())?,
                 None => return Ok(None),
@@ -59,24 +59,8 @@ impl Index {
             if !current.same_content(expected) {
                 return Ok(None);
             }
-            let record = NarRecord {
-                file_size: Some(size),
-                ..current
-            };
-            nars.insert(file_hash.0, record.encode()?.as_slice())?;
-            let replaced = tx
-                .open_table(STORED)?
-                .insert(file_hash.0, (now, size))?
-                .map(|v| v.value().1);
-            let mut counters = tx.open_table(COUNTERS)?;
-            let total = match replaced {
-                Some(old) => add_counter(&mut counters, STORE_BYTES, size as i64 - old as i64)?,
-                None => {
-                    add_counter(&mut counters, STORE_NARS, 1)?;
-                    add_counter(&mut counters, STORE_BYTES, size as i64)?
-                }
-            };
-            Ok(Some(total))
+            drop(nars);
+            mark_stored(tx, file_hash, current, size, now).map(Some)
         })
     }
 
@@ -166,17 +150,7 @@ impl Index {
     /// Adds `delta` holders (pins, pushes) to each NAR of `file_hashes`: a NAR with holders is never
     /// evicted.
     pub fn protect(&self, file_hashes: &[Sha256Hash], delta: i64) -> Result<(), IndexError> {
-        self.write(true, |tx| {
-            let mut table = tx.open_table(PROTECTED)?;
-            for h in file_hashes {
-                let now = table.get(h.0)?.map(|v| v.value()).unwrap_or(0);
-                match now.saturating_add_signed(delta) {
-                    0 => table.remove(h.0)?,
-                    n => table.insert(h.0, n)?,
-                };
-            }
-            Ok(())
-        })
+        self.write(true, |tx| protect_in(tx, file_hashes, delta))
     }
 
     /// Bytes of NAR files on disk (one counter read).
@@ -258,7 +232,60 @@ pub(super) fn unstore(
     let referenced = tx.open_table(NAR_REFS)?.get(file_hash.0)?.is_some();
     let protected = tx.open_table(PROTECTED)?.get(file_hash.0)?.is_some();
     if !referenced && !protected {
-        tx.open_table(NAR)?.remove(file_hash.0)?;
+        forget_nar(tx, file_hash)?;
     }
     Ok(Some((record, size)))
+}
+
+/// Removes a NAR record nothing needs any more, inside `tx`, with what hangs on it (issue 16: the
+/// link of a transcoded twin to its original).
+pub(super) fn forget_nar(tx: &WriteTransaction, file_hash: &Sha256Hash) -> Result<(), IndexError> {
+    tx.open_table(NAR)?.remove(file_hash.0)?;
+    super::transcoded::nar_forgotten(tx, file_hash)
+}
+
+/// Records that the file of `file_hash` (whose record is `record`) is on disk with `size` bytes, inside
+/// `tx`. Returns the new total of stored bytes.
+pub(super) fn mark_stored(
+    tx: &WriteTransaction,
+    file_hash: &Sha256Hash,
+    record: NarRecord,
+    size: u64,
+    now: u64,
+) -> Result<u64, IndexError> {
+    let record = NarRecord {
+        file_size: Some(size),
+        ..record
+    };
+    tx.open_table(NAR)?
+        .insert(file_hash.0, record.encode()?.as_slice())?;
+    let replaced = tx
+        .open_table(STORED)?
+        .insert(file_hash.0, (now, size))?
+        .map(|v| v.value().1);
+    let mut counters = tx.open_table(COUNTERS)?;
+    match replaced {
+        Some(old) => add_counter(&mut counters, STORE_BYTES, size as i64 - old as i64),
+        None => {
+            add_counter(&mut counters, STORE_NARS, 1)?;
+            add_counter(&mut counters, STORE_BYTES, size as i64)
+        }
+    }
+}
+
+/// Adds `delta` holders to each NAR of `file_hashes`, inside `tx`.
+pub(super) fn protect_in(
+    tx: &WriteTransaction,
+    file_hashes: &[Sha256Hash],
+    delta: i64,
+) -> Result<(), IndexError> {
+    let mut table = tx.open_table(PROTECTED)?;
+    for h in file_hashes {
+        let now = table.get(h.0)?.map(|v| v.value()).unwrap_or(0);
+        match now.saturating_add_signed(delta) {
+            0 => table.remove(h.0)?,
+            n => table.insert(h.0, n)?,
+        };
+    }
+    Ok(())
 }

@@ -54,6 +54,31 @@ pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta-v1");
 /// published there (issue 13; empty without a bucket). See `bucket/publish.rs`.
 pub const BUCKET_PENDING: MultimapTableDefinition<[u8; 32], &str> =
     MultimapTableDefinition::new("bucket-pending-v1");
+// --- Issue 16: transcoded NARs and pins (added tables: the schema stays "2") ---
+
+/// FileHash → store hashes of the narinfo rows pointing at it, so that every row can follow its NAR
+/// when the NAR is transcoded. Kept in step with [`NARINFO`] by `put_narinfo` and `remove_narinfo`.
+pub const NAR_NARINFOS: MultimapTableDefinition<[u8; 32], &str> =
+    MultimapTableDefinition::new("nar-narinfos-v1");
+
+/// FileHash of an original (xz, bzip2) → (FileHash of its zstd twin, the zstd level it was made with).
+pub const TRANSCODED: TableDefinition<[u8; 32], ([u8; 32], u8)> =
+    TableDefinition::new("transcoded-v1");
+
+/// FileHash of a zstd twin → FileHash of the original it was made from (and can be made again from).
+pub const TRANSCODED_FROM: TableDefinition<[u8; 32], [u8; 32]> =
+    TableDefinition::new("transcoded-from-v1");
+
+/// FileHash of a transcoded original still on disk → unix time after which its file is dropped (it is
+/// kept that long for clients holding the narinfo from before the switch).
+pub const ORIGINALS: TableDefinition<[u8; 32], u64> =
+    TableDefinition::new("transcode-originals-v1");
+
+/// Pin name → pin record, JSON (`index::PinRecord`).
+pub const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins-v1");
+
+/// Key of [`META`]: present once [`NAR_NARINFOS`] was built from the narinfo rows of an older index.
+pub const NAR_NARINFOS_BUILT: &str = "nar-narinfos built";
 
 /// Key of [`COUNTERS`]: bytes of NAR files on disk.
 pub const STORE_BYTES: &str = "store_bytes";

@@ -57,6 +57,8 @@ pub(super) struct Inner {
     pub(super) task_restarts: IntCounter,
     pub(super) push: super::push::PushHandles,
     pub(super) limits: super::limits::LimitMetrics,
+    /// Issue 16: transcoding, warm jobs, pins.
+    pub(super) lan: super::lan::LanHandles,
     /// The handles the serving path counts with, resolved once.
     pub(super) resolved: Resolved,
 }
@@ -369,6 +371,7 @@ impl Inner {
             ),
             push: super::push::PushHandles::new(&r, &sources),
             limits: super::limits::LimitMetrics::new(&r),
+            lan: super::lan::LanHandles::new(&r),
             registry: r,
             sources,
             resolved,

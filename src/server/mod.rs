@@ -1,5 +1,6 @@
 //! The HTTP side: the router, its handlers, and [`run`], which serves until shutdown.
 
+pub mod admin;
 pub mod bucket;
 pub mod connection;
 pub mod error;
@@ -43,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/_status", get(status))
         .route("/public-key", get(public_key))
         .route("/_refresh", axum::routing::post(refresh))
+        .merge(admin::routes())
         // PUT: LAN builders publishing with `nix copy --to` (issue 12, `upload.rs`).
         .route("/nar/{name}", get(nar::get_nar).put(upload::put_nar))
         .route("/{file}", get(narinfo).put(upload::put_file))
@@ -152,21 +154,12 @@ async fn refresh(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token_ok = match (&app.admin_token, bearer) {
-        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
-        _ => false,
-    };
-    if !(token_ok || app.config.limits.trust_loopback && is_loopback(peer.ip())) {
-        return Err(ApiError::Forbidden(if app.config.limits.trust_loopback {
-            "refresh is allowed from loopback or with the admin token"
-        } else {
-            "refresh needs the admin token"
-        }));
-    }
+    authorize_admin(
+        &app,
+        peer,
+        &headers,
+        "refresh is allowed from loopback or with the admin token",
+    )?;
     if app.sources.oci().is_none() {
         return Err(ApiError::NotFound("no OCI source configured"));
     }
@@ -189,6 +182,34 @@ async fn refresh(
 /// `[::]` listener sees of an IPv4 loopback client).
 pub fn is_loopback(ip: std::net::IpAddr) -> bool {
     ip.to_canonical().is_loopback()
+}
+
+/// The authorization of the admin endpoints (`POST /_refresh`, and the warm and pin endpoints): allowed
+/// from loopback (unless `trust_loopback` is off), or with `Authorization: Bearer <admin token>`;
+/// otherwise `refusal` (403).
+pub(crate) fn authorize_admin(
+    app: &App,
+    peer: std::net::SocketAddr,
+    headers: &axum::http::HeaderMap,
+    refusal: &'static str,
+) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = match (&app.admin_token, bearer) {
+        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.trim().as_bytes()),
+        _ => false,
+    };
+    let trust_loopback = app.config.limits.trust_loopback;
+    if !(token_ok || trust_loopback && is_loopback(peer.ip())) {
+        return Err(ApiError::Forbidden(if trust_loopback {
+            refusal
+        } else {
+            "this needs the admin token"
+        }));
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -229,6 +250,9 @@ struct Status {
     recent_activity: Vec<crate::activity::Event>,
     /// LAN pushes by token (issue 12); null when no push token is configured.
     pushes: Option<crate::push::PushStatus>,
+    /// Issue 16: transcoding, warm jobs, pins.
+    #[serde(flatten)]
+    lan: admin::LanStatus,
 }
 
 #[derive(Serialize)]
@@ -262,9 +286,11 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<Status>, ApiError> {
 /// What `/_status` answers and the status page shows.
 async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
     let a = app.clone();
-    let (index, usage) =
-        tokio::task::spawn_blocking(move || a.index.stats().map(|s| (s, a.budget.usage(&a))))
-            .await??;
+    let (index, usage, lan) = tokio::task::spawn_blocking(move || {
+        let lan = admin::lan_status(&a)?;
+        a.index.stats().map(|s| (s, a.budget.usage(&a), lan))
+    })
+    .await??;
     let health = crate::health::check(app);
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -313,6 +339,7 @@ async fn collect_status(app: &Arc<App>) -> Result<Status, ApiError> {
         traffic: app.metrics.traffic(),
         recent_activity: app.metrics.activity().recent(),
         pushes: app.pushes.status(&app.metrics),
+        lan,
     })
 }
 

@@ -100,6 +100,13 @@ pub async fn get_nar(
         return Ok(response);
     }
     let source = record.source.clone();
+    // Issue 16: a transcoded NAR whose file went is made again from its original, never fetched.
+    if crate::transcode::regenerate(&app, &name).await?
+        && let Some(response) = serve_file(&app, &name, range, method)?
+    {
+        app.metrics.nar(NarResult::Hit, &source);
+        return Ok(response);
+    }
     // Twice at most: a NAR stored meanwhile may be evicted before it is opened; then it is fetched.
     for _ in 0..2 {
         let joined = match Fills::join_or_start(&app, name, record.clone(), Want::Client) {

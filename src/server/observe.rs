@@ -58,7 +58,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
 
 /// The `route` labels: every route template of [`super::router`] under its label, then `unmatched`
 /// (the fallback), which is also where a template missing from this list is counted.
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 14] = [
     ("/", "/"),
     ("/metrics", "/metrics"),
     ("/nix-cache-info", "/nix-cache-info"),
@@ -66,6 +66,10 @@ const ROUTES: [(&str, &str); 10] = [
     ("/_status", "/_status"),
     ("/public-key", "/public-key"),
     ("/_refresh", "/_refresh"),
+    ("/_warm", "/_warm"),
+    ("/_warm/{id}", "/_warm/{id}"),
+    ("/_pins", "/_pins"),
+    ("/_pins/{name}", "/_pins/{name}"),
     ("/nar/{name}", "/nar/{name}"),
     // axum can only match the narinfo route as `/{file}`: counted under its real shape.
     ("/{file}", "/{hash}.narinfo"),

@@ -7,6 +7,7 @@
 //! carry text someone else chose. The Content-Security-Policy forbids scripts as a second line of defence.
 
 mod html;
+mod lan;
 mod pushes;
 
 use std::fmt::Display;
@@ -81,6 +82,7 @@ fn render(status: &Status, url: &str, index_ttl: Option<u64>) -> String {
     sources(&mut out, status);
     freshness(&mut out, status, index_ttl);
     pushes::section(&mut out, status);
+    lan::section(&mut out, status); // issue 16
     activity(&mut out, &status.recent_activity);
     client_setup(&mut out, status, url);
     counters(&mut out, status);

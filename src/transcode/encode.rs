@@ -1,0 +1,179 @@
+//! Making one zstd file from a stored original: decode, check the NAR inside, encode, verify the result
+//! as a fill would. Blocking; runs on the transcoding threads (or, for a client waiting for a twin made
+//! again, on the blocking pool).
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{CHUNK, TranscodeError};
+use crate::app::App;
+use crate::budget::{NoSpace, compressed_bound};
+use crate::index::NarRecord;
+use crate::nix::hash::Sha256Hash;
+use crate::nix::nar_name::NarName;
+use crate::nix::narinfo::Compression;
+use crate::store::TempGuard;
+use crate::verify::{Expected, NarVerifier};
+
+/// Nice 19 and the idle I/O class for the calling thread only: transcoding never competes with fills
+/// and hits for the CPU or the disk.
+pub(super) fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's id; failures only leave the priority as it was.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
+            tracing::warn!("cannot lower the transcoding thread's CPU priority");
+        }
+        // IOPRIO_WHO_PROCESS (1) of this thread (0), class IDLE (3) in the top bits.
+        libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13);
+    }
+}
+
+/// CPU seconds the calling thread has used.
+pub(super) fn thread_cpu() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
+            return 0.0;
+        }
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(usage.ru_utime) + t(usage.ru_stime)
+    }
+}
+
+/// A verified zstd file in the temp folder.
+pub(super) struct Encoded {
+    pub(super) guard: TempGuard,
+    pub(super) file: File,
+    pub(super) file_hash: Sha256Hash,
+    pub(super) size: u64,
+}
+
+/// Counts and hashes what is written through it.
+struct HashingWriter {
+    file: File,
+    sha: Sha256,
+    size: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Decodes the stored original, checks the NAR inside against the record, encodes zstd at `level`
+/// into a temp file, and verifies that file as a fill would. Blocking; stops at shutdown.
+pub(super) fn encode(
+    app: &App,
+    original: &NarName,
+    record: &NarRecord,
+    level: i32,
+) -> Result<Encoded, TranscodeError> {
+    let stopped = &app.stopped;
+    let _reservation = app
+        .budget
+        .reserve(app, compressed_bound(Compression::Zstd, record.nar_size))
+        .map_err(|e| match e {
+            NoSpace::LargerThanCap => TranscodeError::NoRoom("larger than the store's cap".into()),
+            NoSpace::Full(why) => TranscodeError::NoRoom(why),
+        })?;
+    let source = BufReader::with_capacity(CHUNK, File::open(app.store.path(original))?);
+    let mut decoder: Box<dyn Read> = match original.compression {
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(source)),
+        Compression::Bzip2 => Box::new(bzip2::read::BzDecoder::new(source)),
+        _ => return Err(TranscodeError::Original),
+    };
+    let temp_name = NarName {
+        file_hash: original.file_hash,
+        compression: Compression::Zstd,
+    };
+    let (guard, file) = app.store.temp_file(&temp_name)?;
+    let sink = HashingWriter {
+        file: file.try_clone()?,
+        sha: Sha256::new(),
+        size: 0,
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
+    encoder.include_checksum(true)?;
+    encoder.set_pledged_src_size(Some(record.nar_size))?;
+    let mut nar_sha = Sha256::new();
+    let mut nar_size = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        if stopped.is_cancelled() {
+            return Err(TranscodeError::ShuttingDown);
+        }
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(TranscodeError::Original),
+        };
+        nar_size += n as u64;
+        if nar_size > record.nar_size {
+            return Err(TranscodeError::Original);
+        }
+        nar_sha.update(&buf[..n]);
+        encoder.write_all(&buf[..n])?;
+    }
+    if nar_size != record.nar_size || Sha256Hash(nar_sha.finalize().into()) != record.nar_hash {
+        return Err(TranscodeError::Original);
+    }
+    let sink = encoder.finish()?;
+    let file_hash = Sha256Hash(sink.sha.finalize().into());
+    let size = sink.size;
+    verify_written(
+        &file,
+        Expected {
+            compression: Compression::Zstd,
+            file_hash,
+            file_size: Some(size),
+            nar_hash: record.nar_hash,
+            nar_size: record.nar_size,
+        },
+        stopped,
+    )?;
+    Ok(Encoded {
+        guard,
+        file,
+        file_hash,
+        size,
+    })
+}
+
+/// Reads the written file back through the verifier every fill uses.
+fn verify_written(
+    file: &File,
+    expected: Expected,
+    stopped: &CancellationToken,
+) -> Result<(), TranscodeError> {
+    use std::os::unix::fs::FileExt;
+    let mut verifier = NarVerifier::new(expected)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    loop {
+        if stopped.is_cancelled() {
+            return Err(TranscodeError::ShuttingDown);
+        }
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        verifier.update(&buf[..n])?;
+        at += n as u64;
+    }
+    verifier.finish()?;
+    Ok(())
+}
