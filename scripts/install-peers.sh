@@ -18,6 +18,10 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks workflow scripts with it
+# NixOS evaluation (tests/nixos.rs via scripts/nixos-eval.sh): a Debian trixie chroot with Nix >= 2.18,
+# and the zstd-compressed nixpkgs tree.
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v zstd >/dev/null || need+=(zstd)
 if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v wrk >/dev/null || need+=(wrk)
