@@ -56,7 +56,7 @@ make_chroot() {
   command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap (scripts/install-peers.sh does)"
   local tmp=$root.partial mirror
   mirror=$(debian_mirror)
-  say "making a Debian trixie chroot with Nix in $root (once per machine, about 3 minutes; mirror $mirror)"
+  say "making a Debian trixie chroot with Nix in $root (once per machine, a minute or a few; mirror $mirror)"
   rm -rf "$tmp"
   # shellcheck disable=SC2016 # the inner script expands its own arguments
   unshare --mount --propagation private -- sh -euc '
@@ -137,31 +137,43 @@ in_chroot() {
   ' _ "$root" "$repo" "$tree" "$cwd" "$@"
 }
 
-mkdir -p "$cache"
-exec 9>"$cache/lock"
-# One setup at a time on a machine (several worktrees may run their tests at once); evaluations share it.
-flock 9
-make_chroot
-tree=$(nixpkgs_tree)
-hash=
-if [ -n "$tree" ]; then
-  # The tree's NAR hash, so that builtins.path finds it in the store instead of hashing 50,000 files again.
-  stamp=$cache/nixpkgs/$(echo "$tree" | sha256sum | cut -c1-16).narhash
-  if [ ! -s "$stamp" ] || [ "$stamp" -ot "$tree" ]; then
-    mkdir -p "$(dirname "$stamp")"
-    in_chroot "$tree" nix-hash --type sha256 --base32 "$tree" >"$stamp.tmp"
-    mv "$stamp.tmp" "$stamp"
+main() {
+  mkdir -p "$cache"
+  exec 9>"$cache/lock"
+  # One setup at a time on a machine (several worktrees may run their tests at once); evaluations share it.
+  flock 9
+  make_chroot
+  tree=$(nixpkgs_tree)
+  hash=
+  if [ -n "$tree" ]; then
+    case $tree in
+      "$cache"/nixpkgs/*)
+        # A tree unpacked here never changes (its folder is named after the tarball's content): its NAR
+        # hash is computed once, so that builtins.path finds it in the store instead of hashing 50,000
+        # files again. A folder given by NIXCACHE_NIXPKGS may change, so Nix hashes it every time.
+        rel=${tree#"$cache"/nixpkgs/}
+        stamp=$cache/nixpkgs/${rel%%/*}.narhash
+        if [ ! -s "$stamp" ]; then
+          in_chroot "$tree" nix-hash --type sha256 --base32 "$tree" >"$stamp.tmp"
+          mv "$stamp.tmp" "$stamp"
+        fi
+        hash=$(cat "$stamp")
+        ;;
+    esac
+  else
+    say "no nixpkgs tree (NIXCACHE_NIXPKGS, or ../shared/nixpkgs/*.tar.zst): using the flake's locked nixpkgs input"
+    if ! err=$(in_chroot "" nix-instantiate --read-write-mode --eval -E \
+      "(import $repo/tests/nixos/flake-compat.nix { src = $repo; }).inputs.nixpkgs.outPath" 2>&1); then
+      die "no nixpkgs: no tree was given (set NIXCACHE_NIXPKGS to a nixpkgs folder or tarball) and the flake's locked nixpkgs could not be fetched: $(grep -m1 -E '^ *error: .' <<<"$err" | sed 's/^ *//')"
+    fi
   fi
-  hash=$(cat "$stamp")
-else
-  say "no nixpkgs tree (NIXCACHE_NIXPKGS, or ../shared/nixpkgs/*.tar.zst): using the flake's locked nixpkgs input"
-  if ! err=$(in_chroot "" nix-instantiate --eval -E \
-    "(import $repo/tests/nixos/flake-compat.nix { src = $repo; }).inputs.nixpkgs.outPath" 2>&1); then
-    die "no nixpkgs: no tree was given (set NIXCACHE_NIXPKGS to a nixpkgs folder or tarball) and the flake's locked nixpkgs could not be fetched: $(grep -m1 'error' <<<"$err")"
-  fi
-fi
-flock -u 9
+  flock -u 9
 
-# --read-write-mode: the sources are copied into the store as flakes would be, and .drv files are written
-# (with --eval too), so that every drvPath printed is a real, instantiated derivation.
-in_chroot "$tree" nix-instantiate --read-write-mode --argstr nixpkgs "$tree" --argstr nixpkgsHash "$hash" "$@"
+  # --read-write-mode: the sources are copied into the store as flakes would be, and .drv files are written
+  # (with --eval too), so that every drvPath printed is a real, instantiated derivation.
+  in_chroot "$tree" nix-instantiate --read-write-mode --argstr nixpkgs "$tree" --argstr nixpkgsHash "$hash" "$@"
+}
+
+# The whole script is read before it runs (main), so editing it during a run cannot change that run.
+main "$@"
+exit $?

@@ -31,19 +31,12 @@ fn nixos_eval(args: &[&str]) -> Output {
 }
 
 /// The line that says what went wrong: the first `error:` line with a message (Nix prints a bare
-/// `error:` above its trace), else the last line.
+/// `error:` above its trace), else the last line (scripts/nixos-eval.sh ends with its reason).
 fn first_error_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .map(str::trim)
+    let lines = || stderr.lines().map(str::trim);
+    lines()
         .find(|l| l.starts_with("error:") && l.len() > "error:".len())
-        .or_else(|| {
-            stderr
-                .lines()
-                .map(str::trim)
-                .rfind(|l| l.starts_with("nixos-eval:"))
-        })
-        .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
+        .or_else(|| lines().rfind(|l| !l.is_empty()))
         .unwrap_or("(no output)")
         .to_string()
 }
@@ -71,18 +64,43 @@ fn eval_json(attr: &str) -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("{attr}: not JSON: {e}"))
 }
 
-/// Everything tests/nixos/eval.nix reports, evaluated once for all the tests of this file.
-fn facts() -> &'static Value {
-    static FACTS: OnceLock<Result<Value, String>> = OnceLock::new();
-    match FACTS.get_or_init(|| eval_json("facts")) {
+/// The groups of tests/nixos/eval.nix, each evaluated by a process of its own (one for all peaks near
+/// 10 GB), once for all the tests of this file.
+const GROUPS: [&str; 4] = ["servers", "clients", "appliances", "outputs"];
+
+fn group(name: &str) -> &'static Value {
+    static CELLS: [OnceLock<Result<Value, String>>; GROUPS.len()] =
+        [const { OnceLock::new() }; GROUPS.len()];
+    let i = GROUPS
+        .iter()
+        .position(|g| *g == name)
+        .unwrap_or_else(|| panic!("no group {name}"));
+    match CELLS[i].get_or_init(|| eval_json(&format!("groups.{name}"))) {
         Ok(facts) => facts,
         Err(e) => panic!("{e}"),
     }
 }
 
+/// What the flake provides besides systems: packages, VM tests, options, type tables, refusals.
+fn outputs() -> &'static Value {
+    group("outputs")
+}
+
+/// The facts of one NixOS system of tests/nixos/eval.nix.
 fn system(name: &str) -> &'static Value {
-    let s = &facts()["systems"][name];
-    assert!(s.is_object(), "no system {name} in tests/nixos/eval.nix");
+    let group_name = match name {
+        "server-default"
+        | "server-full"
+        | "server-port-80"
+        | "server-and-client-one-package"
+        | "overlay" => "servers",
+        "client-manual" | "client-discovery" | "client-avahi" | "proxy-default"
+        | "proxy-lan-address" => "clients",
+        "appliance" | "appliance-aarch64" => "appliances",
+        _ => panic!("no system {name} in tests/nixos/eval.nix"),
+    };
+    let s = &group(group_name)["systems"][name];
+    assert!(s.is_object(), "no system {name} in group {group_name}");
     s
 }
 
@@ -158,7 +176,10 @@ fn store_root() -> PathBuf {
 
 #[test]
 fn every_output_instantiates_to_a_derivation() {
-    let drvs = facts()["drvs"].as_object().expect("drvs");
+    let mut drvs = serde_json::Map::new();
+    for name in GROUPS {
+        drvs.extend(group(name)["drvs"].as_object().expect("drvs").clone());
+    }
     for wanted in [
         "package-x86_64-linux",
         "package-aarch64-linux",
@@ -182,7 +203,7 @@ fn every_output_instantiates_to_a_derivation() {
         assert!(drvs.contains_key(wanted), "{wanted} was not instantiated");
     }
     let store = store_root();
-    for (name, drv) in drvs {
+    for (name, drv) in &drvs {
         let drv = text(drv, name);
         assert!(drv.ends_with(".drv"), "{name}: {drv}");
         let file = store.join(drv.trim_start_matches('/'));
@@ -192,7 +213,7 @@ fn every_output_instantiates_to_a_derivation() {
 
 #[test]
 fn option_types_accept_what_the_daemon_accepts() {
-    let mismatches = strings(&facts()["typeMismatches"]);
+    let mismatches = strings(&outputs()["typeMismatches"]);
     assert!(
         mismatches.is_empty(),
         "nixos-appliance/lib.nix types disagree with tests/nixos/types.nix:\n{}",
@@ -326,7 +347,7 @@ fn service_is_notify_with_watchdog_and_hardened_like_harmonia_and_ncps() {
 
 /// Evaluates a configuration that must fail, and checks that the message names `option`.
 fn assert_refused(case: &str) {
-    let option = text(&facts()["negative"][case], case);
+    let option = text(&outputs()["negative"][case], case);
     let attr = format!("negative.{case}.value");
     let out = nixos_eval(&["--eval", "--strict", "tests/nixos/eval.nix", "-A", &attr]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -350,7 +371,7 @@ fn listen_without_port_fails_evaluation_naming_the_option() {
 
 #[test]
 fn values_the_daemon_would_refuse_fail_evaluation_naming_the_option() {
-    let cases = facts()["negative"].as_object().expect("negative cases");
+    let cases = outputs()["negative"].as_object().expect("negative cases");
     assert!(cases.len() >= 10, "{cases:?}");
     for case in cases.keys() {
         assert_refused(case);
@@ -423,7 +444,7 @@ fn custom_data_dir_is_created_for_and_owned_by_the_service_user() {
         "{rule}"
     );
     // Where ProtectHome hides the folder, evaluation says so.
-    let failed = strings(&facts()["failedAssertions"]["data-dir-under-home"]);
+    let failed = strings(&outputs()["failedAssertions"]["data-dir-under-home"]);
     assert!(
         failed
             .iter()
@@ -435,7 +456,7 @@ fn custom_data_dir_is_created_for_and_owned_by_the_service_user() {
 /// Defect 4: the sd-card image turned ZFS on (the installer's base profile), with the forceImportRoot warning.
 #[test]
 fn appliance_images_have_no_zfs_and_no_warnings() {
-    let images = facts()["images"].as_object().expect("images");
+    let images = group("appliances")["images"].as_object().expect("images");
     assert_eq!(images.len(), 3);
     for (name, image) in images {
         assert_eq!(image["zfs"], Value::Bool(false), "{name}: ZFS is on");
@@ -494,7 +515,7 @@ fn flake_lock_pins_the_nixos_unstable_input() {
 /// twice).
 #[test]
 fn one_package_option_follows_the_overlay_and_serves_server_and_client() {
-    assert_eq!(facts()["options"]["packageDefaultText"], "literalMD");
+    assert_eq!(outputs()["options"]["packageDefaultText"], "literalMD");
 
     let exec = unit_value(server_unit("overlay"), "ExecStart");
     assert!(exec.contains("-nixcache-overlay-"), "{exec}");
@@ -505,7 +526,7 @@ fn one_package_option_follows_the_overlay_and_serves_server_and_client() {
     let discover = text(&both["discoverScript"], "discover script");
     assert!(discover.contains("-nixcache-marked-"), "{discover}");
 
-    let client: BTreeSet<&str> = facts()["options"]["client"]
+    let client: BTreeSet<&str> = outputs()["options"]["client"]
         .as_array()
         .unwrap()
         .iter()
@@ -537,10 +558,10 @@ fn shipped_config_keys() -> BTreeSet<String> {
 /// standing for it.
 #[test]
 fn every_key_of_the_shipped_config_is_a_typed_option() {
-    let declared = facts()["options"]["settingsKeys"]
+    let declared = outputs()["options"]["settingsKeys"]
         .as_object()
         .expect("settings keys");
-    let server: BTreeSet<&str> = facts()["options"]["server"]
+    let server: BTreeSet<&str> = outputs()["options"]["server"]
         .as_array()
         .unwrap()
         .iter()
@@ -576,7 +597,7 @@ fn every_key_of_the_shipped_config_is_a_typed_option() {
 #[test]
 fn every_option_is_documented() {
     for group in ["server", "proxy", "client"] {
-        let options = facts()["options"][group].as_array().expect("options");
+        let options = outputs()["options"][group].as_array().expect("options");
         assert!(!options.is_empty(), "{group}");
         for o in options {
             let name = text(&o["name"], "name");

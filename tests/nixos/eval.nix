@@ -1,9 +1,11 @@
 # What tests/nixos.rs evaluates: the flake's outputs and NixOS systems built from its modules, against a
 # real nixpkgs (scripts/nixos-eval.sh passes `nixpkgs`, a tree, or "" for the flake's locked input).
 #
-#   facts          one JSON document: the .drv of every output (instantiated with --read-write-mode),
-#                  and per system what the options promise — the rendered unit, settings, nix.conf,
-#                  firewall, users, tmpfiles, warnings. tests/nixos.rs asserts on it.
+#   groups.NAME    JSON documents (servers, clients, appliances, outputs): the .drv of every output
+#                  (instantiated: scripts/nixos-eval.sh uses --read-write-mode), and per system what the
+#                  options promise — the rendered unit, settings, nix.conf, firewall, users, tmpfiles,
+#                  warnings. tests/nixos.rs asserts on them.
+#   facts          all groups in one document, for a look by hand.
 #   negative.NAME  configurations that must fail to evaluate; the test checks the message names the option.
 {
   nixpkgs ? "",
@@ -307,46 +309,81 @@ let
           ]).config.nix.settings.extra-substituters;
       };
     };
-in
-{
-  facts = {
-    drvs =
-      {
+  # The facts come in groups, each evaluated by a process of its own: one process for all of them peaks
+  # near 10 GB, as every system evaluated stays referenced until the JSON is printed.
+  systemFacts = names: {
+    drvs = lib.listToAttrs (
+      map (n: lib.nameValuePair "system-${n}" systems.${n}.config.system.build.toplevel.drvPath) names
+    );
+    systems = lib.genAttrs names (n: factsOf systems.${n});
+  };
+
+  groups = {
+    servers = systemFacts [
+      "server-default"
+      "server-full"
+      "server-port-80"
+      "server-and-client-one-package"
+      "overlay"
+    ];
+    clients = systemFacts [
+      "client-manual"
+      "client-discovery"
+      "client-avahi"
+      "proxy-default"
+      "proxy-lan-address"
+    ];
+    appliances =
+      let
+        base = systemFacts [
+          "appliance"
+          "appliance-aarch64"
+        ];
+      in
+      base
+      // {
+        drvs = base.drvs // lib.mapAttrs' (n: i: lib.nameValuePair "image-${n}" i.drvPath) images;
+        images = lib.mapAttrs (_: i: {
+          zfs = i.passthru.config.boot.supportedFilesystems.zfs or false;
+          inherit (i.passthru.config) warnings;
+        }) images;
+      };
+    outputs = {
+      drvs = {
         package-x86_64-linux = flake.packages.x86_64-linux.default.drvPath;
         package-aarch64-linux = flake.packages.aarch64-linux.default.drvPath;
         cache-proxy = flake.packages.x86_64-linux.cache-proxy.drvPath;
         dev-shell = flake.devShells.x86_64-linux.default.drvPath;
       }
-      // lib.mapAttrs' (n: s: lib.nameValuePair "system-${n}" s.config.system.build.toplevel.drvPath) systems
-      // lib.mapAttrs' (n: i: lib.nameValuePair "image-${n}" i.drvPath) images
       // lib.mapAttrs' (n: t: lib.nameValuePair "check-${n}" t.drvPath) flake.checks.x86_64-linux;
 
-    systems = lib.mapAttrs (_: factsOf) systems;
-    images = lib.mapAttrs (_: i: {
-      zfs = i.passthru.config.boot.supportedFilesystems.zfs or false;
-      inherit (i.passthru.config) warnings;
-    }) images;
-    failedAssertions = lib.mapAttrs (
-      _: s: map (a: a.message) (builtins.filter (a: !a.assertion) s.config.assertions)
-    ) assertionSystems;
+      failedAssertions = lib.mapAttrs (
+        _: s: map (a: a.message) (builtins.filter (a: !a.assertion) s.config.assertions)
+      ) assertionSystems;
 
-    options = {
-      server = documented { inherit (serverOptions) nixcache; };
-      proxy = documented { inherit (serverOptions) nixcache-proxy; };
-      client = documented { inherit (clientOptions) nixcache-client; };
-      # The keys of `settings` declared with a type (the rest are freeform).
-      settingsKeys = lib.mapAttrs (_: o: o.type.description) (
-        lib.filterAttrs (n: o: lib.isOption o && n != "_module") (serverOptions.nixcache.settings.type.getSubOptions [ ])
-      );
-      packageDefaultText = serverOptions.nixcache.package.defaultText._type or null;
+      options = {
+        server = documented { inherit (serverOptions) nixcache; };
+        proxy = documented { inherit (serverOptions) nixcache-proxy; };
+        client = documented { inherit (clientOptions) nixcache-client; };
+        # The keys of `settings` declared with a type (the rest are freeform).
+        settingsKeys = lib.mapAttrs (_: o: o.type.description) (
+          lib.filterAttrs (n: o: lib.isOption o && n != "_module") (
+            serverOptions.nixcache.settings.type.getSubOptions [ ]
+          )
+        );
+        packageDefaultText = serverOptions.nixcache.package.defaultText._type or null;
+      };
+
+      # The option types' own table tests: the cases that disagree (none, when all is well).
+      typeMismatches = import ./types.nix { inherit lib; };
+
+      # What each negative case's message must name.
+      negative = lib.mapAttrs (_: c: c.expect) negative;
     };
-
-    # The option types' own table tests: the cases that disagree (none, when all is well).
-    typeMismatches = import ./types.nix { inherit lib; };
-
-    # What each negative case's message must name.
-    negative = lib.mapAttrs (_: c: c.expect) negative;
   };
-
-  inherit negative;
+in
+{
+  inherit groups negative;
+  # All groups at once, for a look by hand (mind the memory: see `groups`).
+  facts = lib.foldl' lib.recursiveUpdate { } (builtins.attrValues groups);
 }
