@@ -13,6 +13,7 @@
 
 let
   cfg = config.services.nixcache;
+  nixcacheLib = import ./lib.nix { inherit lib; };
   keyDir = "/var/lib/nixcache-key";
   generatedKey = "${keyDir}/secret";
 in
@@ -54,7 +55,7 @@ in
 
   # The appliance fetches its own upgrades through itself, so the LAN gets them from disk afterwards.
   nix.settings = {
-    extra-substituters = [ "http://127.0.0.1:${lib.last (lib.splitString ":" cfg.settings.listen)}" ];
+    extra-substituters = [ (nixcacheLib.localUrl cfg.settings.listen) ];
     fallback = true;
     connect-timeout = lib.mkDefault 5;
   };

@@ -15,6 +15,9 @@
 
 let
   cfg = config.services.nixcache-client;
+  # One package for the machine's server and client alike (package-option.nix).
+  inherit (config.services.nixcache) package;
+  nixcacheLib = import ./lib.nix { inherit lib; };
   inherit (lib) mkOption types;
 
   stateDir = "/var/lib/nixcache-client";
@@ -37,7 +40,7 @@ let
   discoverCommand =
     if cfg.discovery.method == "nixcache" then
       [
-        (lib.getExe cfg.package)
+        (lib.getExe package)
         "discover"
         "--nix-conf"
         "--timeout"
@@ -65,18 +68,19 @@ let
   '';
 in
 {
+  imports = [
+    ./package-option.nix
+    (lib.mkRenamedOptionModule
+      [ "services" "nixcache-client" "package" ]
+      [ "services" "nixcache" "package" ]
+    )
+  ];
+
   options.services.nixcache-client = {
     enable = lib.mkEnableOption "substituting through nixcache appliances on the LAN";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { } (this repository's nixcache)";
-      description = "The nixcache package whose `nixcache discover` is used (discovery.method = \"nixcache\").";
-    };
-
     servers = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf nixcacheLib.types.substituterUrl;
       default = [ ];
       example = [ "http://192.168.1.10:37515" ];
       description = ''
@@ -86,7 +90,7 @@ in
     };
 
     trustedPublicKeys = mkOption {
-      type = types.listOf types.str;
+      type = types.listOf nixcacheLib.types.publicKey;
       default = [ ];
       example = [ "nixcache.lan-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" ];
       description = ''

@@ -10,4 +10,11 @@
   };
   boot.loader.grub.enable = false;
   boot.loader.generic-extlinux-compatible.enable = lib.mkDefault true;
+
+  # nixpkgs' aarch64 sd-card module brings the installer's base profile, which turns ZFS on (and with it
+  # a kernel module that must match the kernel, and the forceImportRoot warning). The appliance has one
+  # ext4 root: the image goes without, as the installed system does — as nixpkgs' own no-zfs sd image.
+  image.modules.sd-card = {
+    boot.supportedFilesystems.zfs = lib.mkForce false;
+  };
 }

@@ -1,8 +1,17 @@
 # services.nixcache: the LAN cache daemon (`nixcache serve`) as a hardened systemd service.
 #
 # The settings are rendered to the daemon's TOML config file and checked at build time with the daemon's
-# own `serve --check-config`, so an unknown key or a bad value fails `nixos-rebuild`, not the boot.
-# The data (index.redb, nar/, tmp/) lives in /var/lib/nixcache (StateDirectory, DynamicUser).
+# own `serve --check-config`, so an unknown key or a bad value fails `nixos-rebuild`, not the boot. The
+# keys the daemon has are declared below with types (./lib.nix) that accept what the daemon accepts, so
+# most mistakes fail earlier still, at evaluation, with the option's name.
+#
+# Adding a key of config/nixcache.toml: declare it under `settings` with the type of its kind from
+# ./lib.nix (size, seconds, httpUrl, …) and, when the daemon has a DEFAULT_* constant for it, its default
+# in ./defaults.nix (tests/packaging.rs compares those with the daemon). tests/nixos.rs fails while a key
+# of config/nixcache.toml is not declared here.
+#
+# The data (index.redb, nar/, tmp/) lives in /var/lib/nixcache (StateDirectory, DynamicUser) unless
+# `settings.data_dir` moves it; then the service runs as the static user `nixcache`, which owns it.
 {
   config,
   lib,
@@ -13,13 +22,15 @@
 let
   cfg = config.services.nixcache;
   defaults = import ./defaults.nix;
+  nixcacheLib = import ./lib.nix { inherit lib; };
+  nixcacheTypes = nixcacheLib.types;
   format = pkgs.formats.toml { };
   inherit (lib) mkOption types;
 
-  # systemd puts LoadCredential= files here, readable only by the service's dynamic user.
+  # systemd puts LoadCredential= files here, readable only by the service's user.
   credentials = "/run/credentials/nixcache.service";
 
-  renderedSettings = lib.filterAttrs (_: v: v != null) (
+  renderedSettings = nixcacheLib.dropNulls (
     cfg.settings
     // lib.optionalAttrs (cfg.signingKeyFile != null) {
       signing_key_file = "${credentials}/signing-key";
@@ -41,32 +52,31 @@ let
     else
       rawConfigFile;
 
-  # "ADDR:PORT" and "[v6]:PORT" both end in ":PORT".
-  port = lib.toInt (lib.last (lib.splitString ":" cfg.settings.listen));
+  inherit (nixcacheLib.parseListen cfg.settings.listen) port;
   privilegedPort = port < 1024;
+
+  # A data folder of its own (settings.data_dir) needs an owner that exists before the service starts:
+  # a dynamic user gets only its StateDirectory, so a static user takes its place.
+  dataDir = cfg.settings.data_dir;
+  staticUser = dataDir != null;
 
   inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
 in
 {
+  imports = [ ./package-option.nix ];
+
   options.services.nixcache = {
     enable = lib.mkEnableOption "nixcache, the LAN Nix binary cache appliance (`nixcache serve`)";
-
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { } (this repository's daemon)";
-      description = "The nixcache package to run.";
-    };
 
     settings = mkOption {
       default = { };
       description = ''
-        The daemon's configuration, rendered to the TOML file given to `nixcache serve --config`.
-        Any key of `config/nixcache.toml` may be set (freeform, RFC 42); the ones declared here carry the
-        daemon's own defaults. Keys the daemon does not know stop the build (see `checkConfig`).
-        Use `signingKeyFile` and `adminTokenFile` instead of `signing_key_file` and `admin_token_file`:
-        they are passed with LoadCredential, readable by the service alone. The data folder is
-        /var/lib/nixcache; set `data_dir` only to move it elsewhere.
+        The daemon's configuration, rendered to the TOML file given to `nixcache serve --config`
+        (`config/nixcache.toml` documents every key). The keys declared here are typed and carry the
+        daemon's own defaults; other keys pass through as they are (freeform, RFC 42), and keys the daemon
+        does not know stop the build (see `checkConfig`). Use `signingKeyFile` and `adminTokenFile`
+        instead of `signing_key_file` and `admin_token_file`: they are passed with LoadCredential,
+        readable by the service alone.
       '';
       example = lib.literalExpression ''
         {
@@ -82,57 +92,79 @@ in
         freeformType = format.type;
         options = {
           listen = mkOption {
-            type = types.str;
+            type = nixcacheTypes.listen;
             default = defaults.listen;
-            description = "Address and port to listen on, `ADDR:PORT` or `[V6ADDR]:PORT`.";
+            description = "Address and port to listen on. `0.0.0.0:PORT` serves the whole LAN (IPv4), `[::]:PORT` IPv6 too.";
+          };
+          data_dir = mkOption {
+            type = types.nullOr nixcacheTypes.absolutePath;
+            default = null;
+            example = "/srv/nixcache";
+            description = ''
+              Folder for the index (`index.redb`) and the NAR files. Null: /var/lib/nixcache, the
+              service's StateDirectory. A folder of your own is created by systemd-tmpfiles, owned by
+              the static user `nixcache` the service then runs as, and must be outside /home and /root
+              (ProtectHome). A separate disk mounted there is waited for (RequiresMountsFor).
+            '';
           };
           max_size = mkOption {
-            type = types.either types.str types.ints.positive;
+            type = nixcacheTypes.size;
             default = defaults.max_size;
-            description = "Cap on NAR bytes on disk (`20GiB`, `500M`, or bytes); least recently used NARs are evicted.";
+            description = "Cap on NAR bytes on disk; least recently used NARs are evicted past it.";
           };
           priority = mkOption {
-            type = types.ints.unsigned;
+            type = types.ints.u32;
             default = defaults.priority;
             description = "`Priority:` announced in /nix-cache-info (lower is preferred; cache.nixos.org says 40).";
           };
           negative_ttl = mkOption {
-            type = types.ints.positive;
+            type = nixcacheTypes.seconds;
             default = defaults.negative_ttl;
             description = "Seconds a path found in no upstream is answered 404 without asking again.";
           };
           upstream_timeout = mkOption {
-            type = types.ints.positive;
+            type = nixcacheTypes.seconds;
             default = defaults.upstream_timeout;
             description = "Seconds for one upstream narinfo request, the start of a NAR download, and connecting.";
           };
           stall_timeout = mkOption {
-            type = types.ints.positive;
+            type = nixcacheTypes.seconds;
             default = defaults.stall_timeout;
             description = "Seconds a NAR download may receive nothing before it is abandoned.";
           };
           upstreams = mkOption {
             type = types.listOf (
-              types.either types.str (
-                types.attrsOf (
-                  types.oneOf [
-                    types.str
-                    types.bool
-                    (types.listOf types.str)
-                  ]
-                )
+              types.either nixcacheTypes.httpUrl (
+                types.submodule {
+                  options = {
+                    url = mkOption {
+                      type = nixcacheTypes.httpUrl;
+                      description = "Base URL of the upstream cache.";
+                    };
+                    trusted_keys = mkOption {
+                      type = types.nullOr (types.listOf nixcacheTypes.publicKey);
+                      default = null;
+                      description = "Keys trusted for this upstream instead of the global `trusted_keys`.";
+                    };
+                    accept_unsigned = mkOption {
+                      type = types.bool;
+                      default = false;
+                      description = "Accept this upstream's narinfos without a valid signature: an explicit, logged choice.";
+                    };
+                  };
+                }
               )
             );
             default = defaults.upstreams;
             description = ''
               Upstream caches, most preferred first: URLs, or `{ url, trusted_keys, accept_unsigned }`
-              tables with their own trust settings.
+              with trust settings of their own.
             '';
           };
           trusted_keys = mkOption {
-            type = types.listOf types.str;
+            type = types.listOf nixcacheTypes.publicKey;
             default = defaults.trusted_keys;
-            description = "Keys (`name:base64`) whose signature makes an upstream narinfo acceptable.";
+            description = "Keys whose signature makes an upstream narinfo acceptable.";
           };
           mdns = mkOption {
             type = types.bool;
@@ -143,12 +175,12 @@ in
             '';
           };
           mdns_interfaces = mkOption {
-            type = types.listOf types.str;
+            type = types.listOf nixcacheTypes.interface;
             default = defaults.mdns_interfaces;
             description = "Interfaces (names or addresses) to advertise on; empty means all.";
           };
           oci_repo = mkOption {
-            type = types.nullOr types.str;
+            type = types.nullOr nixcacheTypes.ociRepo;
             default = null;
             example = "my-org/my-cache";
             description = ''
@@ -158,14 +190,28 @@ in
             '';
           };
           oci_registry = mkOption {
-            type = types.str;
+            type = nixcacheTypes.registry;
             default = defaults.oci_registry;
             description = "Registry of the OCI source.";
           };
           index_ttl = mkOption {
-            type = types.ints.positive;
+            type = nixcacheTypes.seconds;
             default = defaults.index_ttl;
             description = "Seconds between refreshes of the OCI index.";
+          };
+          oci_trusted_keys = mkOption {
+            type = types.nullOr (types.listOf nixcacheTypes.publicKey);
+            default = null;
+            example = [ "my-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" ];
+            description = ''
+              Keys whose signature makes an entry of the OCI index acceptable: the publisher's (its
+              `public-key.txt`). Null: `trusted_keys`.
+            '';
+          };
+          oci_accept_unsigned = mkOption {
+            type = types.bool;
+            default = false;
+            description = "Accept the OCI index's entries without a valid signature (a publisher without a key): an explicit, logged choice.";
           };
         };
       };
@@ -178,19 +224,20 @@ in
     };
 
     signingKeyFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr nixcacheTypes.absolutePath;
       default = null;
       example = "/var/lib/nixcache-key/secret";
       description = ''
         The appliance's secret signing key (from `nixcache keygen NAME` or
-        `nix-store --generate-binary-cache-key`). It is handed to the service with LoadCredential, so the
-        file may stay root-only (mode 600). Give a path as a string: a Nix path literal would copy the
-        secret into the world-readable store. LAN clients then trust this one key (`/public-key`).
+        `nix-store --generate-binary-cache-key`), rendered as `signing_key_file`. It is handed to the
+        service with LoadCredential, so the file may stay root-only (mode 600). Give a path as a string:
+        a Nix path literal would copy the secret into the world-readable store. LAN clients then trust
+        this one key (`/public-key`).
       '';
     };
 
     adminTokenFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr nixcacheTypes.absolutePath;
       default = null;
       description = ''
         File holding the admin token that allows `POST /_refresh` from hosts other than the appliance
@@ -199,7 +246,7 @@ in
     };
 
     environmentFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr nixcacheTypes.absolutePath;
       default = null;
       example = "/etc/nixcache/secrets.env";
       description = ''
@@ -211,7 +258,10 @@ in
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      example = [ "--mdns-interface" "eth0" ];
+      example = [
+        "--mdns-interface"
+        "eth0"
+      ];
       description = "Extra command-line flags for `nixcache serve` (flags override the config file).";
     };
 
@@ -224,17 +274,29 @@ in
         cross-compiling, because the check runs the daemon.
       '';
     };
+
+    renderedSettings = mkOption {
+      type = types.attrsOf types.anything;
+      readOnly = true;
+      internal = true;
+      default = renderedSettings;
+      description = "The settings as written to the config file (credentials resolved, unset keys left out).";
+    };
   };
 
   config = lib.mkIf cfg.enable {
     assertions = [
       {
         assertion = !(cfg.settings ? signing_key_file);
-        message = "services.nixcache: set signingKeyFile, not settings.signing_key_file (the dynamic user could not read it).";
+        message = "services.nixcache: set signingKeyFile, not settings.signing_key_file (the service's user could not read it).";
       }
       {
         assertion = !(cfg.settings ? admin_token_file);
-        message = "services.nixcache: set adminTokenFile, not settings.admin_token_file (the dynamic user could not read it).";
+        message = "services.nixcache: set adminTokenFile, not settings.admin_token_file (the service's user could not read it).";
+      }
+      {
+        assertion = dataDir == null || !(lib.any (p: lib.hasPrefix p dataDir) [ "/home/" "/root/" ]);
+        message = "services.nixcache.settings.data_dir = ${toString dataDir}: the service cannot write under /home or /root (ProtectHome); choose another folder, such as /srv/nixcache.";
       }
     ];
     warnings =
@@ -248,12 +310,29 @@ in
       allowedUDPPorts = lib.optional cfg.settings.mdns 5353;
     };
 
+    users = lib.mkIf staticUser {
+      users.nixcache = {
+        isSystemUser = true;
+        group = "nixcache";
+        description = "nixcache daemon";
+      };
+      groups.nixcache = { };
+    };
+    systemd.tmpfiles.settings."10-nixcache" = lib.mkIf staticUser {
+      ${dataDir}.d = {
+        user = "nixcache";
+        group = "nixcache";
+        mode = "0750";
+      };
+    };
+
     systemd.services.nixcache = {
       description = "nixcache, the LAN Nix binary cache";
       documentation = [ "file://${cfg.package}/share/nixcache/nixcache.toml" ];
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
+      unitConfig.RequiresMountsFor = lib.mkIf staticUser [ dataDir ];
 
       serviceConfig = {
         ExecStart = lib.escapeShellArgs (
@@ -265,26 +344,33 @@ in
           ]
           ++ cfg.extraArgs
         );
-        Restart = "on-failure";
-        RestartSec = 5;
+        # The daemon says READY=1 once it listens, and WATCHDOG=1 every WatchdogSec/2 while its health
+        # check passes (src/systemd.rs): a daemon that hangs, or whose index cannot be written, is
+        # killed and restarted instead of answering badly.
+        Type = "notify";
+        WatchdogSec = lib.mkDefault 30;
+        Restart = lib.mkDefault "on-failure";
+        RestartSec = lib.mkDefault 5;
         # SIGTERM lets in-flight requests finish for up to 10 s, then flushes the index.
-        TimeoutStopSec = 30;
-        LimitNOFILE = 65536;
+        TimeoutStopSec = lib.mkDefault 30;
+        LimitNOFILE = lib.mkDefault 65536;
 
-        DynamicUser = true;
+        DynamicUser = !staticUser;
+        User = lib.mkIf staticUser "nixcache";
+        Group = lib.mkIf staticUser "nixcache";
         # $STATE_DIRECTORY is the daemon's default data folder.
-        StateDirectory = "nixcache";
-        StateDirectoryMode = "0750";
+        StateDirectory = lib.mkIf (!staticUser) "nixcache";
+        StateDirectoryMode = lib.mkIf (!staticUser) "0750";
+        ReadWritePaths = lib.mkIf staticUser [ dataDir ];
         LoadCredential =
           lib.optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
           ++ lib.optional (cfg.adminTokenFile != null) "admin-token:${cfg.adminTokenFile}";
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
-        ReadWritePaths = lib.optional (cfg.settings ? data_dir) cfg.settings.data_dir;
         UMask = "0027";
 
-        # Hardening. Networking stays the host's (no PrivateNetwork): the daemon serves the LAN and
-        # advertises itself over mDNS, which needs multicast on the real interfaces and AF_NETLINK to
-        # enumerate them and their addresses.
+        # Hardening, as nixpkgs' harmonia and ncps modules do it. Networking stays the host's (no
+        # PrivateNetwork): the daemon serves the LAN and advertises itself over mDNS, which needs
+        # multicast on the real interfaces and AF_NETLINK to enumerate them and their addresses.
         RestrictAddressFamilies = [
           "AF_INET"
           "AF_INET6"
@@ -293,9 +379,13 @@ in
         ];
         CapabilityBoundingSet = if privilegedPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
         AmbientCapabilities = lib.optional privilegedPort "CAP_NET_BIND_SERVICE";
+        # A user namespace would take CAP_NET_BIND_SERVICE's effect on the host away: only for ports >= 1024.
+        PrivateUsers = !privilegedPort;
         NoNewPrivileges = true;
         PrivateTmp = true;
         PrivateDevices = true;
+        DevicePolicy = "closed";
+        PrivateMounts = true;
         ProtectSystem = "strict";
         ProtectHome = true;
         ProtectClock = true;
@@ -305,6 +395,7 @@ in
         ProtectKernelModules = true;
         ProtectKernelTunables = true;
         ProtectProc = "invisible";
+        ProcSubset = "pid";
         RestrictNamespaces = true;
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
@@ -315,6 +406,7 @@ in
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
+          "~@resources"
         ];
         # A call outside the filter fails with EPERM instead of killing the daemon mid-download.
         SystemCallErrorNumber = "EPERM";

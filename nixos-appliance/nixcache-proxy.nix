@@ -9,12 +9,16 @@
 
 let
   cfg = config.services.nixcache-proxy;
+  nixcacheLib = import ./lib.nix { inherit lib; };
   inherit (lib) mkOption types;
 
   address = if cfg.listenAddress == "localhost" then "127.0.0.1" else cfg.listenAddress;
   listen =
     if lib.hasInfix ":" address then "[${address}]:${toString cfg.port}" else "${address}:${toString cfg.port}";
-  url = "http://localhost:${toString cfg.port}";
+  # Where the local Nix finds the cache: nixcache-oci's `http://localhost:PORT` on loopback, otherwise
+  # the address it listens on (a cache on 192.168.1.10 alone is not reachable at localhost).
+  url =
+    if address == "127.0.0.1" then "http://localhost:${toString cfg.port}" else nixcacheLib.localUrl listen;
 in
 {
   imports = [ ./module.nix ];
@@ -22,26 +26,27 @@ in
   options.services.nixcache-proxy = {
     enable = lib.mkEnableOption "the nixcache-oci compatible local cache (runs services.nixcache)";
     repo = mkOption {
-      type = types.str;
+      type = nixcacheLib.types.ociRepo;
       default = "cmspam/nixcache-oci";
       description = "GitHub owner/repo hosting the OCI cache (`<owner>/<repo>/nix-cache` on ghcr.io).";
     };
     port = mkOption {
-      type = types.port;
+      type = types.ints.between 1 65535;
       default = 37515;
       description = "Port the cache listens on.";
     };
     listenAddress = mkOption {
-      type = types.str;
+      type = nixcacheLib.types.address;
       default = "127.0.0.1";
       example = "0.0.0.0";
       description = ''
         Address the cache binds to: "127.0.0.1" for this machine only (the default, as in nixcache-oci),
-        "0.0.0.0" to serve the LAN (then consider services.nixcache.openFirewall).
+        "0.0.0.0" to serve the LAN (then consider services.nixcache.openFirewall), or one address of
+        this machine. The local Nix is pointed at the same address (loopback for 0.0.0.0 and ::).
       '';
     };
     publicKey = mkOption {
-      type = types.str;
+      type = types.either (types.enum [ "" ]) nixcacheLib.types.publicKey;
       default = "";
       example = "my-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
       description = ''

@@ -20,6 +20,10 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v shellcheck >/dev/null || need+=(shellcheck)   # actionlint checks workflow scripts with it
 # Abuse tests: nginx is the reference server the slowloris run is compared with.
 command -v nginx >/dev/null || need+=(nginx-light)
+# NixOS evaluation (tests/nixos.rs via scripts/nixos-eval.sh): a Debian trixie chroot with Nix >= 2.18,
+# and the zstd-compressed nixpkgs tree.
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v zstd >/dev/null || need+=(zstd)
 if [ "${1:-}" = "--bench" ]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v eatmydata >/dev/null || need+=(eatmydata)   # the cold-copy diagnosis without fsyncs

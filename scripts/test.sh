@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the peers it needs, then formatting, lints, and every test
-# (unit, integration, end-to-end with the real Nix client, registry, Prometheus, Chromium, avahi).
+# (unit, integration, end-to-end with the real Nix client, registry, Prometheus, Chromium, avahi, and
+# the NixOS side evaluated against nixpkgs by tests/nixos.rs through scripts/nixos-eval.sh, which takes
+# the nixpkgs tree from NIXCACHE_NIXPKGS, default ../shared/nixpkgs/*.tar.zst, else flake.lock's input).
 # CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

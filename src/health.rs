@@ -1,15 +1,44 @@
-//! Whether the appliance can do its job: what `/healthz` answers and what feeds the systemd watchdog.
+//! Whether the appliance can do its job: what `/healthz` answers, and what feeds the systemd watchdog.
 //!
-//! Unhealthy means "a restart or an operator may be needed": the index cannot be written (a full or
-//! failing disk; hits from disk keep being served meanwhile, and the index heals by itself once there
-//! is room). A source being down is not unhealthy: the appliance serves what it has, and `/_status`
-//! says which source is down.
+//! Two questions, answered differently on purpose:
+//! - [`check`] (`/healthz`, monitoring): is everything working? Not when the index cannot be written (a
+//!   full or failing disk). Hits from disk are still served meanwhile, and the index heals by itself
+//!   once there is room. A source being down is not unhealthy: the appliance serves what it has, and
+//!   `/_status` says which source is down.
+//! - [`alive`] (the watchdog): would a restart help? A full disk does not get better by restarting —
+//!   a restart would only stop the hits that are still served — so a broken index counts as stuck only
+//!   once it stayed broken for [`STUCK_AFTER`] although the filesystem has room. A process that hangs
+//!   does not answer at all, and its watchdog starves.
+
+use std::time::Duration;
 
 use crate::app::App;
+
+/// How long the index may stay unwritable, with room on the disk, before a restart is the cure.
+pub const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 /// `Ok` while healthy, else a short reason fit for `/healthz` (no paths, no secrets).
 pub fn check(app: &App) -> Result<(), String> {
     app.index
         .writable()
         .map_err(|why| format!("index cannot be written ({why})"))
+}
+
+/// `Ok` unless a restart is what the appliance needs (see the module's notes).
+pub fn alive(app: &App) -> Result<(), String> {
+    let Err(why) = check(app) else {
+        return Ok(());
+    };
+    let broken_for = app.index.broken_for().unwrap_or_default();
+    let room = app
+        .store
+        .free_bytes()
+        .is_ok_and(|free| free >= app.config.min_free.max(1 << 20));
+    if broken_for >= STUCK_AFTER && room {
+        return Err(format!(
+            "{why} for {} s although the disk has room",
+            broken_for.as_secs()
+        ));
+    }
+    Ok(())
 }

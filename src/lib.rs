@@ -27,6 +27,7 @@ pub mod redact;
 pub mod server;
 pub mod sources;
 pub mod store;
+pub mod systemd;
 pub mod transcode;
 pub mod trust;
 pub mod verify;

@@ -130,8 +130,8 @@ pub struct Index {
     probe: Probe,
     /// `None` only for the moment of a reopen (or while a reopen keeps failing).
     db: RwLock<Option<Arc<Database>>>,
-    /// Why the index cannot be written, until a heal succeeds.
-    broken: Mutex<Option<String>>,
+    /// Why (and since when) the index cannot be written, until a heal succeeds.
+    broken: Mutex<Option<(String, Instant)>>,
     /// The tables the hit path reads, kept open until the next commit.
     snapshots: snapshot::Snapshots,
     /// Sequence number of the last non-durable commit.
@@ -190,9 +190,18 @@ impl Index {
     pub fn writable(&self) -> Result<(), String> {
         match self.broken.lock().map(|b| b.clone()) {
             Ok(None) => Ok(()),
-            Ok(Some(reason)) => Err(reason),
+            Ok(Some((reason, _))) => Err(reason),
             Err(_) => Err("index state lock poisoned".into()),
         }
+    }
+
+    /// How long the index has been unwritable, if it is.
+    pub fn broken_for(&self) -> Option<Duration> {
+        self.broken
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|(_, since)| since.elapsed())
     }
 
     /// Size of the index file in bytes (counted in the disk budget).
@@ -331,7 +340,7 @@ impl Index {
             && broken.is_none()
         {
             tracing::error!(error = %e, "index write failed; serving what it has until it can be reopened");
-            *broken = Some(e.to_string());
+            *broken = Some((e.to_string(), Instant::now()));
         }
         result
     }

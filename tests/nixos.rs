@@ -1,0 +1,690 @@
+//! The NixOS side evaluated against a real nixpkgs, with a Nix new enough for it: the package, the server,
+//! client and nixcache-proxy modules, the appliance, its images and the VM tests are instantiated to
+//! `.drv` files, and what the options promise is checked in what they render (the unit, the config file,
+//! nix.conf, the firewall). `scripts/nixos-eval.sh` provides Nix and nixpkgs (a Debian trixie chroot
+//! with Nix 2.26 and a nixpkgs tree, cached per machine; see its header for the `NIXCACHE_NIXPKGS`
+//! parameter); `tests/nixos/eval.nix` says what is evaluated. Building and booting (KVM) are
+//! `nix flake check`'s, not this file's.
+//!
+//! Each defect the first evaluation found has a test here named after it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn root() -> &'static Path {
+    Path::new(ROOT)
+}
+
+/// `scripts/nixos-eval.sh ARGS` (nix-instantiate in the chroot), from the repository.
+fn nixos_eval(args: &[&str]) -> Output {
+    Command::new(root().join("scripts/nixos-eval.sh"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run scripts/nixos-eval.sh")
+}
+
+/// The line that says what went wrong: the first `error:` line with a message (Nix prints a bare
+/// `error:` above its trace), else the last line (scripts/nixos-eval.sh ends with its reason).
+fn first_error_line(stderr: &str) -> String {
+    let lines = || stderr.lines().map(str::trim);
+    lines()
+        .find(|l| l.starts_with("error:") && l.len() > "error:".len())
+        .or_else(|| lines().rfind(|l| !l.is_empty()))
+        .unwrap_or("(no output)")
+        .to_string()
+}
+
+/// Evaluates `attr` of tests/nixos/eval.nix to JSON, or the first error line.
+fn eval_json(attr: &str) -> Result<Value, String> {
+    let out = nixos_eval(&[
+        "--eval",
+        "--strict",
+        "--json",
+        "tests/nixos/eval.nix",
+        "-A",
+        attr,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "evaluating {attr} failed: {}\n\n{}",
+            first_error_line(&stderr),
+            tail.join("\n")
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{attr}: not JSON: {e}"))
+}
+
+/// The groups of tests/nixos/eval.nix, each evaluated by a process of its own (one for all peaks near
+/// 10 GB), once for all the tests of this file.
+const GROUPS: [&str; 4] = ["servers", "clients", "appliances", "outputs"];
+
+fn group(name: &str) -> &'static Value {
+    static CELLS: [OnceLock<Result<Value, String>>; GROUPS.len()] =
+        [const { OnceLock::new() }; GROUPS.len()];
+    let i = GROUPS
+        .iter()
+        .position(|g| *g == name)
+        .unwrap_or_else(|| panic!("no group {name}"));
+    match CELLS[i].get_or_init(|| eval_json(&format!("groups.{name}"))) {
+        Ok(facts) => facts,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// What the flake provides besides systems: packages, VM tests, options, type tables, refusals.
+fn outputs() -> &'static Value {
+    group("outputs")
+}
+
+/// The facts of one NixOS system of tests/nixos/eval.nix.
+fn system(name: &str) -> &'static Value {
+    let group_name = match name {
+        "server-default"
+        | "server-full"
+        | "server-port-80"
+        | "server-and-client-one-package"
+        | "overlay" => "servers",
+        "client-manual" | "client-discovery" | "client-avahi" | "proxy-default"
+        | "proxy-lan-address" => "clients",
+        "appliance" | "appliance-aarch64" => "appliances",
+        _ => panic!("no system {name} in tests/nixos/eval.nix"),
+    };
+    let s = &group(group_name)["systems"][name];
+    assert!(s.is_object(), "no system {name} in group {group_name}");
+    s
+}
+
+fn text<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not text: {value}"))
+}
+
+/// The values of `key=` in a rendered unit, in order (a key may repeat).
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    match unit_values(unit, key).as_slice() {
+        [one] => one,
+        other => panic!("{key}= appears {} times in\n{unit}", other.len()),
+    }
+}
+
+fn server_unit(name: &str) -> &'static str {
+    text(&system(name)["unit"], &format!("{name}: nixcache.service"))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_else(|| panic!("not text: {v}")))
+        .collect()
+}
+
+fn ports(value: &Value) -> Vec<u64> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_u64().expect("a port"))
+        .collect()
+}
+
+/// `nixcache serve --check-config` on `settings` rendered as the config file: the daemon's verdict.
+fn check_config(settings: &Value) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nixcache.toml");
+    let rendered = toml::to_string(settings).expect("settings render as TOML");
+    std::fs::write(&file, &rendered).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .env_clear()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--check-config")
+        .output()
+        .expect("run nixcache");
+    assert!(
+        out.status.success(),
+        "the daemon refuses what the module rendered:\n{rendered}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn store_root() -> PathBuf {
+    let out = nixos_eval(&["--root"]);
+    assert!(out.status.success());
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[test]
+fn every_output_instantiates_to_a_derivation() {
+    let mut drvs = serde_json::Map::new();
+    for name in GROUPS {
+        drvs.extend(group(name)["drvs"].as_object().expect("drvs").clone());
+    }
+    for wanted in [
+        "package-x86_64-linux",
+        "package-aarch64-linux",
+        "cache-proxy",
+        "system-server-default",
+        "system-server-full",
+        "system-client-manual",
+        "system-client-discovery",
+        "system-client-avahi",
+        "system-proxy-default",
+        "system-proxy-lan-address",
+        "system-appliance",
+        "system-appliance-aarch64",
+        "image-appliance-qemu-efi",
+        "image-appliance-iso",
+        "image-appliance-sd-card",
+        "check-appliance",
+        "check-discovery",
+        "check-proxy-compat",
+    ] {
+        assert!(drvs.contains_key(wanted), "{wanted} was not instantiated");
+    }
+    let store = store_root();
+    for (name, drv) in &drvs {
+        let drv = text(drv, name);
+        assert!(drv.ends_with(".drv"), "{name}: {drv}");
+        let file = store.join(drv.trim_start_matches('/'));
+        assert!(file.is_file(), "{name}: {} was not written", file.display());
+    }
+}
+
+#[test]
+fn option_types_accept_what_the_daemon_accepts() {
+    let mismatches = strings(&outputs()["typeMismatches"]);
+    assert!(
+        mismatches.is_empty(),
+        "nixos-appliance/lib.nix types disagree with tests/nixos/types.nix:\n{}",
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn server_defaults_render_a_config_the_daemon_resolves_to_its_defaults() {
+    let settings = &system("server-default")["settings"];
+    let no_file = Command::new(env!("CARGO_BIN_EXE_nixcache"))
+        .env_clear()
+        .args(["serve", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        check_config(settings),
+        String::from_utf8(no_file.stdout).unwrap()
+    );
+    let unit = server_unit("server-default");
+    assert_eq!(unit_value(unit, "DynamicUser"), "true");
+    assert_eq!(unit_value(unit, "StateDirectory"), "nixcache");
+    assert!(unit_values(unit, "LoadCredential").is_empty());
+    let firewall = &system("server-default")["firewall"];
+    assert!(
+        ports(&firewall["tcp"]).is_empty(),
+        "openFirewall is off by default"
+    );
+}
+
+#[test]
+fn server_full_settings_reach_the_daemon_the_unit_and_the_firewall() {
+    let s = system("server-full");
+    let resolved = check_config(&s["settings"]);
+    for expected in [
+        "listen: [::]:8080",
+        "data_dir: \"/srv/nixcache\"",
+        "max_size: 214748364800",
+        "priority: 10",
+        "negative_ttl: 120s",
+        "http://builder.lan:5000/",
+        "https://cache.example.org/nix/",
+        "repo: \"my-org/my-cache\"",
+        "index_ttl: 600s",
+        "\"192.168.1.10\"",
+        "signing_key_file: Some(\n        \"/run/credentials/nixcache.service/signing-key\"",
+        "admin_token_file: Some(\n        \"/run/credentials/nixcache.service/admin-token\"",
+    ] {
+        assert!(
+            resolved.contains(expected),
+            "`{expected}` not in the daemon's resolved configuration:\n{resolved}"
+        );
+    }
+
+    let unit = server_unit("server-full");
+    assert_eq!(
+        unit_values(unit, "LoadCredential"),
+        [
+            "signing-key:/var/lib/nixcache-key/secret",
+            "admin-token:/etc/nixcache/admin-token"
+        ]
+    );
+    assert_eq!(
+        unit_value(unit, "EnvironmentFile"),
+        "/etc/nixcache/secrets.env"
+    );
+    let exec = unit_value(unit, "ExecStart");
+    assert!(
+        exec.contains("/bin/nixcache serve --config /nix/store/"),
+        "{exec}"
+    );
+    assert!(exec.contains("-nixcache-checked.toml"), "{exec}");
+    assert!(exec.ends_with(" --mdns-interface eth0"), "{exec}");
+
+    assert_eq!(ports(&s["firewall"]["tcp"]), [8080]);
+    assert_eq!(
+        ports(&s["firewall"]["udp"]),
+        [5353],
+        "mDNS answers need UDP 5353"
+    );
+}
+
+/// Defect 7: against nixpkgs' harmonia and ncps modules the service lacked PrivateUsers, ProcSubset,
+/// PrivateMounts, DevicePolicy and ~@resources, and was a plain service where harmonia uses
+/// Type=notify with a watchdog.
+#[test]
+fn service_is_notify_with_watchdog_and_hardened_like_harmonia_and_ncps() {
+    for name in ["server-default", "server-full", "appliance"] {
+        let unit = server_unit(name);
+        for (key, value) in [
+            ("Type", "notify"),
+            ("WatchdogSec", "30"),
+            ("Restart", "on-failure"),
+            ("PrivateUsers", "true"),
+            ("ProcSubset", "pid"),
+            ("PrivateMounts", "true"),
+            ("DevicePolicy", "closed"),
+            ("ProtectSystem", "strict"),
+            ("NoNewPrivileges", "true"),
+            ("CapabilityBoundingSet", ""),
+        ] {
+            assert_eq!(unit_value(unit, key), value, "{name}: {key}");
+        }
+        assert_eq!(
+            unit_values(unit, "SystemCallFilter"),
+            ["@system-service", "~@privileged", "~@resources"],
+            "{name}"
+        );
+        assert!(
+            unit_values(unit, "AmbientCapabilities").is_empty(),
+            "{name}"
+        );
+    }
+    // A port below 1024 needs the capability, which a user namespace would void.
+    let unit = server_unit("server-port-80");
+    assert_eq!(unit_value(unit, "PrivateUsers"), "false");
+    assert_eq!(
+        unit_value(unit, "CapabilityBoundingSet"),
+        "CAP_NET_BIND_SERVICE"
+    );
+    assert_eq!(
+        unit_value(unit, "AmbientCapabilities"),
+        "CAP_NET_BIND_SERVICE"
+    );
+    assert_eq!(ports(&system("server-port-80")["firewall"]["tcp"]), [80]);
+    assert!(
+        ports(&system("server-port-80")["firewall"]["udp"]).is_empty(),
+        "no mDNS, no UDP 5353"
+    );
+}
+
+/// Evaluates a configuration that must fail, and checks that the message names `option`.
+fn assert_refused(case: &str) {
+    let option = text(&outputs()["negative"][case], case);
+    let attr = format!("negative.{case}.value");
+    let out = nixos_eval(&["--eval", "--strict", "tests/nixos/eval.nix", "-A", &attr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{case}: evaluated, but must fail naming {option}"
+    );
+    let line = first_error_line(&stderr);
+    // `OPTION' or, for an element of a list, `OPTION."[definition 1-entry 1]"'.
+    assert!(
+        line.contains(&format!("`{option}'")) || line.contains(&format!("`{option}.")),
+        "{case}: the error does not name {option}: {line}\n{stderr}"
+    );
+}
+
+/// Defect 1: `settings.listen = "0.0.0.0"` failed with `toInt: Could not convert "0.0.0.0" to int`.
+#[test]
+fn listen_without_port_fails_evaluation_naming_the_option() {
+    assert_refused("listen-without-port");
+}
+
+#[test]
+fn values_the_daemon_would_refuse_fail_evaluation_naming_the_option() {
+    let cases = outputs()["negative"].as_object().expect("negative cases");
+    assert!(cases.len() >= 10, "{cases:?}");
+    for case in cases.keys() {
+        assert_refused(case);
+    }
+}
+
+/// Defect 2: nixcache-proxy with `listenAddress = "192.168.1.10"` pointed Nix at `http://localhost:37515`.
+#[test]
+fn proxy_on_a_lan_address_points_nix_at_that_address() {
+    let lan = system("proxy-lan-address");
+    assert_eq!(
+        text(&lan["settings"]["listen"], "listen"),
+        "192.168.1.10:37515"
+    );
+    assert_eq!(
+        strings(&lan["nixSettings"]["extra-substituters"]),
+        ["http://192.168.1.10:37515"]
+    );
+    let conf = text(&lan["nixConf"], "nix.conf");
+    assert!(
+        conf.contains("extra-substituters = http://192.168.1.10:37515\n"),
+        "{conf}"
+    );
+    assert!(conf.contains("require-sigs = false\n"), "{conf}");
+    assert_eq!(lan["settings"]["oci_accept_unsigned"], Value::Bool(true));
+
+    // nixcache-oci's own setting keeps nixcache-oci's URL.
+    let default = system("proxy-default");
+    assert_eq!(
+        text(&default["settings"]["listen"], "listen"),
+        "127.0.0.1:37515"
+    );
+    let conf = text(&default["nixConf"], "nix.conf");
+    assert!(
+        conf.contains("extra-substituters = http://localhost:37515\n"),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("appliance.test-1:lD58R+wZePKiatluv6lzJZ9QkmXYizzIC4Hzf/VR3v8="),
+        "{conf}"
+    );
+    check_config(&default["settings"]);
+    check_config(&lan["settings"]);
+}
+
+/// Defect 3: a custom `settings.data_dir` could not work with DynamicUser (ReadWritePaths lifted the
+/// read-only mount, but only StateDirectory is handed to a dynamic user).
+#[test]
+fn custom_data_dir_is_created_for_and_owned_by_the_service_user() {
+    let s = system("server-full");
+    let unit = server_unit("server-full");
+    assert_eq!(unit_value(unit, "DynamicUser"), "false");
+    assert_eq!(unit_value(unit, "User"), "nixcache");
+    assert_eq!(unit_value(unit, "Group"), "nixcache");
+    assert_eq!(unit_value(unit, "ReadWritePaths"), "/srv/nixcache");
+    assert_eq!(unit_value(unit, "RequiresMountsFor"), "/srv/nixcache");
+    assert!(unit_values(unit, "StateDirectory").is_empty(), "{unit}");
+    assert_eq!(
+        s["nixcacheUser"],
+        serde_json::json!({ "isSystemUser": true, "group": "nixcache" })
+    );
+    let rule = &s["tmpfiles"]["/srv/nixcache"]["d"];
+    assert_eq!(
+        (&rule["user"], &rule["group"], &rule["mode"]),
+        (
+            &Value::from("nixcache"),
+            &Value::from("nixcache"),
+            &Value::from("0750")
+        ),
+        "{rule}"
+    );
+    // Where ProtectHome hides the folder, evaluation says so.
+    let failed = strings(&outputs()["failedAssertions"]["data-dir-under-home"]);
+    assert!(
+        failed
+            .iter()
+            .any(|m| m.contains("settings.data_dir") && m.contains("ProtectHome")),
+        "{failed:?}"
+    );
+}
+
+/// Defect 4: the sd-card image turned ZFS on (the installer's base profile), with the forceImportRoot warning.
+#[test]
+fn appliance_images_have_no_zfs_and_no_warnings() {
+    let images = group("appliances")["images"].as_object().expect("images");
+    assert_eq!(images.len(), 3);
+    for (name, image) in images {
+        assert_eq!(image["zfs"], Value::Bool(false), "{name}: ZFS is on");
+        assert!(
+            strings(&image["warnings"]).is_empty(),
+            "{name}: {}",
+            image["warnings"]
+        );
+    }
+    for name in ["appliance", "appliance-aarch64"] {
+        assert_eq!(system(name)["zfs"], Value::Bool(false), "{name}");
+        assert!(strings(&system(name)["warnings"]).is_empty(), "{name}");
+    }
+}
+
+/// Defect 5: no root flake.lock, so every `nix flake check` evaluated against that day's nixos-unstable.
+#[test]
+fn flake_lock_pins_the_nixos_unstable_input() {
+    let lock: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("flake.lock")).expect("flake.lock"),
+    )
+    .expect("flake.lock is JSON");
+    let root_node = text(&lock["root"], "root");
+    let input = text(
+        &lock["nodes"][root_node]["inputs"]["nixpkgs"],
+        "nixpkgs input",
+    );
+    let node = &lock["nodes"][input];
+    let locked = &node["locked"];
+    assert_eq!(locked["type"], "github");
+    assert_eq!(
+        (&locked["owner"], &locked["repo"]),
+        (&Value::from("NixOS"), &Value::from("nixpkgs"))
+    );
+    let rev = text(&locked["rev"], "rev");
+    assert!(
+        rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{rev}"
+    );
+    let nar_hash = text(&locked["narHash"], "narHash");
+    assert!(
+        nar_hash.starts_with("sha256-") && nar_hash.len() == 51,
+        "{nar_hash}"
+    );
+    assert!(locked["lastModified"].as_u64().is_some());
+    assert_eq!(node["original"]["ref"], "nixos-unstable");
+    let flake = std::fs::read_to_string(root().join("flake.nix")).unwrap();
+    assert!(
+        flake.contains("inputs.nixpkgs.url = \"github:NixOS/nixpkgs/nixos-unstable\";"),
+        "flake.nix's nixpkgs input is not the one flake.lock locks"
+    );
+}
+
+/// Defect 6: the package default ignored the overlay's `pkgs.nixcache`, its defaultText was prose in
+/// literalExpression, and the client had a package option of its own (overriding one built the daemon
+/// twice).
+#[test]
+fn one_package_option_follows_the_overlay_and_serves_server_and_client() {
+    assert_eq!(outputs()["options"]["packageDefaultText"], "literalMD");
+
+    let exec = unit_value(server_unit("overlay"), "ExecStart");
+    assert!(exec.contains("-nixcache-overlay-"), "{exec}");
+
+    let both = system("server-and-client-one-package");
+    let exec = unit_value(server_unit("server-and-client-one-package"), "ExecStart");
+    assert!(exec.contains("-nixcache-marked-"), "{exec}");
+    let discover = text(&both["discoverScript"], "discover script");
+    assert!(discover.contains("-nixcache-marked-"), "{discover}");
+
+    let client: BTreeSet<&str> = outputs()["options"]["client"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| text(&o["name"], "name"))
+        .collect();
+    assert!(
+        !client.contains("services.nixcache-client.package"),
+        "{client:?}"
+    );
+}
+
+/// The keys of config/nixcache.toml, set or commented out (`# key = ...`).
+fn shipped_config_keys() -> BTreeSet<String> {
+    let shipped = std::fs::read_to_string(root().join("config/nixcache.toml")).unwrap();
+    shipped
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("# ").unwrap_or(l);
+            let (key, _) = l.split_once(" = ")?;
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
+                .then(|| key.to_string())
+        })
+        .collect()
+}
+
+/// Defect 6 (oci_trusted_keys and oci_accept_unsigned were written but not declared), and what keeps
+/// it from coming back: every key of the daemon's config file is a typed option, or has a typed option
+/// standing for it.
+#[test]
+fn every_key_of_the_shipped_config_is_a_typed_option() {
+    let declared = outputs()["options"]["settingsKeys"]
+        .as_object()
+        .expect("settings keys");
+    let server: BTreeSet<&str> = outputs()["options"]["server"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| text(&o["name"], "name"))
+        .collect();
+    let keys = shipped_config_keys();
+    assert!(keys.len() >= 18, "{keys:?}");
+    for key in &keys {
+        // Secrets are files handed over with LoadCredential: top-level options stand for them.
+        let standing_in = match key.as_str() {
+            "signing_key_file" => Some("services.nixcache.signingKeyFile"),
+            "admin_token_file" => Some("services.nixcache.adminTokenFile"),
+            _ => None,
+        };
+        match standing_in {
+            Some(option) => assert!(server.contains(option), "{option} is missing"),
+            None => {
+                let ty = declared.get(key.as_str()).unwrap_or_else(|| {
+                    panic!("config/nixcache.toml has `{key}`, which services.nixcache.settings does not declare (nixos-appliance/module.nix)")
+                });
+                let ty = text(ty, key);
+                assert!(
+                    !ty.contains("anything")
+                        && !ty.contains("unspecified")
+                        && !ty.starts_with("TOML"),
+                    "settings.{key} is not typed: {ty}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_option_is_documented() {
+    for group in ["server", "proxy", "client"] {
+        let options = outputs()["options"][group].as_array().expect("options");
+        assert!(!options.is_empty(), "{group}");
+        for o in options {
+            let name = text(&o["name"], "name");
+            let description = o["description"].as_str().unwrap_or("");
+            assert!(!description.trim().is_empty(), "{name} has no description");
+            let ty = text(&o["type"], name);
+            assert!(!ty.contains("unspecified"), "{name}: {ty}");
+        }
+    }
+}
+
+#[test]
+fn clients_get_the_substituters_and_keys_they_were_given() {
+    let key = "appliance.test-1:lD58R+wZePKiatluv6lzJZ9QkmXYizzIC4Hzf/VR3v8=";
+    let manual = system("client-manual");
+    let conf = text(&manual["nixConf"], "nix.conf");
+    for line in [
+        "extra-substituters = http://192.168.1.10:37515\n",
+        &format!("extra-trusted-public-keys = {key}\n"),
+        "fallback = true\n",
+        "connect-timeout = 5\n",
+    ] {
+        assert!(
+            conf.contains(line),
+            "client-manual nix.conf lacks {line:?}:\n{conf}"
+        );
+    }
+    assert!(!conf.contains("!include"), "{conf}");
+    assert!(manual["discoverUnit"].is_null());
+
+    let include = "!include /var/lib/nixcache-client/nix.conf";
+    for (name, avahi) in [("client-discovery", false), ("client-avahi", true)] {
+        let s = system(name);
+        let conf = text(&s["nixConf"], "nix.conf");
+        assert!(conf.contains(include), "{name}:\n{conf}");
+        assert!(conf.contains(key), "{name}: the pinned key is trusted");
+        assert_eq!(s["avahi"], Value::Bool(avahi), "{name}");
+        let script = text(&s["discoverScript"], "discover script");
+        assert!(script.contains(&format!("--trust '{key}'")), "{script}");
+        assert!(
+            script.contains(if avahi {
+                "nixcache-discover.sh"
+            } else {
+                "/bin/nixcache discover"
+            }),
+            "{name}: {script}"
+        );
+        let unit = text(&s["discoverUnit"], "nixcache-discover.service");
+        assert_eq!(unit_value(unit, "Type"), "oneshot");
+        assert_eq!(unit_value(unit, "SuccessExitStatus"), "1");
+    }
+    assert_eq!(
+        ports(&system("client-discovery")["firewall"]["udp"]),
+        [5353]
+    );
+}
+
+#[test]
+fn appliance_opens_its_ports_signs_with_its_own_key_and_substitutes_through_itself() {
+    for name in ["appliance", "appliance-aarch64"] {
+        let s = system(name);
+        assert_eq!(ports(&s["firewall"]["tcp"]), [22, 37515], "{name}");
+        assert_eq!(ports(&s["firewall"]["udp"]), [5353], "{name}");
+        assert_eq!(
+            strings(&s["nixSettings"]["extra-substituters"]),
+            ["http://127.0.0.1:37515"],
+            "{name}"
+        );
+        let unit = server_unit(name);
+        assert_eq!(
+            unit_value(unit, "LoadCredential"),
+            "signing-key:/var/lib/nixcache-key/secret"
+        );
+        let after: BTreeSet<&str> = unit_value(unit, "After").split(' ').collect();
+        assert_eq!(
+            after,
+            BTreeSet::from(["network-online.target", "nixcache-keygen.service"])
+        );
+        let keygen = text(&s["keygenUnit"], "nixcache-keygen.service");
+        assert_eq!(
+            unit_value(keygen, "ConditionPathExists"),
+            "!/var/lib/nixcache-key/secret"
+        );
+        assert_eq!(
+            s["settings"]["signing_key_file"],
+            "/run/credentials/nixcache.service/signing-key"
+        );
+        check_config(&s["settings"]);
+    }
+}
