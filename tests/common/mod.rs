@@ -131,9 +131,14 @@ pub fn fixture() -> &'static Fixture {
 }
 
 fn build_fixture() -> Fixture {
+    // Kept for the whole test binary (statics are never dropped), so under the target's temp folder,
+    // where each new fixture removes those older than an hour: runs do not pile up on a developer's disk.
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&base).expect("fixtures folder");
+    remove_stale_fixtures(&base, Duration::from_secs(3600));
     let dir = tempfile::Builder::new()
         .prefix("nixcache-fixture-")
-        .tempdir()
+        .tempdir_in(&base)
         .expect("tempdir")
         .keep();
     let nix = NixEnv::new(&dir);
@@ -206,6 +211,30 @@ fn build_fixture() -> Fixture {
         secret_key_file: sk,
         store,
         nix,
+    }
+}
+
+/// Removes fixture folders under `base` last changed more than `age` ago (a Nix store in them is
+/// read-only: made writable first).
+fn remove_stale_fixtures(base: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.map_while(Result::ok) {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|e| e > age);
+        if old {
+            let _ = Command::new("chmod")
+                .arg("-R")
+                .arg("u+w")
+                .arg(entry.path())
+                .status();
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
