@@ -160,6 +160,11 @@ NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 
 # The bench narinfos are signed with the bench key: trust it where nixcache checks upstream signatures.
+# BENCH_CONFIG: a nixcache.toml for every appliance of the run (e.g. transcode = "off" to compare).
+CONFIG=()
+if [ -n "${BENCH_CONFIG:-}" ]; then
+  CONFIG=(--config "$(realpath "$BENCH_CONFIG")")
+fi
 TRUST=()
 if "$BIN" serve --help 2>/dev/null | grep -q -- '--trusted-key'; then
   TRUST=(--trusted-key "$(cat "$W/keys/pk")")
@@ -324,7 +329,7 @@ start_nixcache() {
   local port=$1 data=$2 log=$3
   shift 3
   NIXCACHE_LOG=info "$@" "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$data" --no-mdns \
-    --upstream "http://127.0.0.1:$UPSTREAM_PORT" "${TRUST[@]}" 2> "$log" &
+    --upstream "http://127.0.0.1:$UPSTREAM_PORT" "${TRUST[@]}" "${CONFIG[@]}" 2> "$log" &
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
   wait_http "http://127.0.0.1:$port/healthz" "$STARTED_PID" nixcache || { tail -n 20 "$log" >&2; exit 1; }

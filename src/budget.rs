@@ -135,13 +135,29 @@ impl Budget {
             .lock()
             .map_err(|_| NoSpace::Full("budget lock poisoned".into()))?;
         self.make_room(app, bytes)?;
+        Ok(self.hold(bytes))
+    }
+
+    /// Reserves `bytes` when that needs no eviction and nobody else is deciding: a counter read, a stat
+    /// and a statvfs, cheap enough for the async side. `None`: use [`Budget::reserve`].
+    pub fn reserve_at_once(self: &Arc<Self>, app: &App, bytes: u64) -> Option<Reservation> {
+        let _one = self.deciding.try_lock().ok()?;
+        if self.larger_than_cap(bytes, app.index.file_bytes())
+            || self.shortfall(app, bytes).ok()? > 0
+        {
+            return None;
+        }
+        Some(self.hold(bytes))
+    }
+
+    fn hold(self: &Arc<Self>, bytes: u64) -> Reservation {
         self.reserved.fetch_add(bytes, Ordering::Relaxed);
         self.unwritten.fetch_add(bytes, Ordering::Relaxed);
-        Ok(Reservation {
+        Reservation {
             budget: self.clone(),
             bytes,
             written: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Evicts until the store is within its cap and the filesystem has `min_free` free (others may

@@ -39,9 +39,13 @@ use crate::verify::{Expected, NarVerifier, VerifyError};
 
 /// Bytes gathered from the network before one write (and one hand-off to the blocking pool).
 const WRITE_BATCH: usize = 1 << 20;
+/// Batches written but not yet verified, at most (so at most this many MiB in memory per fill).
+const VERIFY_QUEUE: usize = 4;
 /// Bytes read from the temp file per chunk sent to a client: small, so thousands of slow readers
 /// hold little memory.
 const READ_CHUNK: u64 = 256 * 1024;
+/// Pieces of a fill's temp file up to this size are read on the async worker (see [`reader`]).
+const INLINE_READ: usize = 64 * 1024;
 /// How often a running fill checks its clients, its rate and its stall timer.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -445,6 +449,7 @@ async fn run_fill(
     tx: &watch::Sender<Progress>,
 ) -> Result<u64, FillError> {
     let limits = app.fills.limits;
+    let started = Instant::now();
     let _permit = loop {
         tokio::select! {
             permit = app.fills.permits.clone().acquire_owned() => {
@@ -460,19 +465,29 @@ async fn run_fill(
     if fill.abandoned(limits.abandon_grace) {
         return Err(FillError::Abandoned);
     }
-    let a = app.clone();
-    let reservation = tokio::task::spawn_blocking(move || a.budget.reserve(&a, bound))
-        .await
-        .map_err(io::Error::other)?
-        .map_err(|e| match e {
-            NoSpace::LargerThanCap => FillError::NoSpace("larger than the store's cap".into()),
-            NoSpace::Full(why) => FillError::NoSpace(why),
-        })?;
+    let reservation = match app.budget.reserve_at_once(app, bound) {
+        Some(r) => r,
+        // Room must be made (eviction writes the index and removes files): off the async threads.
+        None => {
+            let a = app.clone();
+            tokio::task::spawn_blocking(move || a.budget.reserve(&a, bound))
+                .await
+                .map_err(io::Error::other)?
+                .map_err(|e| match e {
+                    NoSpace::LargerThanCap => {
+                        FillError::NoSpace("larger than the store's cap".into())
+                    }
+                    NoSpace::Full(why) => FillError::NoSpace(why),
+                })?
+        }
+    };
+    let reserved = started.elapsed();
     let (guard, file) = app.store.temp_file(name)?;
     let file = Arc::new(file);
     let _ = fill.file.set(file.clone());
     tx.send_replace(Progress::Connecting);
     let response = app.sources.get_nar(&record.source, &record.url).await?;
+    let answered = started.elapsed();
     if let Some(got) = response.content_length()
         && (record.file_size.is_some_and(|want| want != got) || got > bound)
     {
@@ -485,6 +500,14 @@ async fn run_fill(
     let written = download(app, fill, name, record, response, &file, &reservation, tx).await?;
     // The last byte goes out now; durability follows.
     tx.send_replace(Progress::Verified { size: written });
+    tracing::debug!(
+        nar = %name,
+        reserved_us = reserved.as_micros() as u64,
+        answered_us = answered.as_micros() as u64,
+        verified_us = started.elapsed().as_micros() as u64,
+        size = written,
+        "NAR verified"
+    );
     // Issue 13: with a shared bucket the verified file goes there first (NAR, then its narinfos);
     // without a local disk cache that is all that is kept.
     if !crate::bucket::publish::after_fill(app, name, record, &file, written).await {
@@ -514,7 +537,20 @@ async fn download(
     let limits = app.fills.limits;
     let fetched = app.metrics.fetched_bytes(&record.source);
     let mut body = response.bytes_stream();
-    let mut verifier = Some(NarVerifier::new(Expected::from_record(name, record))?);
+    // Verification (decompressing, hashing) runs on its own thread beside the download: a batch is
+    // written and offered to the clients at once, and checked meanwhile, so the appliance decompresses
+    // while its clients do instead of before them. Only the last byte waits for the verdict. At most
+    // VERIFY_QUEUE batches wait for the verifier, so a slow verifier holds up the download, never memory.
+    let mut verifier = NarVerifier::new(Expected::from_record(name, record))?;
+    let (to_verify, mut batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(VERIFY_QUEUE);
+    let verifying = tokio::task::spawn_blocking(move || -> Result<u64, VerifyError> {
+        while let Some(batch) = batches.blocking_recv() {
+            for chunk in &batch {
+                verifier.update(chunk)?;
+            }
+        }
+        verifier.finish()
+    });
     let mut written = 0u64;
     let mut last_byte = Instant::now();
     let mut window = (Instant::now(), 0u64);
@@ -562,37 +598,32 @@ async fn download(
                 None => break,
             }
         }
-        // Verifying (hashing, decompressing) and writing happen off the async threads.
-        let f = file.clone();
-        let offset = written;
-        let mut v = verifier
-            .take()
-            .ok_or_else(|| io::Error::other("verifier lost"))?;
-        verifier = Some(
-            tokio::task::spawn_blocking(move || -> Result<NarVerifier, FillError> {
-                let mut at = offset;
-                for chunk in &batch {
-                    v.update(chunk)?;
-                    f.write_all_at(chunk, at)?;
-                    at += chunk.len() as u64;
-                }
-                Ok(v)
-            })
-            .await
-            .map_err(io::Error::other)??,
-        );
+        // Writing happens off the async threads.
+        let (f, offset, chunks) = (file.clone(), written, batch.clone());
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut at = offset;
+            for chunk in &chunks {
+                f.write_all_at(chunk, at)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)??;
         written += len as u64;
         reservation.wrote(len as u64);
         fetched.inc_by(len as u64);
         tx.send_replace(Progress::Running { written });
+        if to_verify.send(batch).await.is_err() {
+            // The verifier stopped: it found the file bad; its verdict says why.
+            break;
+        }
         if ended {
             break;
         }
     }
-    let v = verifier.ok_or_else(|| io::Error::other("verifier lost"))?;
-    let size = tokio::task::spawn_blocking(move || v.finish())
-        .await
-        .map_err(io::Error::other)??;
+    drop(to_verify);
+    let size = verifying.await.map_err(io::Error::other)??;
     Ok(size)
 }
 
@@ -652,13 +683,20 @@ pub fn reader(
                     return Some((Err(io::Error::other("NAR temp file missing")), None));
                 };
                 let len = (limit - pos).min(READ_CHUNK) as usize;
-                let read = tokio::task::spawn_blocking(move || {
+                let read_at = move || {
                     let mut buf = vec![0u8; len];
                     file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-                })
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r);
+                };
+                // What was just written is in the page cache: a small piece is copied here, faster
+                // than a hop to the blocking pool; a large one there.
+                let read = if len <= INLINE_READ {
+                    read_at()
+                } else {
+                    tokio::task::spawn_blocking(read_at)
+                        .await
+                        .map_err(io::Error::other)
+                        .and_then(|r| r)
+                };
                 return match read {
                     Ok(bytes) => Some((Ok(bytes), Some((sub, pos + len as u64, progress)))),
                     Err(e) => Some((Err(e), None)),

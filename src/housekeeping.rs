@@ -3,7 +3,7 @@
 //!
 //! | task | when | what |
 //! |---|---|---|
-//! | durability | when someone waits, else every second | makes the index's commits durable (group commit) |
+//! | durability | four times a second | makes the index's commits durable (group commit) |
 //! | upkeep | every 30 s | writes batched access times, purges expired negative entries |
 //! | budget | at start, then every 30 s | evicts to keep the cap (it may have been lowered) and `min_free` (others may fill the disk) |
 //! | heal | every 2 s | reopens the index after a disk error, once there is room |
@@ -26,8 +26,8 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::clock::unix_now;
 
-/// How often non-durable index commits are made durable.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often non-durable index commits are made durable (what a crash can lose at most).
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often access times are written, negatives purged and the budget enforced.
 const UPKEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often a broken index is reopened.
@@ -62,7 +62,9 @@ impl Background {
 /// Starts every background task of `app`.
 pub fn start(app: &Arc<App>) -> Background {
     let mut tasks = vec![
-        supervise(app, "durability", flush_index),
+        every(app, "durability", FLUSH_EVERY, |a| {
+            blocking(a, |a| a.index.flush().map_err(|e| e.to_string()))
+        }),
         every(app, "upkeep", UPKEEP_EVERY, |a| {
             blocking(a, |a| {
                 a.index.flush_access().map_err(|e| e.to_string())?;
@@ -169,19 +171,6 @@ async fn blocking(
         Ok(Err(e)) => tracing::warn!(error = %e, "background upkeep failed"),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => tracing::error!(error = %e, "background upkeep task failed"),
-    }
-}
-
-/// The group commit: one durable flush as soon as someone waits for durability (their commits made
-/// meanwhile share it), and every second for the rest.
-async fn flush_index(app: Arc<App>) {
-    loop {
-        tokio::select! {
-            () = app.index.flush_wanted() => {}
-            () = tokio::time::sleep(FLUSH_EVERY) => {}
-            () = app.stopped.cancelled() => return,
-        }
-        blocking(app.clone(), |a| a.index.flush().map_err(|e| e.to_string())).await;
     }
 }
 

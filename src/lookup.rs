@@ -28,9 +28,6 @@ pub enum LookupError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// How long a narinfo answer waits for its row to become durable before it gives up (503).
-const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The narinfo text to serve for `hash`, or `None` when it is absent everywhere.
 pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
     match answer(app, hash).await {
@@ -99,11 +96,6 @@ async fn answer(
             let recorded =
                 tokio::task::spawn_blocking(move || record(&a, hash, *narinfo, recorded, nar_url))
                     .await??;
-            // A client told that the path exists must find its NAR record after a crash: wait for
-            // the group commit (one fsync shared by every lookup that recorded meanwhile).
-            app.index
-                .durable(app.index.last_commit(), DURABLE_WAIT)
-                .await?;
             let Some(text) = recorded else {
                 // Its FileHash is known with other content: refused like a bad narinfo, so a
                 // hostile source cannot break a path that is already there.

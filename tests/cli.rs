@@ -164,6 +164,8 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
         .await
         .unwrap();
     let nar = field(&text, "URL").unwrap().to_string();
+    // Longer than the group commit's interval (250 ms): the narinfo's row is durable by now.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     up.set_fault(Fault::SlowNar);
     let mut response = reqwest::get(format!("{url}/{nar}")).await.unwrap();
     response.chunk().await.unwrap();
@@ -196,7 +198,8 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
     )
     .unwrap();
     assert_eq!(status["store"]["nars"], 0, "nothing unverified was kept");
-    // The narinfo survived the crash (committed durably) and the NAR is fetched and verified again.
+    // The narinfo survived the crash (made durable by the group commit before it) and the NAR is
+    // fetched and verified again.
     assert_eq!(status["index"]["narinfos"], 1);
     let bytes = reqwest::get(format!("{url}/{nar}"))
         .await

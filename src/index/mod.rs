@@ -5,13 +5,12 @@
 //!
 //! **Durability (group commit).** Every routine write is committed with `Durability::None` (visible at
 //! once, no fsync) and made durable by [`Index::flush`], one fsync for everything committed since the
-//! last one. The flusher runs as soon as someone waits for durability, and every second otherwise.
-//! Only a narinfo answer waits ([`Index::durable`]): a client told that a path exists will find its NAR
-//! record after a crash, and concurrent lookups share one fsync. Nobody waits for the rest — negative
-//! entries, access times, and stored-NAR rows (whose file is fsynced and renamed into place before its
-//! row is written): a crash loses at most the last second of them, which costs a refetch, and a durable
-//! row never points at a file that is not durable. Evictions and mirror updates commit durably at once.
-//! Durable commits use quick repair, so reopening after `kill -9` stays instant.
+//! last one, which the appliance runs four times a second. Nobody waits for it: narinfo rows (cheap to
+//! fetch again), negative entries, access times, and stored-NAR rows (whose file is fsynced and renamed
+//! into place before its row is written). A crash loses at most the last quarter second of them, which
+//! costs a refetch, and a durable row never points at a file that is not durable. Evictions, mirror
+//! updates and pushes commit durably at once. Durable commits use quick repair, so reopening after
+//! `kill -9` stays instant.
 //!
 //! **Healing.** After one failed write, sync or file growth (a full or failing disk), redb answers
 //! `PreviousIo` to every later write and to reads its cache cannot serve. The index remembers why it
@@ -134,12 +133,10 @@ pub struct Index {
     broken: Mutex<Option<(String, Instant)>>,
     /// The tables the hit path reads, kept open until the next commit.
     snapshots: snapshot::Snapshots,
-    /// Sequence number of the last non-durable commit.
+    /// Sequence number of the last commit.
     committed: AtomicU64,
     /// The sequence number up to which commits are durable.
-    durable: tokio::sync::watch::Sender<u64>,
-    /// Wakes the flusher: someone waits for durability.
-    flush_wanted: tokio::sync::Notify,
+    durable: AtomicU64,
     access: nars::PendingAccess,
 }
 
@@ -180,8 +177,7 @@ impl Index {
             broken: Mutex::new(None),
             snapshots: snapshot::Snapshots::default(),
             committed: AtomicU64::new(0),
-            durable: tokio::sync::watch::Sender::new(0),
-            flush_wanted: tokio::sync::Notify::new(),
+            durable: AtomicU64::new(0),
             access: nars::PendingAccess::default(),
         })
     }
@@ -274,54 +270,17 @@ impl Index {
     pub fn flush(&self) -> Result<(), IndexError> {
         self.flush_access()?;
         let target = self.committed.load(Ordering::Acquire);
-        if target <= *self.durable.borrow() {
+        if target <= self.durable.load(Ordering::Acquire) {
             return Ok(());
         }
         // A durable commit makes every commit before it durable too.
-        let flushed = self.write(true, |tx| {
+        self.write(true, |tx| {
             tx.open_table(META)?
                 .insert("flushed_at", crate::clock::unix_now().to_string().as_str())?;
             Ok(())
-        });
-        if let Err(e) = flushed {
-            // Waiters look at `writable` when woken: they give up instead of waiting for nothing.
-            self.durable.send_modify(|_| {});
-            return Err(e);
-        }
-        self.durable.send_if_modified(|d| {
-            let moved = target > *d;
-            *d = (*d).max(target);
-            moved
-        });
+        })?;
+        self.durable.fetch_max(target, Ordering::AcqRel);
         Ok(())
-    }
-
-    /// Waits until the commit numbered `seq` (see [`Index::record_narinfo`]) is durable, for at most
-    /// `limit`. Wakes the flusher, so the wait is about one fsync, shared with every other waiter.
-    pub async fn durable(&self, seq: u64, limit: Duration) -> Result<(), IndexError> {
-        let mut durable = self.durable.subscribe();
-        if *durable.borrow_and_update() >= seq {
-            return Ok(());
-        }
-        self.flush_wanted.notify_one();
-        let wait = async {
-            loop {
-                if durable.changed().await.is_err() || self.writable().is_err() {
-                    return Err(IndexError::Unavailable);
-                }
-                if *durable.borrow_and_update() >= seq {
-                    return Ok(());
-                }
-            }
-        };
-        tokio::time::timeout(limit, wait)
-            .await
-            .unwrap_or(Err(IndexError::Unavailable))
-    }
-
-    /// Resolves when someone waits for durability (the flusher's cue).
-    pub async fn flush_wanted(&self) {
-        self.flush_wanted.notified().await;
     }
 
     fn handle(&self) -> Result<Arc<Database>, IndexError> {
@@ -369,11 +328,6 @@ impl Index {
         self.check(result)
     }
 
-    /// The sequence number of the last commit (for [`Index::durable`]).
-    pub fn last_commit(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
-    }
-
     /// Runs `f` in a write transaction and commits it, durably or not (see the module's notes).
     fn write<T>(
         &self,
@@ -396,11 +350,7 @@ impl Index {
             self.snapshots.committed();
             let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
             if durable {
-                self.durable.send_if_modified(|d| {
-                    let moved = seq > *d;
-                    *d = (*d).max(seq);
-                    moved
-                });
+                self.durable.fetch_max(seq, Ordering::AcqRel);
             }
         }
         self.check(result)

@@ -155,7 +155,7 @@ impl Index {
 
     /// Bytes of NAR files on disk (one counter read).
     pub fn store_bytes(&self) -> Result<u64, IndexError> {
-        self.read(|tx| counter(&tx.open_table(COUNTERS)?, STORE_BYTES))
+        self.hit(|s| counter(&s.counters, STORE_BYTES))
     }
 
     /// Bytes of stored NARs that eviction may not take (pinned or pushed).

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::IndexError;
-use super::tables::{NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
+use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
 
 /// The tables the hit path reads, as of one commit.
 pub(super) struct Snapshot {
@@ -24,6 +24,7 @@ pub(super) struct Snapshot {
     pub(super) negative: ReadOnlyTable<&'static str, u64>,
     pub(super) nar: ReadOnlyTable<[u8; 32], &'static [u8]>,
     pub(super) stored: ReadOnlyTable<[u8; 32], (u64, u64)>,
+    pub(super) counters: ReadOnlyTable<&'static str, u64>,
 }
 
 /// The current snapshot, if one was taken since the last commit.
@@ -50,6 +51,7 @@ impl Snapshots {
             negative: tx.open_table(NEGATIVE)?,
             nar: tx.open_table(NAR)?,
             stored: tx.open_table(STORED)?,
+            counters: tx.open_table(COUNTERS)?,
         });
         // Kept only if no commit finished meanwhile: one that did bumped the generation first, so a
         // snapshot that may predate it is never kept under the new generation.

@@ -24,8 +24,10 @@ use crate::nix::nar_name::NarName;
 /// Chunk reads of stored files running at once (see [`read_ahead`]).
 static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
-/// Stored files up to this size are read on the async worker and sent in one piece.
-const INLINE_MAX: u64 = 64 * 1024;
+/// Stored files up to this size are read on the async worker and sent in one piece: a copy from the
+/// page cache of at most a few tens of microseconds, cheaper than a hop to the blocking pool (most NARs
+/// of a closure are this small).
+const INLINE_MAX: u64 = 256 * 1024;
 /// Bytes per read when streaming a larger stored file (large reads matter for throughput, see
 /// docs/benchmarks.md).
 const SEND_CHUNK: u64 = 1 << 20;
