@@ -94,8 +94,8 @@ fn system(name: &str) -> &'static Value {
         | "server-port-80"
         | "server-and-client-one-package"
         | "overlay" => "servers",
-        "client-manual" | "client-discovery" | "client-avahi" | "proxy-default"
-        | "proxy-lan-address" => "clients",
+        "client-manual" | "client-discovery" | "client-avahi" | "client-builder"
+        | "proxy-default" | "proxy-lan-address" => "clients",
         "appliance" | "appliance-aarch64" => "appliances",
         _ => panic!("no system {name} in tests/nixos/eval.nix"),
     };
@@ -189,6 +189,7 @@ fn every_output_instantiates_to_a_derivation() {
         "system-client-manual",
         "system-client-discovery",
         "system-client-avahi",
+        "system-client-builder",
         "system-proxy-default",
         "system-proxy-lan-address",
         "system-appliance",
@@ -815,12 +816,83 @@ fn warm_job_runs_after_the_daemon_on_a_persistent_timer_with_the_admin_token() {
 }
 
 #[test]
+fn builders_push_every_build_and_report_their_system_after_activation() {
+    let s = system("client-builder");
+    assert!(strings(&s["warnings"]).is_empty(), "{}", s["warnings"]);
+
+    // The post-build hook: nixcache-push-hook.sh with every variable it reads set by the wrapper.
+    let conf = text(&s["nixConf"], "nix.conf");
+    assert!(conf.contains("post-build-hook = /nix/store/"), "{conf}");
+    let wrapper = text(&s["pushHookScript"], "push hook wrapper");
+    for line in [
+        "export NIXCACHE_PUSH_URL=http://192.168.1.10:37515\n",
+        "export NIXCACHE_PUSH_TOKEN_FILE=/var/lib/nixcache-push/token\n",
+        "export NIXCACHE_PUSH_LOGIN=builder\n",
+        "export NIXCACHE_PUSH_COMPRESSION=zstd\n",
+        "export NIXCACHE_PUSH_STRICT=1\n",
+        "export NIXCACHE_PUSH_SECRET_KEY_FILE=/var/lib/nixcache-push/builder.secret\n",
+    ] {
+        assert!(wrapper.contains(line), "{line:?} not in\n{wrapper}");
+    }
+    assert!(
+        wrapper.contains("/bin/nix\n"),
+        "NIXCACHE_PUSH_NIX: {wrapper}"
+    );
+    assert!(wrapper.contains("-coreutils-"), "PATH: {wrapper}");
+    assert!(
+        wrapper.contains("/bin/dash /nix/store/") && wrapper.contains("-nixcache-push-hook.sh"),
+        "{wrapper}"
+    );
+    let hook =
+        std::fs::read_to_string(root().join("nixos-appliance/nixcache-push-hook.sh")).unwrap();
+    let read: BTreeSet<&str> = hook
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("NIXCACHE_PUSH_"))
+        .collect();
+    assert!(read.len() >= 7, "{read:?}");
+    for variable in read {
+        assert!(
+            wrapper.contains(&format!("export {variable}=")),
+            "the hook reads {variable}, which the client module does not set:\n{wrapper}"
+        );
+    }
+
+    // The system just activated is reported; the activation does not wait for the appliance.
+    let unit = text(&s["reportUnit"], "nixcache-report-system.service");
+    assert_eq!(unit_value(unit, "Type"), "oneshot");
+    assert_eq!(unit_value(unit, "WantedBy"), "multi-user.target");
+    assert_eq!(unit_value(unit, "DynamicUser"), "true");
+    assert_eq!(
+        unit_value(unit, "LoadCredential"),
+        "admin-token:/var/lib/nixcache/admin-token"
+    );
+    let script = text(&s["reportScript"], "report script");
+    assert!(
+        script.contains(
+            "/bin/nixcache warm --no-wait --url http://192.168.1.10:37515 --pin host-builder \
+             --token-file \"$CREDENTIALS_DIRECTORY/admin-token\" \"$system\""
+        ),
+        "{script}"
+    );
+    let activation = text(&s["reportActivation"], "activation snippet");
+    assert!(
+        activation.contains("readlink -f \"$systemConfig\" > /run/nixcache-report-system"),
+        "{activation}"
+    );
+    assert!(
+        activation.contains("systemctl start --no-block nixcache-report-system.service || true"),
+        "{activation}"
+    );
+}
+
+#[test]
 fn secrets_in_the_store_and_options_that_need_another_fail_evaluation_saying_so() {
     let failed = strings(&outputs()["failedAssertions"]["misconfigured"]);
     for expected in [
         "services.nixcache.pushTokens.ci.tokenFile is in the Nix store",
         "services.nixcache.pushTokens.ci.sign needs services.nixcache.signingKeyFile",
         "services.nixcache.bucket.secretAccessKeyFile is in the Nix store",
+        "services.nixcache-client.push.tokenFile is in the Nix store",
         "services.nixcache.warm: give paths or pathsFile",
         "services.nixcache.warm: the daemon takes warm requests from this machine only with the admin token",
         "set pushTokens, not settings.push_tokens",
@@ -831,5 +903,5 @@ fn secrets_in_the_store_and_options_that_need_another_fail_evaluation_saying_so(
             "no assertion says {expected:?}: {failed:?}"
         );
     }
-    assert_eq!(failed.len(), 7, "{failed:?}");
+    assert_eq!(failed.len(), 8, "{failed:?}");
 }

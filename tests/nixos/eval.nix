@@ -187,6 +187,30 @@ let
         };
       }
     ];
+    # A builder: publishes its builds and reports its system to the appliance.
+    client-builder = machine [
+      flake.nixosModules.client
+      {
+        networking.hostName = "builder";
+        services.nixcache-client = {
+          push = {
+            enable = true;
+            url = "http://192.168.1.10:37515";
+            tokenFile = "/var/lib/nixcache-push/token";
+            secretKeyFile = "/var/lib/nixcache-push/builder.secret";
+            compression = "zstd";
+            strict = true;
+            login = "builder";
+          };
+          reportSystem = {
+            enable = true;
+            url = "http://192.168.1.10:37515";
+            pin = "host-builder";
+            tokenFile = "/var/lib/nixcache/admin-token";
+          };
+        };
+      }
+    ];
     client-avahi = machine [
       flake.nixosModules.client
       {
@@ -263,6 +287,7 @@ let
     # way to be authorized, secrets written as settings: each assertion must say so.
     misconfigured = machine [
       flake.nixosModules.default
+      flake.nixosModules.client
       {
         services.nixcache = {
           enable = true;
@@ -282,6 +307,11 @@ let
             secretAccessKeyFile = "${pkgs.writeText "secret" "not-a-secret-any-more"}";
           };
           warm.enable = true;
+        };
+        services.nixcache-client.push = {
+          enable = true;
+          url = "http://192.168.1.10:37515";
+          tokenFile = "${pkgs.writeText "push-token" "not-a-secret-any-more"}";
         };
       }
     ];
@@ -311,7 +341,10 @@ let
       c = system.config;
       service = name: c.systemd.units."${name}.service".text or null;
       discover = c.systemd.services.nixcache-discover.serviceConfig.ExecStart or null;
+      report = c.systemd.services.nixcache-report-system.serviceConfig.ExecStart or null;
       warmStart = c.systemd.services.nixcache-warm.serviceConfig.ExecStart or null;
+      activation = c.system.activationScripts.nixcache-report-system or null;
+      pushHook = c.nix.settings.post-build-hook or null;
       rendered = c.services.nixcache.renderedSettings;
     in
     {
@@ -337,6 +370,16 @@ let
       warmUnit = service "nixcache-warm";
       warmTimer = c.systemd.units."nixcache-warm.timer".text or null;
       warmContext = if warmStart == null then null else builtins.attrNames (builtins.getContext warmStart);
+      reportUnit = service "nixcache-report-system";
+      reportScript = if report == null then null else report.text;
+      reportActivation =
+        if activation == null then
+          null
+        else if builtins.isString activation then
+          activation
+        else
+          activation.text;
+      pushHookScript = if pushHook == null then null else pushHook.text;
       nixcacheUser =
         if c.users.users ? nixcache then { inherit (c.users.users.nixcache) isSystemUser group; } else null;
       tmpfiles = c.systemd.tmpfiles.settings."10-nixcache" or null;
@@ -369,6 +412,14 @@ let
         bucket = "nixcache";
         accessKeyIdFile = "/var/lib/nixcache-s3/key-id";
         secretAccessKeyFile = "/var/lib/nixcache-s3/secret";
+      };
+      client = expect: options: value: {
+        inherit expect;
+        value = value
+          (machine [
+            flake.nixosModules.client
+            { services.nixcache-client = options; }
+          ]).config;
       };
     in
     {
@@ -421,6 +472,21 @@ let
             };
           }).config.systemd.services.nixcache-warm.serviceConfig.ExecStart;
       };
+      client-push-compression = client "services.nixcache-client.push.compression" {
+        push = {
+          enable = true;
+          url = "http://192.168.1.10:37515";
+          tokenFile = "/var/lib/nixcache-push/token";
+          compression = "gzip";
+        };
+      } (c: c.nix.settings.post-build-hook.text);
+      client-report-pin-name = client "services.nixcache-client.reportSystem.pin" {
+        reportSystem = {
+          enable = true;
+          url = "http://192.168.1.10:37515";
+          pin = "host builder";
+        };
+      } (c: c.systemd.services.nixcache-report-system.serviceConfig.ExecStart.text);
       proxy-listen-address = {
         expect = "services.nixcache-proxy.listenAddress";
         value = settingsOf (machine [
@@ -468,6 +534,7 @@ let
       "client-manual"
       "client-discovery"
       "client-avahi"
+      "client-builder"
       "proxy-default"
       "proxy-lan-address"
     ];
