@@ -6,6 +6,9 @@
 # is pinned in `trustedPublicKeys` (or with the explicit trust-on-first-use `discovery.trustAdvertised`),
 # and Nix checks every narinfo's signature against the keys it trusts. `fallback` stays on, so an
 # appliance that is off or far away costs a connect timeout, never a failed build.
+#
+# The machine may also give to the appliance: `push` publishes every local build to it, `reportSystem`
+# asks it to fetch (and pin) this machine's system after each activation (./options/client-*.nix).
 {
   config,
   lib,
@@ -70,6 +73,9 @@ in
 {
   imports = [
     ./package-option.nix
+    # Builders publishing to an appliance, and machines reporting their system to it.
+    ./options/client-push.nix
+    ./options/client-report-system.nix
     (lib.mkRenamedOptionModule
       [ "services" "nixcache-client" "package" ]
       [ "services" "nixcache" "package" ]

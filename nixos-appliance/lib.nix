@@ -75,8 +75,19 @@ rec {
       )
     );
 
+    # A size where 0 means something (`min_free = 0`: keep nothing free; `fill_min_rate = 0`: no
+    # minimum rate).
+    sizeOrZero = lib.types.either lib.types.ints.unsigned (
+      mkStringType "nixcache-size-or-zero" "size or 0 (`512MiB`, `4KiB`, `0`, or a number of bytes)" (
+        matches "[0-9]+ ?([bB]|[kKmMgGtT]([iI]?[bB])?)?"
+      )
+    );
+
     # Durations are whole seconds in nixcache.toml; the daemon refuses 0.
     seconds = lib.types.ints.positive;
+
+    # Seconds where 0 means something (`scrub_interval = 0`: off; `transcode_keep_original = 0`: at once).
+    secondsOrZero = lib.types.ints.unsigned;
 
     # An upstream cache: http or https, a host, an optional path; no query or fragment.
     httpUrl = mkStringType "nixcache-http-url" "http(s) URL without query or fragment (such as `https://cache.nixos.org`)" (
@@ -108,6 +119,48 @@ rec {
       v: matches "[^[:space:]/:]{1,15}" v || matches ipv4Regex v || matches ipv6Regex v
     );
 
+    # A full store path, as the daemon's StorePath::parse reads it: /nix/store, 32 nix32 characters, a
+    # name of Nix's name characters whose first dash-separated part is not `.` or `..`.
+    storePath = mkStringType "nixcache-store-path" "store path (`/nix/store/<32 nix32 characters>-<name>`)" (
+      v:
+      let
+        parts = builtins.match "/nix/store/[0-9abcdfghijklmnpqrsvwxyz]{32}-([A-Za-z0-9+._?=-]{1,211})" v;
+      in
+      parts != null && builtins.match "[.][.]?(-.*)?" (builtins.head parts) == null
+    );
+
+    # A pin's name (src/pins.rs check_name): 1 to 64 letters, digits, `-`, `_`, `.`, not starting with `.`.
+    pinName = mkStringType "nixcache-pin-name" "pin name (1 to 64 letters, digits, `-`, `_`, `.`; not starting with `.`)" (
+      matches "[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
+    );
+
+    # A push token's name: 1 to 64 letters, digits, `.`, `_`, `-` (also its LoadCredential name's tail).
+    pushTokenName = mkStringType "nixcache-push-token-name" "push token name (1 to 64 letters, digits, `.`, `_`, `-`)" (
+      matches "[A-Za-z0-9._-]{1,64}"
+    );
+
+    # What a push token may publish: store-path names (after `<hash>-`), `*` matching any run.
+    namePattern = mkStringType "nixcache-name-pattern" "store-path name pattern (name characters and `*`, such as `myproject-*`)" (
+      matches "[A-Za-z0-9+._?=*-]+"
+    );
+
+    # A token realm host that may receive registry credentials: `host` or `host:port`.
+    tokenHost = mkStringType "nixcache-token-host" "host or `host:port` (such as `auth.docker.io`)" (
+      matches "[][A-Za-z0-9.:-]+"
+    );
+
+    # An S3 bucket name as the daemon takes it.
+    bucketName = mkStringType "nixcache-bucket-name" "bucket name (letters, digits, `-`, `.`, `_`)" (
+      matches "[A-Za-z0-9._-]+"
+    );
+
+    # A folder in a bucket: `/`-separated parts, none empty, `.` or `..`; "" is the bucket's root.
+    bucketPrefix = mkStringType "nixcache-bucket-prefix" "folder in the bucket (such as `team/nix`, or `\"\"` for its root)" (
+      v:
+      matches "/*([^/]+(/[^/]+)*)?/*" v
+      && lib.all (part: part != "." && part != "..") (lib.splitString "/" v)
+    );
+
     # An absolute path given as a string. A Nix path literal (./secret) is refused: it would be copied
     # into the world-readable store.
     absolutePath = mkStringType "nixcache-absolute-path" "absolute path, as a string (not a Nix path literal, which would be copied into the store)" (
@@ -116,6 +169,26 @@ rec {
   };
 
   inherit parseListen;
+
+  # Where systemd puts a service's LoadCredential= files, readable only by its user.
+  credentialsDir = "/run/credentials/nixcache.service";
+
+  # Whether a file given to an option is in the world-readable Nix store.
+  inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
+
+  # Whether a daemon listening on `listen` is reached over loopback by localUrl (which admin requests
+  # from the machine itself need, unless they carry the admin token).
+  listensOnLoopback =
+    listen:
+    let
+      inherit (parseListen listen) address;
+    in
+    builtins.elem address [
+      "0.0.0.0"
+      "::"
+      "::1"
+    ]
+    || lib.hasPrefix "127." address;
 
   # The URL this machine's own Nix reaches a daemon listening on `listen` at: a wildcard address means
   # every address, so loopback; any other address is the one to connect to.

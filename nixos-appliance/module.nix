@@ -2,13 +2,18 @@
 #
 # The settings are rendered to the daemon's TOML config file and checked at build time with the daemon's
 # own `serve --check-config`, so an unknown key or a bad value fails `nixos-rebuild`, not the boot. The
-# keys the daemon has are declared below with types (./lib.nix) that accept what the daemon accepts, so
-# most mistakes fail earlier still, at evaluation, with the option's name.
+# keys the daemon has are declared under `settings` (./options/settings-*.nix) with types (./lib.nix)
+# that accept what the daemon accepts, so most mistakes fail earlier still, at evaluation, with the
+# option's name.
 #
-# Adding a key of config/nixcache.toml: declare it under `settings` with the type of its kind from
-# ./lib.nix (size, seconds, httpUrl, …) and, when the daemon has a DEFAULT_* constant for it, its default
-# in ./defaults.nix (tests/packaging.rs compares those with the daemon). tests/nixos.rs fails while a key
-# of config/nixcache.toml is not declared here.
+# Adding a key of config/nixcache.toml: declare it in the ./options/settings-*.nix of its group with
+# the type of its kind from ./lib.nix (size, seconds, httpUrl, …) and, when the daemon has a DEFAULT_*
+# constant for it, its default in ./defaults.nix (tests/packaging.rs compares those with the daemon).
+# tests/nixos.rs fails while a key of config/nixcache.toml is not declared.
+#
+# Secrets are never in the config file or the store: their files are handed to the service with
+# LoadCredential (`credentials`, filled here and by ./options/push.nix and ./options/bucket.nix), and
+# the file names the daemon's keys point at are the service's own copies (`generatedSettings`).
 #
 # The data (index.redb, nar/, tmp/) lives in /var/lib/nixcache (StateDirectory, DynamicUser) unless
 # `settings.data_dir` moves it; then the service runs as the static user `nixcache`, which owns it.
@@ -21,23 +26,19 @@
 
 let
   cfg = config.services.nixcache;
-  defaults = import ./defaults.nix;
   nixcacheLib = import ./lib.nix { inherit lib; };
   nixcacheTypes = nixcacheLib.types;
+  inherit (nixcacheLib) credentialsDir inStore;
   format = pkgs.formats.toml { };
   inherit (lib) mkOption types;
 
-  # systemd puts LoadCredential= files here, readable only by the service's user.
-  credentials = "/run/credentials/nixcache.service";
-
   renderedSettings = nixcacheLib.dropNulls (
     cfg.settings
-    // lib.optionalAttrs (cfg.signingKeyFile != null) {
-      signing_key_file = "${credentials}/signing-key";
+    // {
+      # Pins only name paths for the daemon to fetch: they must not become dependencies of this system.
+      pins = lib.mapAttrs (_: map builtins.unsafeDiscardStringContext) cfg.settings.pins;
     }
-    // lib.optionalAttrs (cfg.adminTokenFile != null) {
-      admin_token_file = "${credentials}/admin-token";
-    }
+    // cfg.generatedSettings
   );
   rawConfigFile = format.generate "nixcache.toml" renderedSettings;
   configFile =
@@ -60,10 +61,17 @@ let
   dataDir = cfg.settings.data_dir;
   staticUser = dataDir != null;
 
-  inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
+  # Two descriptors per connection plus 256 (src/config/limits.rs): below that the daemon lowers
+  # max_connections at start-up, with a warning.
+  openFilesLimit = lib.max 65536 (2 * cfg.settings.max_connections + 256);
 in
 {
-  imports = [ ./package-option.nix ];
+  imports = [
+    ./package-option.nix
+    ./options/push.nix
+    ./options/bucket.nix
+    ./options/warm.nix
+  ];
 
   options.services.nixcache = {
     enable = lib.mkEnableOption "nixcache, the LAN Nix binary cache appliance (`nixcache serve`)";
@@ -74,9 +82,10 @@ in
         The daemon's configuration, rendered to the TOML file given to `nixcache serve --config`
         (`config/nixcache.toml` documents every key). The keys declared here are typed and carry the
         daemon's own defaults; other keys pass through as they are (freeform, RFC 42), and keys the daemon
-        does not know stop the build (see `checkConfig`). Use `signingKeyFile` and `adminTokenFile`
-        instead of `signing_key_file` and `admin_token_file`: they are passed with LoadCredential,
-        readable by the service alone.
+        does not know stop the build (see `checkConfig`). Secrets are files handed over with
+        LoadCredential, readable by the service alone: use `signingKeyFile`, `adminTokenFile`,
+        `pushTokens` and `bucket` instead of `signing_key_file`, `admin_token_file`, `push_tokens` and
+        `[bucket]`.
       '';
       example = lib.literalExpression ''
         {
@@ -90,130 +99,14 @@ in
       '';
       type = types.submodule {
         freeformType = format.type;
-        options = {
-          listen = mkOption {
-            type = nixcacheTypes.listen;
-            default = defaults.listen;
-            description = "Address and port to listen on. `0.0.0.0:PORT` serves the whole LAN (IPv4), `[::]:PORT` IPv6 too.";
-          };
-          data_dir = mkOption {
-            type = types.nullOr nixcacheTypes.absolutePath;
-            default = null;
-            example = "/srv/nixcache";
-            description = ''
-              Folder for the index (`index.redb`) and the NAR files. Null: /var/lib/nixcache, the
-              service's StateDirectory. A folder of your own is created by systemd-tmpfiles, owned by
-              the static user `nixcache` the service then runs as, and must be outside /home and /root
-              (ProtectHome). A separate disk mounted there is waited for (RequiresMountsFor).
-            '';
-          };
-          max_size = mkOption {
-            type = nixcacheTypes.size;
-            default = defaults.max_size;
-            description = "Cap on NAR bytes on disk; least recently used NARs are evicted past it.";
-          };
-          priority = mkOption {
-            type = types.ints.u32;
-            default = defaults.priority;
-            description = "`Priority:` announced in /nix-cache-info (lower is preferred; cache.nixos.org says 40).";
-          };
-          negative_ttl = mkOption {
-            type = nixcacheTypes.seconds;
-            default = defaults.negative_ttl;
-            description = "Seconds a path found in no upstream is answered 404 without asking again.";
-          };
-          upstream_timeout = mkOption {
-            type = nixcacheTypes.seconds;
-            default = defaults.upstream_timeout;
-            description = "Seconds for one upstream narinfo request, the start of a NAR download, and connecting.";
-          };
-          stall_timeout = mkOption {
-            type = nixcacheTypes.seconds;
-            default = defaults.stall_timeout;
-            description = "Seconds a NAR download may receive nothing before it is abandoned.";
-          };
-          upstreams = mkOption {
-            type = types.listOf (
-              types.either nixcacheTypes.httpUrl (
-                types.submodule {
-                  options = {
-                    url = mkOption {
-                      type = nixcacheTypes.httpUrl;
-                      description = "Base URL of the upstream cache.";
-                    };
-                    trusted_keys = mkOption {
-                      type = types.nullOr (types.listOf nixcacheTypes.publicKey);
-                      default = null;
-                      description = "Keys trusted for this upstream instead of the global `trusted_keys`.";
-                    };
-                    accept_unsigned = mkOption {
-                      type = types.bool;
-                      default = false;
-                      description = "Accept this upstream's narinfos without a valid signature: an explicit, logged choice.";
-                    };
-                  };
-                }
-              )
-            );
-            default = defaults.upstreams;
-            description = ''
-              Upstream caches, most preferred first: URLs, or `{ url, trusted_keys, accept_unsigned }`
-              with trust settings of their own.
-            '';
-          };
-          trusted_keys = mkOption {
-            type = types.listOf nixcacheTypes.publicKey;
-            default = defaults.trusted_keys;
-            description = "Keys whose signature makes an upstream narinfo acceptable.";
-          };
-          mdns = mkOption {
-            type = types.bool;
-            default = defaults.mdns;
-            description = ''
-              Advertise the cache over mDNS (`_nix-cache._tcp`) so that clients can discover it. With
-              `openFirewall`, UDP port 5353 is opened too.
-            '';
-          };
-          mdns_interfaces = mkOption {
-            type = types.listOf nixcacheTypes.interface;
-            default = defaults.mdns_interfaces;
-            description = "Interfaces (names or addresses) to advertise on; empty means all.";
-          };
-          oci_repo = mkOption {
-            type = types.nullOr nixcacheTypes.ociRepo;
-            default = null;
-            example = "my-org/my-cache";
-            description = ''
-              `OWNER/REPO` of a cache published in the nixcache-oci format (image
-              `<owner>/<repo>/nix-cache`, tag `cache-index`), served before the upstreams. Null: no OCI
-              source. A private package needs `GITHUB_TOKEN` in `environmentFile`.
-            '';
-          };
-          oci_registry = mkOption {
-            type = nixcacheTypes.registry;
-            default = defaults.oci_registry;
-            description = "Registry of the OCI source.";
-          };
-          index_ttl = mkOption {
-            type = nixcacheTypes.seconds;
-            default = defaults.index_ttl;
-            description = "Seconds between refreshes of the OCI index.";
-          };
-          oci_trusted_keys = mkOption {
-            type = types.nullOr (types.listOf nixcacheTypes.publicKey);
-            default = null;
-            example = [ "my-cache-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" ];
-            description = ''
-              Keys whose signature makes an entry of the OCI index acceptable: the publisher's (its
-              `public-key.txt`). Null: `trusted_keys`.
-            '';
-          };
-          oci_accept_unsigned = mkOption {
-            type = types.bool;
-            default = false;
-            description = "Accept the OCI index's entries without a valid signature (a publisher without a key): an explicit, logged choice.";
-          };
-        };
+        # One file per group of keys, in the order of config/nixcache.toml.
+        imports = [
+          ./options/settings-store.nix
+          ./options/settings-sources.nix
+          ./options/settings-limits.nix
+          ./options/settings-transcode.nix
+          ./options/settings-push.nix
+        ];
       };
     };
 
@@ -282,26 +175,63 @@ in
       default = renderedSettings;
       description = "The settings as written to the config file (credentials resolved, unset keys left out).";
     };
+
+    credentials = mkOption {
+      type = types.attrsOf nixcacheTypes.absolutePath;
+      default = { };
+      internal = true;
+      description = ''
+        Files handed to the service with LoadCredential, by credential name: the service reads its copy
+        at /run/credentials/nixcache.service/NAME. Set by the options that take a secret file.
+      '';
+    };
+
+    generatedSettings = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      internal = true;
+      description = ''
+        Config file keys the modules write from other options (the credentials' file names,
+        `push_tokens`, `[bucket]`); they take the place of the same keys in `settings`.
+      '';
+    };
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = !(cfg.settings ? signing_key_file);
-        message = "services.nixcache: set signingKeyFile, not settings.signing_key_file (the service's user could not read it).";
-      }
-      {
-        assertion = !(cfg.settings ? admin_token_file);
-        message = "services.nixcache: set adminTokenFile, not settings.admin_token_file (the service's user could not read it).";
-      }
-      {
-        assertion = dataDir == null || !(lib.any (p: lib.hasPrefix p dataDir) [ "/home/" "/root/" ]);
-        message = "services.nixcache.settings.data_dir = ${toString dataDir}: the service cannot write under /home or /root (ProtectHome); choose another folder, such as /srv/nixcache.";
-      }
-    ];
+    assertions =
+      lib.mapAttrsToList
+        (key: option: {
+          assertion = !(builtins.hasAttr key cfg.settings);
+          message = "services.nixcache: set ${option}, not settings.${key} (its files are handed to the service with LoadCredential, so that the service's user can read them and nobody else).";
+        })
+        {
+          signing_key_file = "signingKeyFile";
+          admin_token_file = "adminTokenFile";
+          push_tokens = "pushTokens";
+          bucket = "bucket";
+        }
+      ++ [
+        {
+          assertion = dataDir == null || !(lib.any (p: lib.hasPrefix p dataDir) [ "/home/" "/root/" ]);
+          message = "services.nixcache.settings.data_dir = ${toString dataDir}: the service cannot write under /home or /root (ProtectHome); choose another folder, such as /srv/nixcache.";
+        }
+      ];
     warnings =
       lib.optional (inStore cfg.signingKeyFile) "services.nixcache.signingKeyFile is in the Nix store, which every local user can read."
       ++ lib.optional (inStore cfg.adminTokenFile) "services.nixcache.adminTokenFile is in the Nix store, which every local user can read.";
+
+    services.nixcache = {
+      credentials =
+        lib.optionalAttrs (cfg.signingKeyFile != null) { signing-key = cfg.signingKeyFile; }
+        // lib.optionalAttrs (cfg.adminTokenFile != null) { admin-token = cfg.adminTokenFile; };
+      generatedSettings =
+        lib.optionalAttrs (cfg.signingKeyFile != null) {
+          signing_key_file = "${credentialsDir}/signing-key";
+        }
+        // lib.optionalAttrs (cfg.adminTokenFile != null) {
+          admin_token_file = "${credentialsDir}/admin-token";
+        };
+    };
 
     environment.systemPackages = [ cfg.package ];
 
@@ -353,7 +283,7 @@ in
         RestartSec = lib.mkDefault 5;
         # SIGTERM lets in-flight requests finish for up to 10 s, then flushes the index.
         TimeoutStopSec = lib.mkDefault 30;
-        LimitNOFILE = lib.mkDefault 65536;
+        LimitNOFILE = lib.mkDefault openFilesLimit;
 
         DynamicUser = !staticUser;
         User = lib.mkIf staticUser "nixcache";
@@ -362,9 +292,7 @@ in
         StateDirectory = lib.mkIf (!staticUser) "nixcache";
         StateDirectoryMode = lib.mkIf (!staticUser) "0750";
         ReadWritePaths = lib.mkIf staticUser [ dataDir ];
-        LoadCredential =
-          lib.optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
-          ++ lib.optional (cfg.adminTokenFile != null) "admin-token:${cfg.adminTokenFile}";
+        LoadCredential = lib.mapAttrsToList (name: file: "${name}:${file}") cfg.credentials;
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
         UMask = "0027";
 

@@ -15,10 +15,17 @@ mod parse;
 mod push;
 
 pub use bucket::{BucketConfig, BucketTable, Credential};
-pub use limits::Limits;
+pub use limits::{
+    DEFAULT_HEADER_TIMEOUT_SECS, DEFAULT_KEEPALIVE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_MAX_UPSTREAM_LOOKUPS, DEFAULT_SEND_TIMEOUT_SECS,
+    DEFAULT_TRUST_LOOPBACK, Limits,
+};
 pub use parse::{normalize_registry, parse_size};
 use parse::{normalize_upstream, parse_listen};
-pub use push::{PushConfig, PushTokenConfig, PushTokenTable};
+pub use push::{
+    DEFAULT_PUSH_PENDING_MAX, DEFAULT_PUSH_PENDING_TIMEOUT_SECS, PushConfig, PushTokenConfig,
+    PushTokenTable,
+};
 
 /// What the command line sets (`nixcache serve` flags, filled by `cli`): each field overrides the
 /// environment and the config file.

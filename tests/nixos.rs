@@ -94,8 +94,8 @@ fn system(name: &str) -> &'static Value {
         | "server-port-80"
         | "server-and-client-one-package"
         | "overlay" => "servers",
-        "client-manual" | "client-discovery" | "client-avahi" | "proxy-default"
-        | "proxy-lan-address" => "clients",
+        "client-manual" | "client-discovery" | "client-avahi" | "client-builder"
+        | "proxy-default" | "proxy-lan-address" => "clients",
         "appliance" | "appliance-aarch64" => "appliances",
         _ => panic!("no system {name} in tests/nixos/eval.nix"),
     };
@@ -189,6 +189,7 @@ fn every_output_instantiates_to_a_derivation() {
         "system-client-manual",
         "system-client-discovery",
         "system-client-avahi",
+        "system-client-builder",
         "system-proxy-default",
         "system-proxy-lan-address",
         "system-appliance",
@@ -237,6 +238,8 @@ fn server_defaults_render_a_config_the_daemon_resolves_to_its_defaults() {
     assert_eq!(unit_value(unit, "DynamicUser"), "true");
     assert_eq!(unit_value(unit, "StateDirectory"), "nixcache");
     assert!(unit_values(unit, "LoadCredential").is_empty());
+    assert_eq!(unit_value(unit, "LimitNOFILE"), "65536");
+    assert!(system("server-default")["warmUnit"].is_null());
     let firewall = &system("server-default")["firewall"];
     assert!(
         ports(&firewall["tcp"]).is_empty(),
@@ -261,6 +264,47 @@ fn server_full_settings_reach_the_daemon_the_unit_and_the_firewall() {
         "\"192.168.1.10\"",
         "signing_key_file: Some(\n        \"/run/credentials/nixcache.service/signing-key\"",
         "admin_token_file: Some(\n        \"/run/credentials/nixcache.service/admin-token\"",
+        // Disk budget, fills, index.
+        "min_free: 1073741824",
+        "max_fills: 8",
+        "fill_queue: 0",
+        "fill_abandon_grace: 10s",
+        "fill_min_rate: 0",
+        "fill_rate_window: 30s",
+        "index_retention: 86400s",
+        "scrub_interval: None",
+        "index_cache_size: 67108864",
+        // Limits.
+        "header_timeout: 30s",
+        "keepalive_timeout: 20s",
+        "send_timeout: 45s",
+        "max_connections: 40000",
+        "max_connections_per_client: 0",
+        "max_upstream_lookups: 32",
+        "trust_loopback: false",
+        "oci_token_hosts: [\n            \"auth.docker.io\"",
+        // Transcoding, warm, pins.
+        "transcode_level: None",
+        "transcode_workers: 2",
+        "transcode_keep_original: 0ns",
+        "warm_concurrency: 8",
+        "\"desktop\": [\n            \"/nix/store/",
+        // LAN pushes.
+        "name: \"builder\",\n                token_file: \"/run/credentials/nixcache.service/push-builder\"",
+        "name: \"ci\",\n                token_file: \"/run/credentials/nixcache.service/push-ci\",\n                paths: [\n                    \"myproject-*\",\n                ],\n                quota: Some(\n                    21474836480,\n                ),\n                sign: true,",
+        "max_size: 5368709120,\n        lru: true,\n        pending_max: 16,\n        pending_timeout: 300s,",
+        // The shared bucket.
+        "endpoint: Some(\n                \"http://garage.lan:3900\"",
+        "region: \"garage\"",
+        "bucket: \"nixcache\"",
+        "prefix: \"team/nix\"",
+        "path_style: false",
+        "access_key_id: File(\n                \"/run/credentials/nixcache.service/s3-access-key-id\"",
+        "secret_access_key: File(\n                \"/run/credentials/nixcache.service/s3-secret-access-key\"",
+        "session_token: Some(\n                File(\n                    \"/run/credentials/nixcache.service/s3-session-token\"",
+        "local_cache: false",
+        "timeout: 20s,\n            multipart_threshold: 67108864",
+        "gc_max_size: Some(\n                2199023255552",
     ] {
         assert!(
             resolved.contains(expected),
@@ -268,14 +312,25 @@ fn server_full_settings_reach_the_daemon_the_unit_and_the_firewall() {
         );
     }
 
+    // What the config file names stays out of the system's closure (it is fetched, not built).
+    assert_eq!(s["settingsContext"], serde_json::json!([]));
+
+    // Every secret is handed over with LoadCredential; the config file names the service's copies.
     let unit = server_unit("server-full");
     assert_eq!(
         unit_values(unit, "LoadCredential"),
         [
+            "admin-token:/etc/nixcache/admin-token",
+            "push-builder:/var/lib/nixcache-push/builder",
+            "push-ci:/var/lib/nixcache-push/ci",
+            "s3-access-key-id:/var/lib/nixcache-s3/key-id",
+            "s3-secret-access-key:/var/lib/nixcache-s3/secret",
+            "s3-session-token:/var/lib/nixcache-s3/session",
             "signing-key:/var/lib/nixcache-key/secret",
-            "admin-token:/etc/nixcache/admin-token"
         ]
     );
+    // 2 descriptors per connection plus 256, so that the daemon need not lower max_connections.
+    assert_eq!(unit_value(unit, "LimitNOFILE"), "80256");
     assert_eq!(
         unit_value(unit, "EnvironmentFile"),
         "/etc/nixcache/secrets.env"
@@ -538,19 +593,47 @@ fn one_package_option_follows_the_overlay_and_serves_server_and_client() {
     );
 }
 
-/// The keys of config/nixcache.toml, set or commented out (`# key = ...`).
+/// The keys of config/nixcache.toml, set or commented out (`# key = ...`); those of a table as
+/// `table.key` (the file's tables come last, as TOML needs).
 fn shipped_config_keys() -> BTreeSet<String> {
     let shipped = std::fs::read_to_string(root().join("config/nixcache.toml")).unwrap();
-    shipped
-        .lines()
-        .filter_map(|l| {
-            let l = l.strip_prefix("# ").unwrap_or(l);
-            let (key, _) = l.split_once(" = ")?;
-            key.chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_')
-                .then(|| key.to_string())
-        })
-        .collect()
+    let mut table: Option<String> = None;
+    let mut keys = BTreeSet::new();
+    for line in shipped.lines() {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = Some(name.to_string());
+            continue;
+        }
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            keys.insert(match &table {
+                Some(t) => format!("{t}.{key}"),
+                None => key.to_string(),
+            });
+        }
+    }
+    keys
+}
+
+/// `access_key_id_file` → `accessKeyIdFile`: a table's key as its NixOS option is named.
+fn camel_case(key: &str) -> String {
+    let mut parts = key.split('_');
+    let mut out = parts.next().unwrap_or("").to_string();
+    for part in parts {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.push(first.to_ascii_uppercase());
+            out.extend(chars);
+        }
+    }
+    out
+}
+
+fn is_typed(ty: &str) -> bool {
+    !ty.contains("anything") && !ty.contains("unspecified") && !ty.starts_with("TOML")
 }
 
 /// Defect 6 (oci_trusted_keys and oci_accept_unsigned were written but not declared), and what keeps
@@ -561,34 +644,42 @@ fn every_key_of_the_shipped_config_is_a_typed_option() {
     let declared = outputs()["options"]["settingsKeys"]
         .as_object()
         .expect("settings keys");
-    let server: BTreeSet<&str> = outputs()["options"]["server"]
+    let server: std::collections::BTreeMap<&str, &str> = outputs()["options"]["server"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| text(&o["name"], "name"))
+        .map(|o| {
+            let name = text(&o["name"], "name");
+            (name, text(&o["type"], name))
+        })
         .collect();
     let keys = shipped_config_keys();
-    assert!(keys.len() >= 18, "{keys:?}");
+    assert!(keys.len() >= 60, "{keys:?}");
+    assert!(keys.contains("bucket.access_key_id_file"), "{keys:?}");
     for key in &keys {
-        // Secrets are files handed over with LoadCredential: top-level options stand for them.
+        // Secrets are files handed over with LoadCredential: top-level options stand for them, and
+        // the `[bucket]` table is services.nixcache.bucket.
         let standing_in = match key.as_str() {
-            "signing_key_file" => Some("services.nixcache.signingKeyFile"),
-            "admin_token_file" => Some("services.nixcache.adminTokenFile"),
-            _ => None,
+            "signing_key_file" => Some("services.nixcache.signingKeyFile".to_string()),
+            "admin_token_file" => Some("services.nixcache.adminTokenFile".to_string()),
+            "push_tokens" => Some("services.nixcache.pushTokens".to_string()),
+            _ => key
+                .strip_prefix("bucket.")
+                .map(|k| format!("services.nixcache.bucket.{}", camel_case(k))),
         };
         match standing_in {
-            Some(option) => assert!(server.contains(option), "{option} is missing"),
+            Some(option) => {
+                let ty = server.get(option.as_str()).unwrap_or_else(|| {
+                    panic!("config/nixcache.toml has `{key}`, for which {option} is missing (nixos-appliance/options/)")
+                });
+                assert!(is_typed(ty), "{option} is not typed: {ty}");
+            }
             None => {
                 let ty = declared.get(key.as_str()).unwrap_or_else(|| {
-                    panic!("config/nixcache.toml has `{key}`, which services.nixcache.settings does not declare (nixos-appliance/module.nix)")
+                    panic!("config/nixcache.toml has `{key}`, which services.nixcache.settings does not declare (nixos-appliance/options/settings-*.nix)")
                 });
                 let ty = text(ty, key);
-                assert!(
-                    !ty.contains("anything")
-                        && !ty.contains("unspecified")
-                        && !ty.starts_with("TOML"),
-                    "settings.{key} is not typed: {ty}"
-                );
+                assert!(is_typed(ty), "settings.{key} is not typed: {ty}");
             }
         }
     }
@@ -687,4 +778,130 @@ fn appliance_opens_its_ports_signs_with_its_own_key_and_substitutes_through_itse
         );
         check_config(&s["settings"]);
     }
+}
+
+#[test]
+fn warm_job_runs_after_the_daemon_on_a_persistent_timer_with_the_admin_token() {
+    let s = system("server-full");
+    let unit = text(&s["warmUnit"], "nixcache-warm.service");
+    assert_eq!(unit_value(unit, "Type"), "oneshot");
+    assert_eq!(unit_value(unit, "Requires"), "nixcache.service");
+    assert_eq!(unit_value(unit, "After"), "nixcache.service");
+    assert_eq!(unit_value(unit, "DynamicUser"), "true");
+    // trust_loopback is off there: the job carries the admin token, from its own credential.
+    assert_eq!(
+        unit_value(unit, "LoadCredential"),
+        "admin-token:/etc/nixcache/admin-token"
+    );
+    let exec = unit_value(unit, "ExecStart");
+    assert!(
+        exec.contains(
+            "/bin/nixcache warm --url 'http://[::1]:8080' --pin lab --file /var/lib/ci/roots.txt \
+             --token-file %d/admin-token /nix/store/"
+        ),
+        "{exec}"
+    );
+    assert!(exec.contains("-hello-"), "{exec}");
+    // The path is named, not built: the job depends on the nixcache package alone.
+    let context = strings(&s["warmContext"]);
+    assert!(
+        context.len() == 1 && context[0].contains("-nixcache-"),
+        "{context:?}"
+    );
+
+    let timer = text(&s["warmTimer"], "nixcache-warm.timer");
+    assert_eq!(unit_value(timer, "OnCalendar"), "*-*-* 03:00");
+    assert_eq!(unit_value(timer, "Persistent"), "true");
+    assert_eq!(unit_value(timer, "WantedBy"), "timers.target");
+}
+
+#[test]
+fn builders_push_every_build_and_report_their_system_after_activation() {
+    let s = system("client-builder");
+    assert!(strings(&s["warnings"]).is_empty(), "{}", s["warnings"]);
+
+    // The post-build hook: nixcache-push-hook.sh with every variable it reads set by the wrapper.
+    let conf = text(&s["nixConf"], "nix.conf");
+    assert!(conf.contains("post-build-hook = /nix/store/"), "{conf}");
+    let wrapper = text(&s["pushHookScript"], "push hook wrapper");
+    for line in [
+        "export NIXCACHE_PUSH_URL=http://192.168.1.10:37515\n",
+        "export NIXCACHE_PUSH_TOKEN_FILE=/var/lib/nixcache-push/token\n",
+        "export NIXCACHE_PUSH_LOGIN=builder\n",
+        "export NIXCACHE_PUSH_COMPRESSION=zstd\n",
+        "export NIXCACHE_PUSH_STRICT=1\n",
+        "export NIXCACHE_PUSH_SECRET_KEY_FILE=/var/lib/nixcache-push/builder.secret\n",
+    ] {
+        assert!(wrapper.contains(line), "{line:?} not in\n{wrapper}");
+    }
+    assert!(
+        wrapper.contains("/bin/nix\n"),
+        "NIXCACHE_PUSH_NIX: {wrapper}"
+    );
+    assert!(wrapper.contains("-coreutils-"), "PATH: {wrapper}");
+    assert!(
+        wrapper.contains("/bin/dash /nix/store/") && wrapper.contains("-nixcache-push-hook.sh"),
+        "{wrapper}"
+    );
+    let hook =
+        std::fs::read_to_string(root().join("nixos-appliance/nixcache-push-hook.sh")).unwrap();
+    let read: BTreeSet<&str> = hook
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("NIXCACHE_PUSH_"))
+        .collect();
+    assert!(read.len() >= 7, "{read:?}");
+    for variable in read {
+        assert!(
+            wrapper.contains(&format!("export {variable}=")),
+            "the hook reads {variable}, which the client module does not set:\n{wrapper}"
+        );
+    }
+
+    // The system just activated is reported; the activation does not wait for the appliance.
+    let unit = text(&s["reportUnit"], "nixcache-report-system.service");
+    assert_eq!(unit_value(unit, "Type"), "oneshot");
+    assert_eq!(unit_value(unit, "WantedBy"), "multi-user.target");
+    assert_eq!(unit_value(unit, "DynamicUser"), "true");
+    assert_eq!(
+        unit_value(unit, "LoadCredential"),
+        "admin-token:/var/lib/nixcache/admin-token"
+    );
+    let script = text(&s["reportScript"], "report script");
+    assert!(
+        script.contains(
+            "/bin/nixcache warm --no-wait --url http://192.168.1.10:37515 --pin host-builder \
+             --token-file \"$CREDENTIALS_DIRECTORY/admin-token\" \"$system\""
+        ),
+        "{script}"
+    );
+    let activation = text(&s["reportActivation"], "activation snippet");
+    assert!(
+        activation.contains("readlink -f \"$systemConfig\" > /run/nixcache-report-system"),
+        "{activation}"
+    );
+    assert!(
+        activation.contains("systemctl start --no-block nixcache-report-system.service || true"),
+        "{activation}"
+    );
+}
+
+#[test]
+fn secrets_in_the_store_and_options_that_need_another_fail_evaluation_saying_so() {
+    let failed = strings(&outputs()["failedAssertions"]["misconfigured"]);
+    for expected in [
+        "services.nixcache.pushTokens.ci.tokenFile is in the Nix store",
+        "services.nixcache.pushTokens.ci.sign needs services.nixcache.signingKeyFile",
+        "services.nixcache.bucket.secretAccessKeyFile is in the Nix store",
+        "services.nixcache-client.push.tokenFile is in the Nix store",
+        "services.nixcache.warm: give paths or pathsFile",
+        "services.nixcache.warm: the daemon takes warm requests from this machine only with the admin token",
+        "set pushTokens, not settings.push_tokens",
+        "set bucket, not settings.bucket",
+    ] {
+        assert!(
+            failed.iter().any(|m| m.contains(expected)),
+            "no assertion says {expected:?}: {failed:?}"
+        );
+    }
+    assert_eq!(failed.len(), 8, "{failed:?}");
 }

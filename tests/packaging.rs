@@ -7,10 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use nixcache::config::{
-    DEFAULT_DATA_DIR, DEFAULT_INDEX_TTL_SECS, DEFAULT_LISTEN, DEFAULT_MAX_SIZE, DEFAULT_MDNS,
-    DEFAULT_MDNS_INTERFACES, DEFAULT_NEGATIVE_TTL_SECS, DEFAULT_OCI_REGISTRY, DEFAULT_PORT,
-    DEFAULT_PRIORITY, DEFAULT_STALL_TIMEOUT_SECS, DEFAULT_TRUSTED_KEYS, DEFAULT_UPSTREAM,
-    DEFAULT_UPSTREAM_TIMEOUT_SECS,
+    DEFAULT_DATA_DIR, DEFAULT_FILL_ABANDON_GRACE_SECS, DEFAULT_FILL_MIN_RATE, DEFAULT_FILL_QUEUE,
+    DEFAULT_FILL_RATE_WINDOW_SECS, DEFAULT_HEADER_TIMEOUT_SECS, DEFAULT_INDEX_CACHE_SIZE,
+    DEFAULT_INDEX_RETENTION_SECS, DEFAULT_INDEX_TTL_SECS, DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_MAX_FILLS,
+    DEFAULT_MAX_SIZE, DEFAULT_MAX_UPSTREAM_LOOKUPS, DEFAULT_MDNS, DEFAULT_MDNS_INTERFACES,
+    DEFAULT_MIN_FREE, DEFAULT_NEGATIVE_TTL_SECS, DEFAULT_OCI_REGISTRY, DEFAULT_PORT,
+    DEFAULT_PRIORITY, DEFAULT_PUSH_PENDING_MAX, DEFAULT_PUSH_PENDING_TIMEOUT_SECS,
+    DEFAULT_SCRUB_INTERVAL_SECS, DEFAULT_SEND_TIMEOUT_SECS, DEFAULT_STALL_TIMEOUT_SECS,
+    DEFAULT_TRANSCODE, DEFAULT_TRANSCODE_KEEP_ORIGINAL_SECS, DEFAULT_TRANSCODE_LEVEL,
+    DEFAULT_TRANSCODE_WORKERS, DEFAULT_TRUST_LOOPBACK, DEFAULT_TRUSTED_KEYS, DEFAULT_UPSTREAM,
+    DEFAULT_UPSTREAM_TIMEOUT_SECS, DEFAULT_WARM_CONCURRENCY,
 };
 use serde_json::{Value, json};
 
@@ -119,6 +126,29 @@ fn daemon_defaults() -> Value {
         "mdns_interfaces": DEFAULT_MDNS_INTERFACES,
         "oci_registry": DEFAULT_OCI_REGISTRY,
         "index_ttl": DEFAULT_INDEX_TTL_SECS,
+        "min_free": DEFAULT_MIN_FREE,
+        "max_fills": DEFAULT_MAX_FILLS,
+        "fill_queue": DEFAULT_FILL_QUEUE,
+        "fill_abandon_grace": DEFAULT_FILL_ABANDON_GRACE_SECS,
+        "fill_min_rate": DEFAULT_FILL_MIN_RATE,
+        "fill_rate_window": DEFAULT_FILL_RATE_WINDOW_SECS,
+        "index_retention": DEFAULT_INDEX_RETENTION_SECS,
+        "scrub_interval": DEFAULT_SCRUB_INTERVAL_SECS,
+        "index_cache_size": DEFAULT_INDEX_CACHE_SIZE,
+        "header_timeout": DEFAULT_HEADER_TIMEOUT_SECS,
+        "keepalive_timeout": DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+        "send_timeout": DEFAULT_SEND_TIMEOUT_SECS,
+        "max_connections": DEFAULT_MAX_CONNECTIONS,
+        "max_connections_per_client": DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        "max_upstream_lookups": DEFAULT_MAX_UPSTREAM_LOOKUPS,
+        "trust_loopback": DEFAULT_TRUST_LOOPBACK,
+        "transcode": DEFAULT_TRANSCODE,
+        "transcode_level": DEFAULT_TRANSCODE_LEVEL,
+        "transcode_workers": DEFAULT_TRANSCODE_WORKERS,
+        "transcode_keep_original": DEFAULT_TRANSCODE_KEEP_ORIGINAL_SECS,
+        "warm_concurrency": DEFAULT_WARM_CONCURRENCY,
+        "push_pending_max": DEFAULT_PUSH_PENDING_MAX,
+        "push_pending_timeout": DEFAULT_PUSH_PENDING_TIMEOUT_SECS,
     })
 }
 
@@ -208,20 +238,29 @@ fn nixos_module_defaults_are_the_daemons() {
     );
     assert!(DEFAULT_LISTEN.ends_with(&format!(":{DEFAULT_PORT}")));
 
-    // The module must take every declared default from defaults.nix, not restate it.
-    let module = read(&root().join("nixos-appliance/module.nix"));
-    assert!(
-        module.contains("import ./defaults.nix"),
-        "module.nix must import defaults.nix"
-    );
+    // The settings modules must take every declared default from defaults.nix, not restate it.
+    let options = root().join("nixos-appliance/options");
+    let mut settings_modules = String::new();
+    for entry in std::fs::read_dir(&options).expect("nixos-appliance/options") {
+        let path = entry.expect("directory entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("settings-") && name.ends_with(".nix") {
+            let text = read(&path);
+            assert!(
+                text.contains("import ../defaults.nix"),
+                "{name} must import ../defaults.nix"
+            );
+            settings_modules.push_str(&text);
+        }
+    }
     let keys = from_module
         .as_object()
         .expect("defaults.nix is an attribute set");
     for key in keys.keys() {
         let wanted = format!("default = defaults.{key};");
         assert!(
-            module.contains(&wanted),
-            "nixos-appliance/module.nix: settings.{key} must be declared with `{wanted}`"
+            settings_modules.contains(&wanted),
+            "nixos-appliance/options/settings-*.nix: settings.{key} must be declared with `{wanted}`"
         );
     }
 

@@ -91,6 +91,70 @@ let
         index_ttl = 600;
         oci_trusted_keys = [ keys.appliance.public ];
         oci_accept_unsigned = false;
+        # Disk budget, fills, index.
+        min_free = "1GiB";
+        max_fills = 8;
+        fill_queue = 0;
+        fill_abandon_grace = 10;
+        fill_min_rate = 0;
+        fill_rate_window = 30;
+        index_retention = 86400;
+        scrub_interval = 0;
+        index_cache_size = "64MiB";
+        # Limits: trust_loopback off makes the warm job carry the admin token.
+        header_timeout = 30;
+        keepalive_timeout = 20;
+        send_timeout = 45;
+        max_connections = 40000;
+        max_connections_per_client = 0;
+        max_upstream_lookups = 32;
+        trust_loopback = false;
+        oci_token_hosts = [ "auth.docker.io" ];
+        # Transcoding, warm, pins: a path with string context, which must not become a dependency.
+        transcode = "off";
+        transcode_level = 12;
+        transcode_workers = 2;
+        transcode_keep_original = 0;
+        warm_concurrency = 8;
+        pins.desktop = [ "${pkgs.hello}" ];
+        # LAN pushes.
+        push_trusted_keys = [ keys.upstream.public ];
+        push_max_size = "5GiB";
+        push_lru = true;
+        push_pending_max = 16;
+        push_pending_timeout = 300;
+      };
+      pushTokens = {
+        builder.tokenFile = "/var/lib/nixcache-push/builder";
+        ci = {
+          tokenFile = "/var/lib/nixcache-push/ci";
+          paths = [ "myproject-*" ];
+          quota = "20GiB";
+          sign = true;
+        };
+      };
+      bucket = {
+        enable = true;
+        endpoint = "http://garage.lan:3900";
+        region = "garage";
+        bucket = "nixcache";
+        prefix = "team/nix";
+        pathStyle = false;
+        accessKeyIdFile = "/var/lib/nixcache-s3/key-id";
+        secretAccessKeyFile = "/var/lib/nixcache-s3/secret";
+        sessionTokenFile = "/var/lib/nixcache-s3/session";
+        localCache = false;
+        trustedKeys = [ keys.upstream.public ];
+        timeout = 20;
+        gcMaxSize = "2TiB";
+        multipartThreshold = "64MiB";
+      };
+      warm = {
+        enable = true;
+        paths = [ "${pkgs.hello}" ];
+        pathsFile = "/var/lib/ci/roots.txt";
+        pin = "lab";
+        onCalendar = "*-*-* 03:00";
       };
     };
 
@@ -120,6 +184,30 @@ let
         services.nixcache-client = {
           enable = true;
           trustedPublicKeys = [ keys.appliance.public ];
+        };
+      }
+    ];
+    # A builder: publishes its builds and reports its system to the appliance.
+    client-builder = machine [
+      flake.nixosModules.client
+      {
+        networking.hostName = "builder";
+        services.nixcache-client = {
+          push = {
+            enable = true;
+            url = "http://192.168.1.10:37515";
+            tokenFile = "/var/lib/nixcache-push/token";
+            secretKeyFile = "/var/lib/nixcache-push/builder.secret";
+            compression = "zstd";
+            strict = true;
+            login = "builder";
+          };
+          reportSystem = {
+            enable = true;
+            url = "http://192.168.1.10:37515";
+            pin = "host-builder";
+            tokenFile = "/var/lib/nixcache/admin-token";
+          };
         };
       }
     ];
@@ -195,6 +283,38 @@ let
   # Systems whose evaluation must stop at an assertion: their messages, and no toplevel.
   assertionSystems = {
     data-dir-under-home = server { settings.data_dir = "/home/alice/nixcache"; };
+    # Secrets in the store, a token that signs without a key, a warm job with nothing to warm or no
+    # way to be authorized, secrets written as settings: each assertion must say so.
+    misconfigured = machine [
+      flake.nixosModules.default
+      flake.nixosModules.client
+      {
+        services.nixcache = {
+          enable = true;
+          settings = {
+            listen = "192.168.1.10:37515";
+            push_tokens = [ ];
+            bucket = { };
+          };
+          pushTokens.ci = {
+            tokenFile = "${pkgs.writeText "token" "not-a-secret-any-more"}";
+            sign = true;
+          };
+          bucket = {
+            enable = true;
+            bucket = "nixcache";
+            accessKeyIdFile = "/var/lib/nixcache-s3/key-id";
+            secretAccessKeyFile = "${pkgs.writeText "secret" "not-a-secret-any-more"}";
+          };
+          warm.enable = true;
+        };
+        services.nixcache-client.push = {
+          enable = true;
+          url = "http://192.168.1.10:37515";
+          tokenFile = "${pkgs.writeText "push-token" "not-a-secret-any-more"}";
+        };
+      }
+    ];
   };
 
   images = {
@@ -221,6 +341,11 @@ let
       c = system.config;
       service = name: c.systemd.units."${name}.service".text or null;
       discover = c.systemd.services.nixcache-discover.serviceConfig.ExecStart or null;
+      report = c.systemd.services.nixcache-report-system.serviceConfig.ExecStart or null;
+      warmStart = c.systemd.services.nixcache-warm.serviceConfig.ExecStart or null;
+      activation = c.system.activationScripts.nixcache-report-system or null;
+      pushHook = c.nix.settings.post-build-hook or null;
+      rendered = c.services.nixcache.renderedSettings;
     in
     {
       warnings = c.warnings;
@@ -235,7 +360,26 @@ let
       discoverUnit = service "nixcache-discover";
       # The script the discovery unit runs, as text (it names the package it calls).
       discoverScript = if discover == null then null else discover.text;
-      settings = if c.services.nixcache.enable or false then c.services.nixcache.renderedSettings else null;
+      settings = if c.services.nixcache.enable or false then rendered else null;
+      # What the rendered settings and the warm job depend on: only the package, never what they name.
+      settingsContext =
+        if c.services.nixcache.enable or false then
+          builtins.attrNames (builtins.getContext (builtins.toJSON rendered))
+        else
+          null;
+      warmUnit = service "nixcache-warm";
+      warmTimer = c.systemd.units."nixcache-warm.timer".text or null;
+      warmContext = if warmStart == null then null else builtins.attrNames (builtins.getContext warmStart);
+      reportUnit = service "nixcache-report-system";
+      reportScript = if report == null then null else report.text;
+      reportActivation =
+        if activation == null then
+          null
+        else if builtins.isString activation then
+          activation
+        else
+          activation.text;
+      pushHookScript = if pushHook == null then null else pushHook.text;
       nixcacheUser =
         if c.users.users ? nixcache then { inherit (c.users.users.nixcache) isSystemUser group; } else null;
       tmpfiles = c.systemd.tmpfiles.settings."10-nixcache" or null;
@@ -262,6 +406,21 @@ let
         inherit expect;
         value = settingsOf (server settings);
       };
+      storePath = "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-top";
+      bucket = {
+        enable = true;
+        bucket = "nixcache";
+        accessKeyIdFile = "/var/lib/nixcache-s3/key-id";
+        secretAccessKeyFile = "/var/lib/nixcache-s3/secret";
+      };
+      client = expect: options: value: {
+        inherit expect;
+        value = value
+          (machine [
+            flake.nixosModules.client
+            { services.nixcache-client = options; }
+          ]).config;
+      };
     in
     {
       listen-without-port = bad "services.nixcache.settings.listen" { settings.listen = "0.0.0.0"; };
@@ -283,6 +442,51 @@ let
       oci-repo-without-owner = bad "services.nixcache.settings.oci_repo" { settings.oci_repo = "cache"; };
       data-dir-relative = bad "services.nixcache.settings.data_dir" { settings.data_dir = "nixcache-data"; };
       signing-key-path-literal = bad "services.nixcache.signingKeyFile" { signingKeyFile = ./eval.nix; };
+      # One for each kind of value the daemon settings of issues 12, 13, 15 and 16 brought.
+      min-free-unit = bad "services.nixcache.settings.min_free" { settings.min_free = "lots"; };
+      scrub-interval-negative = bad "services.nixcache.settings.scrub_interval" { settings.scrub_interval = -1; };
+      token-host-url = bad "services.nixcache.settings.oci_token_hosts" {
+        settings.oci_token_hosts = [ "https://auth.docker.io/token" ];
+      };
+      transcode-unknown = bad "services.nixcache.settings.transcode" { settings.transcode = "xz"; };
+      transcode-level-too-high = bad "services.nixcache.settings.transcode_level" { settings.transcode_level = 20; };
+      pin-not-store-path = bad "services.nixcache.settings.pins" { settings.pins.desktop = [ "/tmp/desktop" ]; };
+      pin-name-dot = bad "services.nixcache.settings.pins" { settings.pins.".hidden" = [ storePath ]; };
+      push-token-name = bad "services.nixcache.pushTokens" { pushTokens."ci token".tokenFile = "/var/lib/t"; };
+      push-token-paths = bad "services.nixcache.pushTokens.ci.paths" {
+        pushTokens.ci = {
+          tokenFile = "/var/lib/t";
+          paths = [ "../etc" ];
+        };
+      };
+      bucket-name = bad "services.nixcache.bucket.bucket" { bucket = bucket // { bucket = "team/nixcache"; }; };
+      bucket-prefix-dots = bad "services.nixcache.bucket.prefix" { bucket = bucket // { prefix = "team/../nix"; }; };
+      warm-not-store-path = {
+        expect = "services.nixcache.warm.paths";
+        value =
+          (server {
+            adminTokenFile = "/etc/nixcache/admin-token";
+            warm = {
+              enable = true;
+              paths = [ "nixpkgs#hello" ];
+            };
+          }).config.systemd.services.nixcache-warm.serviceConfig.ExecStart;
+      };
+      client-push-compression = client "services.nixcache-client.push.compression" {
+        push = {
+          enable = true;
+          url = "http://192.168.1.10:37515";
+          tokenFile = "/var/lib/nixcache-push/token";
+          compression = "gzip";
+        };
+      } (c: c.nix.settings.post-build-hook.text);
+      client-report-pin-name = client "services.nixcache-client.reportSystem.pin" {
+        reportSystem = {
+          enable = true;
+          url = "http://192.168.1.10:37515";
+          pin = "host builder";
+        };
+      } (c: c.systemd.services.nixcache-report-system.serviceConfig.ExecStart.text);
       proxy-listen-address = {
         expect = "services.nixcache-proxy.listenAddress";
         value = settingsOf (machine [
@@ -330,6 +534,7 @@ let
       "client-manual"
       "client-discovery"
       "client-avahi"
+      "client-builder"
       "proxy-default"
       "proxy-lan-address"
     ];

@@ -64,6 +64,34 @@ let
         (-1)
       ];
     };
+    sizeOrZero = {
+      type = t.sizeOrZero;
+      accept = [
+        0
+        "0"
+        "512MiB"
+        "4KiB"
+        "4 K"
+        4096
+      ];
+      refuse = [
+        "lots"
+        "1.5G"
+        ""
+        (-1)
+      ];
+    };
+    secondsOrZero = {
+      type = t.secondsOrZero;
+      accept = [
+        0
+        604800
+      ];
+      refuse = [
+        (-1)
+        "0"
+      ];
+    };
     seconds = {
       type = t.seconds;
       accept = [
@@ -155,6 +183,115 @@ let
         "not an interface"
         "a-very-long-interface-name"
         "eth0/1"
+      ];
+    };
+    # src/nix/store_path.rs: StorePath::parse.
+    storePath = {
+      type = t.storePath;
+      accept = [
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-top"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-nixos-system-desktop-25.11"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-.zshrc"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-a+b?c=d_e"
+      ];
+      refuse = [
+        "/tmp/desktop"
+        "nixpkgs#hello"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753e-top" # e is not a nix32 digit
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf87975-top"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-a/b"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-..-x"
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-."
+        "/nix/store/0r2v93mqaf9d2zyqi8pgmyzmf879753y-top "
+      ];
+    };
+    # src/pins.rs: check_name.
+    pinName = {
+      type = t.pinName;
+      accept = [
+        "desktop"
+        "host-builder"
+        "a.b_c-1"
+        "-x"
+      ];
+      refuse = [
+        ""
+        ".hidden"
+        "host builder"
+        "a/b"
+        "${lib.fixedWidthString 65 "x" ""}"
+      ];
+    };
+    # src/config/push.rs: token names and path patterns.
+    pushTokenName = {
+      type = t.pushTokenName;
+      accept = [
+        "builder"
+        "lab.2"
+        "ci_runner-1"
+      ];
+      refuse = [
+        ""
+        "ci token"
+        "a/b"
+        "${lib.fixedWidthString 65 "x" ""}"
+      ];
+    };
+    namePattern = {
+      type = t.namePattern;
+      accept = [
+        "*"
+        "myproject-*"
+        "hello-2.12.1"
+      ];
+      refuse = [
+        ""
+        "../x"
+        "a b"
+      ];
+    };
+    # src/config/limits.rs: oci_token_hosts.
+    tokenHost = {
+      type = t.tokenHost;
+      accept = [
+        "auth.docker.io"
+        "registry.lan:5000"
+        "[::1]:5000"
+      ];
+      refuse = [
+        ""
+        "https://auth.docker.io"
+        "auth.docker.io/token"
+      ];
+    };
+    # src/config/bucket.rs: bucket and prefix.
+    bucketName = {
+      type = t.bucketName;
+      accept = [
+        "nixcache"
+        "my.bucket_1-a"
+      ];
+      refuse = [
+        ""
+        "team/nixcache"
+        "a b"
+      ];
+    };
+    bucketPrefix = {
+      type = t.bucketPrefix;
+      accept = [
+        ""
+        "team/nix"
+        "/team/nix/"
+        "nix"
+      ];
+      refuse = [
+        "team//nix"
+        "team/../nix"
+        "./nix"
+        ".."
       ];
     };
     absolutePath = {
