@@ -231,7 +231,7 @@ pub struct FileConfig {
     pub max_connections_per_client: Option<usize>,
     /// Upstream narinfo requests in flight at once.
     pub max_upstream_lookups: Option<usize>,
-    /// Whether loopback clients may `POST /_refresh` without the admin token.
+    /// Whether loopback clients may use the admin endpoints (`/_refresh`, `/_warm`, `/_pins`) without the admin token.
     pub trust_loopback: Option<bool>,
     /// Token realm hosts besides the registry's own that may receive the registry credentials.
     pub oci_token_hosts: Option<Vec<String>>,

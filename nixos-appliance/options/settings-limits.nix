@@ -61,7 +61,7 @@ in
       type = types.bool;
       default = defaults.trust_loopback;
       description = ''
-        Whether admin requests (`POST /_refresh`, `/_warm`) from loopback need no token. Turn off
+        Whether admin requests (`POST /_refresh`, `/_warm`, `/_pins`) from loopback need no token. Turn off
         behind a local reverse proxy (every client then looks like loopback) and set `adminTokenFile`.
       '';
     };

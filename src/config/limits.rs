@@ -40,7 +40,7 @@ pub struct Limits {
     pub max_connections_per_client: usize,
     /// Upstream narinfo requests in flight at once.
     pub max_upstream_lookups: usize,
-    /// Loopback clients may `POST /_refresh` without the admin token. Turn off behind a local reverse
+    /// Loopback clients may use the admin endpoints (`/_refresh`, `/_warm`, `/_pins`) without the admin token. Turn off behind a local reverse
     /// proxy, where every client looks like loopback.
     pub trust_loopback: bool,
     /// Token realm hosts (`host` or `host:port`) other than the registry's own that may receive the
