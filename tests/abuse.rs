@@ -352,6 +352,63 @@ async fn idle_and_slow_connections_are_closed_at_their_time_outs() {
     assert_eq!(dropped("header").await, 2.0);
 }
 
+/// The idle timer starts when an answer ends, however its body was sent: whole (most answers, where
+/// the write after the body starts it), or streamed (a NAR filled from upstream, then the same NAR read
+/// from disk in chunks), where the end of the body wakes the connection to start it.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_after_streamed_answers_is_closed_at_the_keepalive_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one_at_a_time = serial().await;
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let daemon = Daemon::start(&config_with(&up.url, "keepalive_timeout = 1\n"), &[], None);
+    let text = reqwest::get(format!("{}/{}.narinfo", daemon.url, hash_of(&fx.big)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let nar = format!("/{}", field(&text, "URL").unwrap());
+    let size: usize = field(&text, "FileSize").unwrap().parse().unwrap();
+    assert!(size > 1 << 20, "a NAR sent in several chunks: {size} bytes");
+    for (round, what) in ["filled from upstream", "read from disk"]
+        .iter()
+        .enumerate()
+    {
+        let mut s = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+        s.write_all(format!("GET {nar} HTTP/1.1\r\nHost: cache\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut answered_at = None;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                got.extend_from_slice(&buf[..n]);
+                let head = got.windows(4).position(|w| w == b"\r\n\r\n");
+                if answered_at.is_none() && head.is_some_and(|h| got.len() - h - 4 == size) {
+                    answered_at = Some(Instant::now());
+                }
+            }
+        })
+        .await;
+        let answered_at = answered_at.unwrap_or_else(|| panic!("round {round}: the whole NAR"));
+        assert!(closed.is_ok(), "{what}: still open 10 s after the answer");
+        let idle_for = answered_at.elapsed();
+        eprintln!("{what}: closed {idle_for:?} after the answer");
+        assert!(
+            (800..1700).contains(&idle_for.as_millis()),
+            "{what}: {idle_for:?}"
+        );
+    }
+    assert_eq!(
+        daemon
+            .metric("nixcache_connections_dropped_total{reason=\"idle_timeout\"}")
+            .await,
+        2.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_connection_cap_holds_under_a_low_descriptor_limit() {
     let _one_at_a_time = serial().await;

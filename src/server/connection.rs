@@ -15,18 +15,19 @@
 //! While a request is being answered no read limit applies (the answer may wait for an upstream). A
 //! pipelined request whose first bytes arrived with the previous one is timed as idle until it is read.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::Waker;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
 use futures_util::task::AtomicWaker;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -35,9 +36,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
+use super::dispatch::Routes;
 use crate::config::Limits;
 use crate::metrics::{DropReason, LimitMetrics};
 
@@ -86,58 +86,148 @@ pub fn http1_builder() -> http1::Builder {
 #[derive(Clone)]
 pub struct Shared {
     /// The routes.
-    pub router: Router,
+    pub routes: Arc<Routes>,
     /// The HTTP/1 settings.
     pub builder: Arc<http1::Builder>,
     /// The time limits.
     pub timeouts: Timeouts,
     /// Where dropped connections are counted.
     pub metrics: LimitMetrics,
-    /// Asks connections to finish their current request and close.
-    pub shutdown: CancellationToken,
-    /// Ends connections where they stand (the drain time-out passed).
-    pub abort: CancellationToken,
+    /// Asks connections to finish their current request and close, or ends them where they stand.
+    pub stop: Arc<Stop>,
 }
 
-/// Serves one connection until it ends, `shutdown` asks it to finish its current request, or `abort`
-/// ends it where it stands.
+/// Serves one connection until it ends, or `stop` asks it to finish its current request or ends it
+/// where it stands.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Shared) {
     let Shared {
-        router,
+        routes,
         builder,
         timeouts,
         metrics,
-        shutdown,
-        abort,
+        stop,
     } = shared;
     let phase = Arc::new(Phase::default());
     let io = TimedIo::new(tcp, phase.clone(), timeouts, metrics);
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         // Busy from here until the response body is done (or dropped with the connection).
         let busy = BusyGuard::new(phase.clone());
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let router = router.clone();
+        let response = routes.call(request, peer);
         async move {
-            let response = router.oneshot(request).await?;
+            let response = response.await;
             Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
-    let ended = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = abort.cancelled() => Ok(()),
+    let mut watch = stop.watch();
+    let mut draining = false;
+    let ended = std::future::poll_fn(|cx| {
+        match watch.state(cx.waker()) {
+            StopState::Run => {}
+            StopState::Drain if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
             }
+            StopState::Drain => {}
+            StopState::Abort => return Poll::Ready(Ok(())),
         }
-        () = abort.cancelled() => Ok(()),
-    };
+        conn.as_mut().poll(cx)
+    })
+    .await;
     if let Err(e) = ended {
         // Clients that go away, time out or send garbage: normal life on a network, not worth a warning.
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What the listener asks of its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopState {
+    /// Serve on.
+    Run,
+    /// Finish the current request, then close.
+    Drain,
+    /// Close now.
+    Abort,
+}
+
+/// The listener's word to all its connections: one atomic each connection reads when it is polled, and
+/// the connections' wakers to wake when it changes. Cheaper than each connection polling cancellation
+/// futures on every wake-up, which takes their locks: that cost a tenth of a narinfo hit
+/// (docs/benchmarks.md).
+#[derive(Debug, Default)]
+pub struct Stop {
+    /// A [`StopState`] as a number.
+    state: AtomicU8,
+    /// The connections' wakers, by connection.
+    wakers: Mutex<HashMap<u64, Waker>>,
+    next: AtomicU64,
+}
+
+impl Stop {
+    /// Asks every connection to finish its current request and close.
+    pub fn drain(&self) {
+        self.set(StopState::Drain);
+    }
+
+    /// Closes every connection where it stands.
+    pub fn abort(&self) {
+        self.set(StopState::Abort);
+    }
+
+    fn set(&self, state: StopState) {
+        self.state.fetch_max(state as u8, Ordering::SeqCst);
+        for waker in self.lock().values() {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
+        self.wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection's view, which removes its waker when dropped.
+    fn watch(self: &Arc<Self>) -> Watch {
+        Watch {
+            stop: self.clone(),
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            waker: None,
+        }
+    }
+}
+
+/// One connection watching its [`Stop`].
+struct Watch {
+    stop: Arc<Stop>,
+    id: u64,
+    /// The waker registered, to register again only when the task's waker changes.
+    waker: Option<Waker>,
+}
+
+impl Watch {
+    /// The state now; `waker` is woken when it changes. Registered before the state is read, so a
+    /// change in between is not missed.
+    fn state(&mut self, waker: &Waker) -> StopState {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.stop.lock().insert(self.id, waker.clone());
+            self.waker = Some(waker.clone());
+        }
+        match self.stop.state.load(Ordering::SeqCst) {
+            0 => StopState::Run,
+            1 => StopState::Drain,
+            _ => StopState::Abort,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.waker.is_some() {
+            self.stop.lock().remove(&self.id);
+        }
     }
 }
 
@@ -149,8 +239,14 @@ struct Phase {
     busy: AtomicUsize,
     /// Answers finished so far; a change starts an idle period.
     finished: AtomicU64,
+    /// Set when hyper learns that a response body has ended ([`TrackedBody::is_end_stream`]): hyper
+    /// then writes what is left of the response, and that write starts the idle timer.
+    write_follows: AtomicBool,
+    /// The answer ended with a write to come: the next write starts the idle timer.
+    idle_on_write: AtomicBool,
     /// The connection's task, as its last read saw it. hyper does not read again after an answer until
-    /// the socket wakes it, so the end of an answer wakes it: the idle timer must start then.
+    /// the socket wakes it, so an answer that ends without a write after it (a streamed body whose end
+    /// is seen only after its last bytes went out) wakes it: the idle timer must start then.
     reader: AtomicWaker,
 }
 
@@ -169,7 +265,13 @@ impl Drop for BusyGuard {
         // `finished` first: whoever sees `busy` at 0 also sees the new idle period.
         self.0.finished.fetch_add(1, Ordering::SeqCst);
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
-        self.0.reader.wake();
+        if self.0.write_follows.swap(false, Ordering::SeqCst) {
+            // Most answers (every whole body, every empty one): the write after this starts the idle
+            // timer, without waking the connection's task once more per request.
+            self.0.idle_on_write.store(true, Ordering::SeqCst);
+        } else {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -192,7 +294,11 @@ impl<B: HttpBody + Unpin> HttpBody for TrackedBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self._busy.0.write_follows.store(true, Ordering::SeqCst);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -219,6 +325,11 @@ struct TimedIo {
     metrics: LimitMetrics,
     wait: ReadWait,
     seen_finished: u64,
+    /// When the current read limit runs out.
+    deadline: Instant,
+    /// The timer of that limit. It may be set earlier than `deadline` (a later deadline does not move
+    /// it; when it fires it is moved on), never later: moving a timer on every request cost a few per
+    /// cent of a narinfo hit.
     read_deadline: Pin<Box<Sleep>>,
     /// Armed while a write is refused by a full socket buffer.
     write_deadline: Option<Pin<Box<Sleep>>>,
@@ -240,6 +351,7 @@ impl TimedIo {
             metrics,
             wait: ReadWait::Head,
             seen_finished: 0,
+            deadline: Instant::now() + timeouts.header,
             read_deadline: Box::pin(tokio::time::sleep(timeouts.header)),
             write_deadline: None,
             queued_at_arm: None,
@@ -256,8 +368,27 @@ impl TimedIo {
         if self.wait == ReadWait::Busy || finished != self.seen_finished {
             self.seen_finished = finished;
             self.wait = ReadWait::Idle;
-            let deadline = Instant::now() + self.timeouts.keepalive;
-            self.read_deadline.as_mut().reset(deadline);
+            self.set_deadline(Instant::now() + self.timeouts.keepalive);
+        }
+    }
+
+    /// Sets the read limit's end (see `read_deadline`).
+    fn set_deadline(&mut self, at: Instant) {
+        self.deadline = at;
+        if at < self.read_deadline.deadline() {
+            self.read_deadline.as_mut().reset(at);
+        }
+    }
+
+    /// `Ready` once the read limit ran out; otherwise its timer is registered with `cx`.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(self.read_deadline.as_mut().poll(cx));
+            if self.read_deadline.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let at = self.deadline;
+            self.read_deadline.as_mut().reset(at);
         }
     }
 
@@ -309,6 +440,15 @@ impl TimedIo {
         result: Poll<io::Result<T>>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<T>> {
+        if self.phase.idle_on_write.swap(false, Ordering::SeqCst) {
+            // An answer just ended (see `BusyGuard`): the idle period starts now, its timer registered
+            // with this task, whatever hyper polls next.
+            self.update_wait();
+            if self.wait != ReadWait::Busy && self.poll_deadline(cx).is_ready() {
+                // Cannot be: the idle time was just started. Seen by the next read.
+                cx.waker().wake_by_ref();
+            }
+        }
         match result {
             Poll::Pending => self.poll_send_deadline(cx).map(Err),
             ready => {
@@ -318,6 +458,11 @@ impl TimedIo {
             }
         }
     }
+}
+
+/// Whether `bytes` hold the end of a request head (an empty line).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 impl AsyncRead for TimedIo {
@@ -333,10 +478,12 @@ impl AsyncRead for TimedIo {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if this.wait == ReadWait::Idle && buf.filled().len() > before {
-                    // The next request has begun: its headers get the header time, counted from now.
+                    // The next request has begun: its headers get the header time, counted from now,
+                    // unless they came whole (the usual case: hyper answers them now).
                     this.wait = ReadWait::Head;
-                    let deadline = Instant::now() + this.timeouts.header;
-                    this.read_deadline.as_mut().reset(deadline);
+                    if !has_head_end(&buf.filled()[before..]) {
+                        this.set_deadline(Instant::now() + this.timeouts.header);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -347,7 +494,7 @@ impl AsyncRead for TimedIo {
                     ReadWait::Head => DropReason::HeaderTimeout,
                     ReadWait::Idle => DropReason::IdleTimeout,
                 };
-                match this.read_deadline.as_mut().poll(cx) {
+                match this.poll_deadline(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(this.timed_out(reason))),
                     Poll::Pending => Poll::Pending,
                 }

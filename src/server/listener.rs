@@ -15,14 +15,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{self, Shared, Timeouts};
+use super::connection::{self, Shared, Stop, Timeouts};
+use super::dispatch::Routes;
 use crate::config::Limits;
 use crate::metrics::LimitMetrics;
 
@@ -38,7 +38,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// `drain` before closing what is left.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: Arc<Routes>,
     limits: &Limits,
     metrics: LimitMetrics,
     shutdown: CancellationToken,
@@ -51,12 +51,11 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(cap));
     let tracker = TaskTracker::new();
     let shared = Shared {
-        router,
+        routes,
         builder: Arc::new(connection::http1_builder()),
         timeouts: Timeouts::from(limits),
         metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-        abort: CancellationToken::new(),
+        stop: Arc::new(Stop::default()),
     };
     let per_client = Arc::new(PerClient {
         max: limits.max_connections_per_client,
@@ -107,9 +106,10 @@ pub async fn serve(
     // Closing the socket makes the kernel refuse new connections while the running ones drain.
     drop(listener);
     tracker.close();
+    shared.stop.drain();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!("requests still running after the drain time-out; closing them");
-        shared.abort.cancel();
+        shared.stop.abort();
         tracker.wait().await;
     }
     Ok(())

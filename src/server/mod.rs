@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bucket;
 pub mod connection;
+pub mod dispatch;
 pub mod error;
 pub mod listener;
 pub mod nar;
@@ -31,8 +32,15 @@ use error::ApiError;
 /// How long in-flight requests may finish after shutdown was asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// All routes of the appliance.
+/// All routes of the appliance, as an axum [`Router`] (connections call them through
+/// [`dispatch::Routes`], which answers narinfo and NAR reads without the router).
 pub fn router(app: Arc<App>) -> Router {
+    let observe = observe::Observe::new(&app);
+    router_with(app, observe)
+}
+
+/// [`router`], counting into `observe`.
+fn router_with(app: Arc<App>, observe: observe::Observe) -> Router {
     Router::new()
         .route("/", get(status_page::page))
         .route("/metrics", get(observe::metrics))
@@ -49,7 +57,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/nar/{name}", get(nar::get_nar).put(upload::put_nar))
         .route("/{file}", get(narinfo).put(upload::put_file))
         .fallback(upload::fallback)
-        .layer(observe::Observe::new(&app))
+        .layer(observe)
         .with_state(app)
 }
 
@@ -60,7 +68,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let background = app.start_background();
     let result = listener::serve(
         listener,
-        router(app.clone()),
+        Arc::new(dispatch::Routes::new(app.clone())),
         &app.config.limits,
         app.metrics.limits().clone(),
         app.shutdown.clone(),
@@ -125,20 +133,27 @@ async fn narinfo(
     Path(file): Path<String>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    narinfo_answer(&app, &file, request.headers()).await
+}
+
+/// The answer to a GET of `/<file>`; also called straight by [`dispatch`].
+async fn narinfo_answer(
+    app: &Arc<App>,
+    file: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let Some(hash) = file.strip_suffix(".narinfo") else {
         return Err(ApiError::NotFound("not found"));
     };
     let hash: StoreHash = hash
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid store hash"))?;
-    match crate::lookup::narinfo(&app, hash).await {
+    match crate::lookup::narinfo(app, hash).await {
         Ok(Some(body)) => Ok(text(body, "text/x-nix-narinfo")),
         Ok(None) => Err(ApiError::NotFound("not in any cache")),
         // A LAN builder about to push asks first (issue 12): with a source failing, "absent" lets
         // it upload the path instead of failing its `nix copy --to`.
-        Err(crate::lookup::LookupError::Source(e))
-            if upload::is_pusher(&app, request.headers()) =>
-        {
+        Err(crate::lookup::LookupError::Source(e)) if upload::is_pusher(app, headers) => {
             tracing::info!(error = %e, "sources failing; a pusher is told the path is absent");
             Err(ApiError::NotFound("not in any cache that answered"))
         }

@@ -63,7 +63,18 @@ pub async fn get_nar(
     request: Request,
 ) -> Result<Response, ApiError> {
     // The request itself rather than `Method` and `HeaderMap` extractors, which clone them.
-    let (method, headers) = (request.method(), request.headers());
+    answer(&app, &name, request.method(), request.headers()).await
+}
+
+/// The answer to `method` (GET or HEAD) of `/nar/<name>`; also called straight by
+/// [`super::dispatch`].
+pub async fn answer(
+    app: &Arc<App>,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let app = app.clone();
     let name: NarName = name
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid NAR name"))?;

@@ -86,6 +86,11 @@ const ROUTE_LABELS: [&str; ROUTES.len()] = {
     labels
 };
 
+/// The index in [`ROUTES`] of the narinfo route, for [`super::dispatch`].
+pub(super) const NARINFO_ROUTE: usize = ROUTES.len() - 2;
+/// The index in [`ROUTES`] of the NAR route, for [`super::dispatch`].
+pub(super) const NAR_ROUTE: usize = ROUTES.len() - 3;
+
 /// The index in [`ROUTES`] of a matched route template (`unmatched` when none or unknown).
 fn route_index(template: Option<&str>) -> usize {
     let unmatched = ROUTES.len() - 1;
@@ -110,7 +115,7 @@ fn route_index(template: Option<&str>) -> usize {
 /// docs/benchmarks.md).
 #[derive(Clone)]
 pub struct Observe {
-    http: Arc<HttpMetrics>,
+    pub(super) http: Arc<HttpMetrics>,
 }
 
 impl Observe {
@@ -160,8 +165,8 @@ where
                 .map(MatchedPath::as_str),
         );
         let method = method_index(request.method());
-        let span =
-            tracing::debug_span!("request", method = METHODS[method], route = ROUTES[route].1);
+        let started = Instant::now();
+        let span = span(route, method);
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -169,10 +174,30 @@ where
         Timed {
             future,
             span,
-            started: Instant::now(),
+            started,
             route,
             method,
             http: self.http.clone(),
+        }
+    }
+}
+
+/// The span a request runs in.
+fn span(route: usize, method: usize) -> tracing::Span {
+    tracing::debug_span!("request", method = METHODS[method], route = ROUTES[route].1)
+}
+
+impl<F> Timed<F> {
+    /// `future` answering a request of route `route` ([`ROUTES`] index) and method `method`, counted
+    /// into `observe`'s metrics when it is ready.
+    pub(super) fn new(future: F, observe: &Observe, route: usize, method: usize) -> Timed<F> {
+        Timed {
+            future,
+            span: span(route, method),
+            started: Instant::now(),
+            route,
+            method,
+            http: observe.http.clone(),
         }
     }
 }
@@ -220,5 +245,7 @@ mod tests {
         assert_eq!(label(Some("/")), "/");
         assert_eq!(label(Some("/{new}")), UNMATCHED);
         assert_eq!(label(None), UNMATCHED);
+        assert_eq!(ROUTE_LABELS[NARINFO_ROUTE], "/{hash}.narinfo");
+        assert_eq!(ROUTE_LABELS[NAR_ROUTE], "/nar/{name}");
     }
 }
