@@ -56,7 +56,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 scripts/install-peers.sh --bench
-for tool in cargo nix-build nix nginx wrk curl python3 sha256sum eatmydata; do
+for tool in cargo nix-build nix nginx wrk curl python3 sha256sum eatmydata taskset; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }
 done
 
@@ -378,13 +378,15 @@ if want closure; then
     field FileSize "$W/cache/$(basename "$p" | cut -c1-32).narinfo"; done | awk '{ s += $1 } END { printf "%.1f", s / 1e6 }')
   closure_n=$(nix path-info --store "$W/store" -r "$TOP" | wc -l)
   # copy_time URL: seconds for `nix copy --from URL` of the closure into a fresh store and client cache.
+  # copy_time URL [WRAPPER...]: seconds of one `nix copy --from URL` into a fresh store.
   copy_time() {
-    local d s e
+    local d s e url=$1
+    shift
     d=$(mktemp -d "$W/client.XXXX")
     s=$(date +%s.%N)
-    XDG_CACHE_HOME=$d/xdg nix copy --store "$d/store" --from "$1" \
+    XDG_CACHE_HOME=$d/xdg "$@" nix copy --store "$d/store" --from "$url" \
       --option trusted-public-keys "$(cat "$W/keys/pk")" "$TOP" 2> "$d/log" \
-      || { tail -n 20 "$d/log" >&2; die_with_logs "nix copy --from $1 failed"; }
+      || { tail -n 20 "$d/log" >&2; die_with_logs "nix copy --from $url failed"; }
     e=$(date +%s.%N)
     chmod -R u+w "$d"
     rm -rf "$d"
@@ -412,13 +414,22 @@ if want closure; then
     cpid=$STARTED_PID
     CT[nofsync-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
     stop "$cpid"
-    log "closure round $r: direct ${CT[direct-$r]} s, cold ${CT[cold-$r]} s, all hits ${CT[warm-$r]} s, cold without fsync ${CT[nofsync-$r]} s"
+    # The same cold copy with the client on one core and nixcache on the other, as two machines of a
+    # LAN would be (here they share two cores: nixcache's xz verification competes with the client's
+    # own xz decoding); its reference is the direct copy with the client on the same one core.
+    rm -rf "$W/closure-data"
+    start_nixcache "$CLOSURE_PORT" "$W/closure-data" "$W/closure-nixcache-pinned.log" taskset -c 1
+    cpid=$STARTED_PID
+    CT[pinneddirect-$r]=$(copy_time "$NGINX" taskset -c 0)
+    CT[pinned-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT" taskset -c 0)
+    stop "$cpid"
+    log "closure round $r: direct ${CT[direct-$r]} s, cold ${CT[cold-$r]} s, all hits ${CT[warm-$r]} s, cold without fsync ${CT[nofsync-$r]} s, on separate cores ${CT[pinneddirect-$r]} s direct / ${CT[pinned-$r]} s cold"
   done
-  # closure_row LABEL KIND: direct vs KIND over the rounds.
+  # closure_row LABEL KIND [REFERENCE]: REFERENCE (default direct) vs KIND over the rounds.
   closure_row() {
-    local a=() b=() per=() r ma mb
+    local a=() b=() per=() r ma mb ref=${3:-direct}
     for r in $(seq 1 "$CLOSURE_ROUNDS"); do
-      a+=("${CT[direct-$r]}") b+=("${CT[$2-$r]}") per+=("$(tratio "${CT[direct-$r]}" "${CT[$2-$r]}")")
+      a+=("${CT[$ref-$r]}") b+=("${CT[$2-$r]}") per+=("$(tratio "${CT[$ref-$r]}" "${CT[$2-$r]}")")
     done
     ma=$(echo "${a[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
     mb=$(echo "${b[*]}" | tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
@@ -427,6 +438,7 @@ if want closure; then
   closure_row "all hits through nixcache" warm
   closure_row "first, cold copy through nixcache (fetched from nginx)" cold
   closure_row "cold copy, nixcache under eatmydata (fsync a no-op; diagnosis only)" nofsync
+  closure_row "cold copy, client on one core and nixcache on the other (as on a LAN; diagnosis only)" pinned pinneddirect
   # What the first cold copy's requests waited for inside nixcache (time to response headers).
   cold_breakdown=$(awk '
     /^nixcache_http_request_duration_seconds_(sum|count)\{method="GET",route="\/(\{hash\}.narinfo|nar\/\{name\})"/ {

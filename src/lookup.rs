@@ -77,6 +77,16 @@ async fn answer(
     if let Some(known) = known(app, &hash)? {
         return Ok(known);
     }
+    // Boxed: the future of every request holds room for its largest state, and hyper moves it; a hit
+    // should not carry (and copy) the upstream lookup's (see docs/benchmarks.md).
+    Box::pin(ask_sources(app, hash)).await
+}
+
+/// The answer when the index has none: the sources are asked, one lookup per hash at a time.
+async fn ask_sources(
+    app: &Arc<App>,
+    hash: StoreHash,
+) -> Result<(NarinfoResult, String, Option<String>), LookupError> {
     // One upstream lookup per hash at a time: clients asking for the same missing path together (a
     // closure being fetched by several machines) wait for the first lookup and then read its result.
     let _turn = app.lookups.turn(hash).await;

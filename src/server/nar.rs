@@ -74,7 +74,6 @@ pub async fn answer(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let app = app.clone();
     let name: NarName = name
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid NAR name"))?;
@@ -86,13 +85,34 @@ pub async fn answer(
         return Err(ApiError::NotFound("unknown NAR"));
     }
     let range = parse_range(headers.get(header::RANGE));
-    if stored {
-        if let Some(response) = serve_file(&app, &name, range, method)? {
-            if *method != Method::HEAD {
-                app.metrics.nar(NarResult::Hit, &record.source);
-            }
-            return Ok(response);
+    if stored && let Some(response) = serve_file(app, &name, range, method)? {
+        if *method != Method::HEAD {
+            app.metrics.nar(NarResult::Hit, &record.source);
         }
+        return Ok(response);
+    }
+    // Boxed: a hit's future should not carry (and copy) the room a fill needs (see lookup.rs).
+    Box::pin(not_on_disk(
+        app.clone(),
+        name,
+        record,
+        stored,
+        range,
+        method,
+    ))
+    .await
+}
+
+/// The answer for a NAR whose file is not on disk (or vanished: `stored` said it was there).
+async fn not_on_disk(
+    app: Arc<App>,
+    name: NarName,
+    record: crate::index::NarRecord,
+    stored: bool,
+    range: Option<ByteRange>,
+    method: &Method,
+) -> Result<Response, ApiError> {
+    if stored {
         forget_missing_file(&app, &name).await?;
     }
     if *method == Method::HEAD {
