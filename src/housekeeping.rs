@@ -14,7 +14,7 @@
 //! | push upkeep | at start, then every 30 s | drops NAR uploads whose narinfo never came; reconciles pushed paths with the index |
 //! | bucket publisher | when woken, every 10 min | `nix-cache-info`, narinfos whose NAR reached the shared bucket, retried uploads |
 //! | bucket GC | every 10 min / hourly | this appliance's liveness manifest; pruning, on the one with `gc_max_size` |
-//! | transcode | as fills commit; originals every minute | xz/bzip2 → zstd (`transcode.rs`), drops originals after their grace |
+//! | transcode | as fills commit; originals every minute | xz/bzip2 → zstd (`transcode/`), drops originals after their grace |
 //! | config pins | once, after start | warms and pins the config file's `pins` (`warm.rs`) |
 
 use std::future::Future;
@@ -63,7 +63,7 @@ impl Background {
 pub fn start(app: &Arc<App>) -> Background {
     let mut tasks = vec![
         every(app, "durability", FLUSH_EVERY, |a| {
-            blocking(a, |a| a.index.flush().map_err(|e| e.to_string()))
+            blocking(a, |a| a.index.make_durable().map_err(|e| e.to_string()))
         }),
         every(app, "upkeep", UPKEEP_EVERY, |a| {
             blocking(a, |a| {

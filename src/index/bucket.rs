@@ -41,6 +41,11 @@ impl Index {
             }
             Ok((recorded, in_bucket.is_some()))
         })
+        .inspect(|(recorded, _)| {
+            if *recorded == Recorded::Yes {
+                self.recorded_unsynced(super::Unsynced::narinfo(new));
+            }
+        })
     }
 
     /// The store hashes whose narinfo waits for the NAR `file_hash`.

@@ -4,9 +4,9 @@
 //! in `spawn_blocking`; small reads are done inline.
 //!
 //! **Durability (group commit).** Every routine write is committed with `Durability::None` (visible at
-//! once, no fsync) and made durable by [`Index::flush`], one fsync for everything committed since the
+//! once, no fsync) and made durable by [`Index::make_durable`], one fsync for everything committed since the
 //! last one, which the appliance runs four times a second. Nobody waits for it: narinfo rows (cheap to
-//! fetch again), negative entries, access times, and stored-NAR rows (whose file is fsynced and renamed
+//! fetch again), negative entries, access times (written every 30 s), and stored-NAR rows (whose file is fsynced and renamed
 //! into place before its row is written). A crash loses at most the last quarter second of them, which
 //! costs a refetch, and a durable row never points at a file that is not durable. Evictions, mirror
 //! updates and pushes commit durably at once. Durable commits use quick repair, so reopening after
@@ -15,7 +15,8 @@
 //! **Healing.** After one failed write, sync or file growth (a full or failing disk), redb answers
 //! `PreviousIo` to every later write and to reads its cache cannot serve. The index remembers why it
 //! is broken (shown by `/healthz`), and [`Index::heal`] closes and reopens the database once there is
-//! room again, without a restart.
+//! room again, without a restart, and records again the rows the reopen lost (committed, not yet
+//! durable; kept in memory until a durable commit covers them).
 
 mod bucket;
 mod gc;
@@ -39,7 +40,9 @@ use redb::{
 };
 use serde::Serialize;
 
+use crate::nix::store_path::StoreHash;
 pub use gc::GcReport;
+use narinfos::put_narinfo;
 pub use narinfos::{Applied, MirroredEntry};
 pub use pins::{PinRecord, PinUsage};
 pub use pushes::{PushCommit, PushConflict, PushRecorded, PushedRow};
@@ -138,7 +141,40 @@ pub struct Index {
     /// The sequence number up to which commits are durable.
     durable: AtomicU64,
     access: nars::PendingAccess,
+    /// Narinfos recorded since the last durable commit, each with a sequence number at or after its
+    /// own commit's. A reopen after a disk error loses what was not durable, while a client may already
+    /// hold such a narinfo and ask for its NAR: [`Index::heal`] records them again.
+    unsynced: Mutex<Vec<(u64, Unsynced)>>,
 }
+
+/// What a reopen would lose: a narinfo recorded, or a NAR marked stored, non-durably.
+enum Unsynced {
+    Narinfo {
+        hash: StoreHash,
+        row: NarinfoRow,
+        nar: NarRecord,
+    },
+    Stored {
+        file_hash: crate::nix::hash::Sha256Hash,
+        record: NarRecord,
+        size: u64,
+        now: u64,
+    },
+}
+
+impl Unsynced {
+    fn narinfo(new: &NewNarinfo<'_>) -> Unsynced {
+        Unsynced::Narinfo {
+            hash: new.hash,
+            row: new.row.clone(),
+            nar: new.nar.clone(),
+        }
+    }
+}
+
+/// At most this many rows wait for a durable commit in `unsynced` (the group commit runs four
+/// times a second; past this the oldest are forgotten, and only a refetch brings them back).
+const MAX_UNSYNCED: usize = 100_000;
 
 impl Index {
     /// Opens (or creates, or migrates) the index file. Fails if another process holds it.
@@ -179,6 +215,7 @@ impl Index {
             committed: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             access: nars::PendingAccess::default(),
+            unsynced: Mutex::default(),
         })
     }
 
@@ -246,41 +283,75 @@ impl Index {
             }
         }
         drop(slot);
-        // The reopened database must take a durable write before the index counts as healed.
+        // The reopened database must take a durable write before the index counts as healed; it
+        // also records again the narinfos the reopen lost (committed, but not yet durable).
+        let lost = std::mem::take(&mut *self.unsynced());
         match self.write(true, |tx| {
             tx.open_table(META)?
                 .insert("healed_at", crate::clock::unix_now().to_string().as_str())?;
+            for (_, what) in &lost {
+                match what {
+                    Unsynced::Narinfo { hash, row, nar } => {
+                        put_narinfo(
+                            tx,
+                            &NewNarinfo {
+                                hash: *hash,
+                                row,
+                                nar,
+                            },
+                        )?;
+                    }
+                    // The file was fsynced and renamed before its row was written: it is there
+                    // (and if it went meanwhile, a request finds out and fetches it again).
+                    Unsynced::Stored {
+                        file_hash,
+                        record,
+                        size,
+                        now,
+                    } => {
+                        nars::commit_nar_in(tx, file_hash, record, *size, *now)?;
+                    }
+                }
+            }
             Ok(())
         }) {
             Ok(()) => {
                 if let Ok(mut b) = self.broken.lock() {
                     *b = None;
                 }
-                tracing::info!("index reopened and writable again");
+                tracing::info!(
+                    rows = lost.len(),
+                    "index reopened and writable again; rows not yet durable recorded again"
+                );
                 true
             }
             Err(e) => {
                 tracing::warn!(error = %e, "index reopened but still not writable");
+                self.unsynced().extend(lost);
                 false
             }
         }
     }
 
-    /// Makes every non-durable commit since the last flush durable (one fsync for all of them).
+    /// Writes the pending access times, then makes every commit durable (at shutdown, before checks).
     pub fn flush(&self) -> Result<(), IndexError> {
         self.flush_access()?;
-        let target = self.committed.load(Ordering::Acquire);
-        if target <= self.durable.load(Ordering::Acquire) {
+        self.make_durable()
+    }
+
+    /// Makes every non-durable commit since the last durable one durable (one fsync for all of them);
+    /// nothing when there is none. The group commit calls it every 250 ms; access times are not
+    /// written here (upkeep writes them every 30 s), or every hit would cost a commit and an fsync.
+    pub fn make_durable(&self) -> Result<(), IndexError> {
+        if self.committed.load(Ordering::Acquire) <= self.durable.load(Ordering::Acquire) {
             return Ok(());
         }
-        // A durable commit makes every commit before it durable too.
+        // A durable commit makes every commit before it durable too (and raises `durable` past them).
         self.write(true, |tx| {
             tx.open_table(META)?
                 .insert("flushed_at", crate::clock::unix_now().to_string().as_str())?;
             Ok(())
-        })?;
-        self.durable.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        })
     }
 
     fn handle(&self) -> Result<Arc<Database>, IndexError> {
@@ -351,9 +422,27 @@ impl Index {
             let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
             if durable {
                 self.durable.fetch_max(seq, Ordering::AcqRel);
+                self.unsynced().retain(|(at, _)| *at > seq);
             }
         }
         self.check(result)
+    }
+
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Unsynced)>> {
+        self.unsynced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `what`, just committed non-durably, until a durable commit covers it (see `unsynced`).
+    fn recorded_unsynced(&self, what: Unsynced) {
+        // Read after the commit returned: at or after its own sequence number.
+        let at = self.committed.load(Ordering::Acquire);
+        let mut unsynced = self.unsynced();
+        if unsynced.len() >= MAX_UNSYNCED {
+            unsynced.remove(0);
+        }
+        unsynced.push((at, what));
     }
 
     /// Counts for `/_status`.

@@ -50,18 +50,18 @@ impl Index {
         size: u64,
         now: u64,
     ) -> Result<Option<u64>, IndexError> {
-        self.write(false, |tx| {
-            let nars = tx.open_table(NAR)?;
-            let current = match nars.get(file_hash.0)? {
-                Some(raw) => NarRecord::decode(raw.value())?,
-                None => return Ok(None),
-            };
-            if !current.same_content(expected) {
-                return Ok(None);
-            }
-            drop(nars);
-            mark_stored(tx, file_hash, current, size, now).map(Some)
-        })
+        let total = self.write(false, |tx| {
+            commit_nar_in(tx, file_hash, expected, size, now)
+        })?;
+        if total.is_some() {
+            self.recorded_unsynced(super::Unsynced::Stored {
+                file_hash: *file_hash,
+                record: expected.clone(),
+                size,
+                now,
+            });
+        }
+        Ok(total)
     }
 
     /// Forgets that a NAR is stored (its file vanished or failed a check). Returns its record.
@@ -288,4 +288,24 @@ pub(super) fn protect_in(
         };
     }
     Ok(())
+}
+
+/// [`Index::commit_nar`] in `tx` (also used to record again what a reopen lost).
+pub(super) fn commit_nar_in(
+    tx: &WriteTransaction,
+    file_hash: &Sha256Hash,
+    expected: &NarRecord,
+    size: u64,
+    now: u64,
+) -> Result<Option<u64>, IndexError> {
+    let nars = tx.open_table(NAR)?;
+    let current = match nars.get(file_hash.0)? {
+        Some(raw) => NarRecord::decode(raw.value())?,
+        None => return Ok(None),
+    };
+    if !current.same_content(expected) {
+        return Ok(None);
+    }
+    drop(nars);
+    mark_stored(tx, file_hash, current, size, now).map(Some)
 }
