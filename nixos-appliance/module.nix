@@ -61,7 +61,7 @@ let
   dataDir = cfg.settings.data_dir;
   staticUser = dataDir != null;
 
-  # Two descriptors per connection plus 256 (src/config/limits.rs): below that the daemon lowers
+  # Two descriptors per connection plus 256 (src/server/listener.rs): below that the daemon lowers
   # max_connections at start-up, with a warning.
   openFilesLimit = lib.max 65536 (2 * cfg.settings.max_connections + 256);
 in
@@ -275,8 +275,9 @@ in
           ++ cfg.extraArgs
         );
         # The daemon says READY=1 once it listens, and WATCHDOG=1 every WatchdogSec/2 while its health
-        # check passes (src/systemd.rs): a daemon that hangs, or whose index cannot be written, is
-        # killed and restarted instead of answering badly.
+        # check passes (src/systemd.rs): a daemon that hangs, or whose index stays unwritable for ten
+        # minutes although the disk has room (src/health.rs), is killed and restarted; a full disk is
+        # not a reason (a restart would not make room).
         Type = "notify";
         WatchdogSec = lib.mkDefault 30;
         Restart = lib.mkDefault "on-failure";

@@ -86,7 +86,7 @@ pub struct App {
     /// NAR downloads in progress.
     pub fills: Fills,
     /// Upstream narinfo lookups in progress, one per hash.
-    pub lookups: crate::lookup::Lookups,
+    pub lookups: crate::turns::Turns<crate::nix::store_path::StoreHash>,
     /// Prometheus metrics and recent activity.
     pub metrics: Metrics,
     /// LAN pushes: tokens, uploads waiting for their narinfo (issue 12).
@@ -276,7 +276,7 @@ impl App {
             signer,
             admin_token,
             fills,
-            lookups: crate::lookup::Lookups::default(),
+            lookups: crate::turns::Turns::default(),
             metrics,
             pushes,
             transcoder: Default::default(),

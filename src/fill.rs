@@ -646,25 +646,16 @@ fn commit(
     size: u64,
 ) -> Result<(), FillError> {
     app.store.commit(guard, file, name)?;
-    match app
+    let recorded = app
         .index
         .commit_nar(&name.file_hash, record, size, unix_now())
-    {
-        Ok(Some(_)) => {
-            // Issue 16: queued for transcoding to zstd (cheap; the work happens on its own threads).
-            app.transcoder.enqueue(app, name);
-            Ok(())
-        }
-        Ok(None) => {
-            app.store.remove(name)?;
-            Err(FillError::RecordChanged)
-        }
-        Err(e) => {
-            // Not recorded: the file must not outlive this (the orphan sweep would remove it later).
-            let _ = app.store.remove(name);
-            Err(e.into())
-        }
-    }
+        .map_err(FillError::from);
+    app.store
+        .keep_if_recorded(name, recorded)?
+        .ok_or(FillError::RecordChanged)?;
+    // Issue 16: queued for transcoding to zstd (cheap; the work happens on its own threads).
+    app.transcoder.enqueue(app, name);
+    Ok(())
 }
 
 /// The bytes of `fill` from `start` on, as they become available and safe to send. The subscription

@@ -30,5 +30,6 @@ pub mod store;
 pub mod systemd;
 pub mod transcode;
 pub mod trust;
+pub mod turns;
 pub mod verify;
 pub mod warm;

@@ -110,6 +110,28 @@ impl NarStore {
         Ok(())
     }
 
+    /// Keeps the file just committed under `name` only if its index row was written: `recorded` is
+    /// the outcome of writing it, `Ok(None)` when the record changed meanwhile. Otherwise the file is
+    /// removed again: it must not outlive a row it does not have (the orphan sweep would remove it
+    /// later, and meanwhile it counts against the budget).
+    pub fn keep_if_recorded<T, E: From<StoreError>>(
+        &self,
+        name: &NarName,
+        recorded: Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        match recorded {
+            Ok(Some(v)) => Ok(Some(v)),
+            Ok(None) => {
+                self.remove(name)?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = self.remove(name);
+                Err(e)
+            }
+        }
+    }
+
     /// Every NAR file on disk with its name and modification time (a scan: for the background orphan
     /// sweep only). Files whose names are not canonical NAR names are skipped.
     pub fn files(&self) -> Result<Vec<(NarName, std::time::SystemTime)>, StoreError> {

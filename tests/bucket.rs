@@ -142,7 +142,7 @@ async fn a_path_fetched_by_one_appliance_is_served_by_the_other_with_the_upstrea
     let info = String::from_utf8(wait_in_bucket(&s3, "nix-cache-info").await).unwrap();
     assert!(info.contains("StoreDir: /nix/store\n"), "{info}");
 
-    upstream.stop();
+    // The upstream still answers here, so the counts below show that B asked the bucket, not it.
     let asked = (upstream.narinfos(), upstream.nars());
     for (path, url) in f.closure.iter().zip(&urls) {
         let (status, text) = body(&format!("{}/{}.narinfo", b.cache.url, hash_of(path))).await;
@@ -175,6 +175,7 @@ async fn a_path_fetched_by_one_appliance_is_served_by_the_other_with_the_upstrea
         asked,
         "B asked the upstream"
     );
+    upstream.stop();
     // Each file is committed just after its client got the last byte: wait for the last one.
     let mut stored = 0;
     for _ in 0..100 {

@@ -414,8 +414,9 @@ async fn tampered_nars_and_narinfos_are_refused() {
     assert_eq!(code, 400, "a signed NarHash that is not the NAR's: {body}");
     assert!(body.contains("does not match the narinfo"), "{body}");
     let other_url = format!("{}/{}.narinfo", cache.url, hash_of(&dep));
-    let (code, _) = put(&other_url, Some(&auth), info.to_text().into_bytes()).await;
-    assert_eq!(code, 400, "a StorePath that is not the URL's");
+    let (code, body) = put(&other_url, Some(&auth), info.to_text().into_bytes()).await;
+    assert_eq!(code, 400, "a StorePath that is not the URL's: {body}");
+    assert!(body.contains("does not have the hash of the URL"), "{body}");
 
     // A path the upstream has, claimed with another NAR (signed by a trusted builder key): refused.
     assert_eq!(

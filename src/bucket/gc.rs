@@ -20,8 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::Bucket;
 use super::publish::PublishError;
 use crate::app::App;
@@ -63,11 +61,11 @@ impl Rules {
     }
 }
 
-/// NARs doomed at an earlier pass: key → (size, unix time doomed).
-pub type Doomed = HashMap<String, (u64, u64)>;
+/// NARs doomed at an earlier pass: key → unix time doomed.
+pub type Doomed = HashMap<String, u64>;
 
 /// What a pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
     /// Bytes in the bucket before.
     pub bytes_before: u64,
@@ -186,14 +184,14 @@ pub async fn pass(
     let target = rules.max_size / 10 * 9;
     let mut still = Doomed::new();
     for (_, key, size) in nars {
-        let doomed_at = doomed.get(&key).map(|(_, at)| *at).unwrap_or(now);
+        let doomed_at = doomed.get(&key).copied().unwrap_or(now);
         if total > target && doomed_at.saturating_add(rules.confirm_after) <= now {
             bucket.delete(&key).await?;
             pruned.nars += 1;
             pruned.bytes_freed += size;
             total = total.saturating_sub(size);
         } else {
-            still.insert(key, (size, doomed_at));
+            still.insert(key, doomed_at);
         }
     }
     *doomed = still;

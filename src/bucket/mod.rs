@@ -41,7 +41,6 @@ use reqwest::header::{CONTENT_LENGTH, HeaderValue, IF_NONE_MATCH, RANGE};
 use reqwest::{Method, StatusCode};
 
 use crate::config::{BucketConfig, Credential};
-use crate::nix::nar_name::NarName;
 use crate::nix::store_path::StoreHash;
 
 /// How long a presigned URL is valid: only its start must fall within, the transfer may take longer.
@@ -208,11 +207,6 @@ impl Bucket {
     /// Whether hot NARs are kept on the local disk too.
     pub fn local_cache(&self) -> bool {
         self.local_cache
-    }
-
-    /// The time limit of one request.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// The key of `relative` (`nar/<name>`, `<hash>.narinfo`) under the prefix.
@@ -456,9 +450,4 @@ pub fn file_chunks(file: Arc<File>, size: u64) -> impl Stream<Item = io::Result<
             }
         }
     })
-}
-
-/// `nar/<name>`, relative to the cache root: the key of a NAR file.
-pub fn nar_name_key(name: &NarName) -> String {
-    name.url_path()
 }

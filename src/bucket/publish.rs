@@ -213,7 +213,11 @@ async fn sweep(app: &Arc<App>, bucket: &Bucket) -> Result<(), PublishError> {
                     let Ok(file) = File::open(&path) else {
                         continue;
                     };
-                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    // Never an upload of a size guessed as 0: the key is content-addressed and
+                    // first-writer-wins, so an empty object could never be replaced.
+                    let Ok(size) = file.metadata().map(|m| m.len()) else {
+                        continue;
+                    };
                     upload(app, bucket, &name, &record, Arc::new(file), size).await?;
                 }
                 // Not fetched yet: the narinfos wait, unless their rows went.

@@ -89,14 +89,6 @@ impl Index {
         })
     }
 
-    /// The pin named `name`.
-    pub fn pin(&self, name: &str) -> Result<Option<PinRecord>, IndexError> {
-        self.read(|tx| match tx.open_table(PINS)?.get(name)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        })
-    }
-
     /// Bytes the protected NARs would take if pin `name` held exactly `new` (FileHash, size when not on
     /// disk yet) instead of what it holds now: what the disk budget must fit.
     pub fn pinned_bytes_with(

@@ -166,6 +166,10 @@ impl Index {
     /// forgotten.
     pub fn reconcile_pushes(&self, protect: bool) -> Result<Vec<PushedRow>, IndexError> {
         let rows = self.pushed()?;
+        if rows.is_empty() {
+            // Nothing pushed (most appliances): no commit, no fsync every upkeep.
+            return Ok(Vec::new());
+        }
         self.write(true, |tx| {
             let mut forgotten = Vec::new();
             for row in rows {
@@ -280,14 +284,7 @@ fn add_protection(
     file_hash: &Sha256Hash,
     delta: i64,
 ) -> Result<(), IndexError> {
-    {
-        let mut table = tx.open_table(PROTECTED)?;
-        let now = table.get(file_hash.0)?.map(|v| v.value()).unwrap_or(0);
-        match now.saturating_add_signed(delta) {
-            0 => table.remove(file_hash.0)?,
-            n => table.insert(file_hash.0, n)?,
-        };
-    }
+    super::nars::protect_in(tx, &[*file_hash], delta)?;
     // Re-evaluates whether the record is still needed, without changing the reference count.
     add_ref(tx, file_hash, 0)
 }

@@ -76,17 +76,6 @@ impl Index {
         })
     }
 
-    /// Store hashes of the narinfo rows pointing at `file_hash`.
-    pub fn narinfos_of(&self, file_hash: &Sha256Hash) -> Result<Vec<String>, IndexError> {
-        self.read(|tx| {
-            let mut out = Vec::new();
-            for v in tx.open_multimap_table(NAR_NARINFOS)?.get(file_hash.0)? {
-                out.push(v?.value().to_string());
-            }
-            Ok(out)
-        })
-    }
-
     /// Records a finished transcode in one transaction: the twin's record, stored; the link; every row
     /// pointing at the original rewritten to the twin; the pins holding the original now holding the
     /// twin; the original's file due to go after the grace. Returns how many rows were switched, or

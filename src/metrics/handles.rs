@@ -106,7 +106,8 @@ impl Resolved {
     }
 }
 
-fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+/// Registers `metric` in `registry` and returns it (names are fixed in code: a clash is a bug).
+pub(super) fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique and valid");

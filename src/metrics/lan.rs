@@ -1,7 +1,7 @@
 //! Metrics of issue 16: transcoding to zstd, warm jobs and pins. Registered in the appliance's one
 //! registry by `handles::Inner::new`; every label set is created at zero.
 
-use prometheus::core::Collector;
+use super::handles::register;
 use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
 
@@ -27,13 +27,6 @@ pub(super) struct LanHandles {
     warm_nars: IntCounterVec,
     pins: IntGauge,
     pinned_bytes: IntGauge,
-}
-
-fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique and valid");
-    metric
 }
 
 impl LanHandles {

@@ -4,7 +4,7 @@
 //! The token names come from the configured sources named `push:<token>`; `none` labels uploads
 //! without a valid token.
 
-use prometheus::core::Collector;
+use super::handles::register;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::Metrics;
@@ -16,7 +16,7 @@ pub const NO_TOKEN: &str = "none";
 /// The `kind` of an upload: a NAR file, a narinfo, or another file Nix may send (`nix-cache-info`,
 /// listings, debug info, logs).
 pub const PUSH_KINDS: [&str; 3] = ["nar", "narinfo", "other"];
-/// Why an upload was refused: the `reason` label (kept in step with `push::error::REASONS`).
+/// Why an upload was refused: the `reason` label (kept in step with `PushError::reason`; checked by the test in `push/error.rs`).
 pub const PUSH_REASONS: [&str; 16] = [
     "unauthorized",
     "forbidden",
@@ -44,13 +44,6 @@ pub(super) struct PushHandles {
     stored_bytes: IntGaugeVec,
     stored_paths: IntGaugeVec,
     pending: IntGauge,
-}
-
-fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique and valid");
-    metric
 }
 
 impl PushHandles {

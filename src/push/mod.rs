@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::nix::signing::PublicKey;
 use crate::trust::Trust;
 pub use error::PushError;
-use pending::{Committing, Ledger, PendingNars, Turns};
+use pending::{Committing, Ledger, PendingNars};
 pub use tokens::Token;
 
 /// How often waiting uploads are expired and pushed rows reconciled with the index.
@@ -43,7 +43,9 @@ pub struct Pushes {
     config: PushConfig,
     ledger: Arc<Ledger>,
     pending: PendingNars,
-    turns: Turns,
+    /// One narinfo at a time per NAR: the second of two builders pushing the same path waits for the
+    /// first, then finds it recorded.
+    turns: crate::turns::Turns<crate::nix::hash::Sha256Hash>,
     committing: Committing,
 }
 
@@ -91,7 +93,7 @@ impl Pushes {
             config: config.clone(),
             ledger: Arc::default(),
             pending: PendingNars::default(),
-            turns: Turns::default(),
+            turns: crate::turns::Turns::default(),
             committing: Committing::default(),
         })
     }

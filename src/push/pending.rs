@@ -217,46 +217,6 @@ impl PendingNars {
     }
 }
 
-/// One narinfo at a time per NAR: the second of two builders pushing the same path waits for the
-/// first, then finds it recorded.
-#[derive(Default)]
-pub struct Turns {
-    turns: Mutex<HashMap<Sha256Hash, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Holds a NAR's turn; forgets the NAR when nobody else waits.
-pub struct TurnGuard<'a> {
-    turns: &'a Turns,
-    file_hash: Sha256Hash,
-    held: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Turns {
-    /// Waits for `file_hash`'s turn.
-    pub async fn turn(&self, file_hash: Sha256Hash) -> TurnGuard<'_> {
-        let turn = match self.turns.lock() {
-            Ok(mut turns) => turns.entry(file_hash).or_default().clone(),
-            Err(_) => Arc::default(),
-        };
-        let held = turn.lock_owned().await;
-        TurnGuard {
-            turns: self,
-            file_hash,
-            held,
-        }
-    }
-}
-
-impl Drop for TurnGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut turns) = self.turns.turns.lock()
-            && Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&self.held)) == 2
-        {
-            turns.remove(&self.file_hash);
-        }
-    }
-}
-
 /// NAR files being moved into the store by a push: the orphan sweep leaves them alone.
 #[derive(Default)]
 pub struct Committing {

@@ -65,16 +65,22 @@ where
         .ledger
         .hold(&token.name, token.quota, length, pushes.config.max_size)?;
     let a = app.clone();
-    let reservation = tokio::task::spawn_blocking(move || a.budget.reserve(&a, length))
-        .await?
-        .map_err(|e| match e {
-            NoSpace::LargerThanCap => PushError::TooLarge("the NAR is larger than the store's cap"),
-            NoSpace::Full(why) => {
-                tracing::warn!(reason = %why, "push refused: no room in the store");
-                PushError::NoRoom
-            }
-        })?;
-    let (guard, file) = app.store.temp_file(&name)?;
+    // Room, then the temp file, both on the blocking pool (creating a file can take a while on a busy
+    // disk; see `fill.rs`).
+    let (reservation, created) = tokio::task::spawn_blocking(move || {
+        a.budget
+            .reserve(&a, length)
+            .map(|r| (r, a.store.temp_file(&name)))
+    })
+    .await?
+    .map_err(|e| match e {
+        NoSpace::LargerThanCap => PushError::TooLarge("the NAR is larger than the store's cap"),
+        NoSpace::Full(why) => {
+            tracing::warn!(reason = %why, "push refused: no room in the store");
+            PushError::NoRoom
+        }
+    })?;
+    let (guard, file) = created?;
     let (file, sha, size) = write_body(app, &token.name, file, length, body, &reservation).await?;
     if size != length {
         return Err(PushError::CutOff(format!("got {size} of {length} bytes")));

@@ -2,6 +2,7 @@
 //! sends) or a Bearer token, compared in constant time, and each bound to a scope — which store-path
 //! names it may publish, how many bytes it may hold, and whether the appliance signs for it.
 
+use crate::server::constant_time_eq;
 use std::path::Path;
 
 use base64::Engine;
@@ -140,10 +141,6 @@ pub fn find<'a>(tokens: &'a [Token], secret: &str) -> Option<&'a Token> {
         }
     }
     found
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any run of characters (also none) and every

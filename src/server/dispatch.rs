@@ -61,17 +61,20 @@ impl Routes {
         mut request: hyper::Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response> + Send + use<> {
-        let fast = fast_route(request.method(), request.uri().path());
+        let path = request.uri().path();
+        // The name is the end of the path: kept as where it starts, the request moves into the future.
+        let fast =
+            fast_route(request.method(), path).map(|(kind, name)| (kind, path.len() - name.len()));
         let routes = self.clone();
         async move {
             match fast {
-                Some(kind) => {
+                Some((kind, name_at)) => {
                     let route = match kind {
                         Fast::Narinfo => NARINFO_ROUTE,
                         Fast::Nar => NAR_ROUTE,
                     };
                     let method = method_index(request.method());
-                    let answer = routes.answer(kind, request);
+                    let answer = routes.answer(kind, name_at, request);
                     let Ok(response) = Timed::new(answer, &routes.observe, route, method).await;
                     response
                 }
@@ -89,14 +92,15 @@ impl Routes {
     async fn answer(
         &self,
         kind: Fast,
+        name_at: usize,
         request: hyper::Request<Incoming>,
     ) -> Result<Response, Infallible> {
-        let path = request.uri().path();
         let method = request.method();
         let headers = request.headers();
+        let name = &request.uri().path()[name_at..];
         let result = match kind {
-            Fast::Narinfo => super::narinfo_answer(&self.app, &path[1..], headers).await,
-            Fast::Nar => super::nar::answer(&self.app, &path[5..], method, headers).await,
+            Fast::Narinfo => super::narinfo_answer(&self.app, name, headers).await,
+            Fast::Nar => super::nar::answer(&self.app, name, method, headers).await,
         };
         let mut response = result.unwrap_or_else(IntoResponse::into_response);
         // As axum's routes do: the length of an exact body, then no body for HEAD.
@@ -114,20 +118,21 @@ impl Routes {
     }
 }
 
-/// The fast route of a request, if it has one: GET or HEAD of `/<name>.narinfo` or `/nar/<name>`, one
-/// path segment, nothing to percent-decode.
-fn fast_route(method: &Method, path: &str) -> Option<Fast> {
+/// The fast route of a request and the name its handler takes (`<hash>.narinfo`, or the NAR file's
+/// name), if it has one: GET or HEAD of `/<hash>.narinfo` or `/nar/<name>`, one path segment,
+/// nothing to percent-decode.
+fn fast_route<'p>(method: &Method, path: &'p str) -> Option<(Fast, &'p str)> {
     if *method != Method::GET && *method != Method::HEAD {
         return None;
     }
     let rest = path.strip_prefix('/')?;
     if rest.contains(['/', '%']) {
         return match rest.strip_prefix("nar/") {
-            Some(name) if !name.is_empty() && !name.contains(['/', '%']) => Some(Fast::Nar),
+            Some(name) if !name.is_empty() && !name.contains(['/', '%']) => Some((Fast::Nar, name)),
             _ => None,
         };
     }
-    rest.ends_with(".narinfo").then_some(Fast::Narinfo)
+    rest.ends_with(".narinfo").then_some((Fast::Narinfo, rest))
 }
 
 #[cfg(test)]
@@ -138,15 +143,19 @@ mod tests {
     fn only_plain_narinfo_and_nar_reads_take_the_fast_path() {
         let get = Method::GET;
         let hash = "0123456789abcdfghijklmnpqrsvwxyz";
+        let narinfo = format!("{hash}.narinfo");
         assert_eq!(
-            fast_route(&get, &format!("/{hash}.narinfo")),
-            Some(Fast::Narinfo)
+            fast_route(&get, &format!("/{narinfo}")),
+            Some((Fast::Narinfo, narinfo.as_str()))
         );
         assert_eq!(
-            fast_route(&Method::HEAD, &format!("/{hash}.narinfo")),
-            Some(Fast::Narinfo)
+            fast_route(&Method::HEAD, &format!("/{narinfo}")),
+            Some((Fast::Narinfo, narinfo.as_str()))
         );
-        assert_eq!(fast_route(&get, "/nar/abc.nar.xz"), Some(Fast::Nar));
+        assert_eq!(
+            fast_route(&get, "/nar/abc.nar.xz"),
+            Some((Fast::Nar, "abc.nar.xz"))
+        );
         // Everything else is routed by axum, which answers it as before.
         assert_eq!(fast_route(&Method::PUT, &format!("/{hash}.narinfo")), None);
         assert_eq!(fast_route(&Method::POST, "/nar/abc.nar.xz"), None);

@@ -21,8 +21,11 @@ use crate::fill::{self, Fills, Joined, Subscription, Want};
 use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
 
-/// Chunk reads of stored files running at once (see [`read_ahead`]).
-static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Chunk reads of stored files running at once (see [`read_ahead`]): one per core (2 on the machine
+/// the limit was measured on, docs/benchmarks.md "Large NARs").
+static READERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+});
 
 /// Stored files up to this size are read on the async worker and sent in one piece: a copy from the
 /// page cache of at most a few tens of microseconds, cheaper than a hop to the blocking pool (most NARs

@@ -74,21 +74,18 @@ impl BucketSource {
         let started = Instant::now();
         let result = self.fetch_narinfo(hash).await;
         self.metrics.observe(RequestKind::Narinfo, started, &result);
+        // Only outages move the back-off.
+        self.health.observe(&result);
         match &result {
             Ok(NarinfoAnswer::Rejected(why, reason)) => {
                 tracing::warn!(source = %self.id(), hash = %hash, reason = ?reason, "bucket narinfo rejected");
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.metrics.rejected(*why, reason);
-                self.health.success();
             }
-            Ok(_) => self.health.success(),
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(source = %self.id(), hash = %hash, error = %e, "bucket narinfo request failed");
             }
-        }
-        if result.is_err() {
-            // Only outages move the back-off.
-            self.health.observe(&result);
         }
         result
     }

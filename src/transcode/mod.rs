@@ -13,7 +13,7 @@
 //! is fetched again from its source if someone still asks. A twin whose file went (evicted, damaged) is
 //! made again from its original, at the level recorded for it, when it is asked for ([`regenerate`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -83,7 +83,7 @@ pub struct Transcoder {
     queue: Mutex<Queue>,
     wake: Condvar,
     /// One regeneration per twin at a time.
-    regenerating: Mutex<HashMap<Sha256Hash, Arc<tokio::sync::Mutex<()>>>>,
+    regenerating: crate::turns::Turns<Sha256Hash>,
 }
 
 #[derive(Default)]
@@ -274,17 +274,11 @@ fn transcode_stored(
         now,
         keep_original_until: now + app.config.transcode_keep_original.as_secs(),
     });
-    match committed {
-        Ok(Some(rows)) => Ok(Some((record.file_size.unwrap_or(0), encoded.size, rows))),
-        Ok(None) => {
-            app.store.remove(&twin)?;
-            Err(TranscodeError::Changed)
-        }
-        Err(e) => {
-            let _ = app.store.remove(&twin);
-            Err(e.into())
-        }
-    }
+    let rows = app
+        .store
+        .keep_if_recorded(&twin, committed.map_err(TranscodeError::from))?
+        .ok_or(TranscodeError::Changed)?;
+    Ok(Some((record.file_size.unwrap_or(0), encoded.size, rows)))
 }
 
 /// Makes twin `expected` again from the stored original, at `level`, and records it stored. Returns
@@ -305,17 +299,14 @@ fn make_again(
         compression: Compression::Zstd,
     };
     app.store.commit(encoded.guard, &encoded.file, &twin)?;
-    match app.index.restore_twin(&expected, encoded.size, unix_now()) {
-        Ok(Some(_)) => Ok(encoded.size),
-        Ok(None) => {
-            app.store.remove(&twin)?;
-            Err(TranscodeError::Changed)
-        }
-        Err(e) => {
-            let _ = app.store.remove(&twin);
-            Err(e.into())
-        }
-    }
+    let restored = app
+        .index
+        .restore_twin(&expected, encoded.size, unix_now())
+        .map_err(TranscodeError::from);
+    app.store
+        .keep_if_recorded(&twin, restored)?
+        .ok_or(TranscodeError::Changed)?;
+    Ok(encoded.size)
 }
 
 /// Queues the stored xz/bzip2 NARs that have no twin yet (stored before transcoding was on, or queued

@@ -1,7 +1,6 @@
 //! Making a twin's file again when a client (or a warm job) asks for it and it is not on disk:
 //! evicted, or dropped as damaged. The original is fetched first if needed.
 
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,22 +49,8 @@ pub async fn regenerate(app: &Arc<App>, name: &NarName) -> Result<bool, Regenera
     let Some(original) = app.index.original_of(&name.file_hash)? else {
         return Ok(false);
     };
-    let turn = {
-        let mut turns = app
-            .transcoder
-            .regenerating
-            .lock()
-            .map_err(|_| TranscodeError::Io(io::Error::other("lock poisoned")))?;
-        turns.entry(name.file_hash).or_default().clone()
-    };
-    let _held = turn.lock().await;
-    let result = regenerate_locked(app, name, original).await;
-    if let Ok(mut turns) = app.transcoder.regenerating.lock()
-        && Arc::strong_count(&turn) == 2
-    {
-        turns.remove(&name.file_hash);
-    }
-    result.map(|()| true)
+    let _turn = app.transcoder.regenerating.turn(name.file_hash).await;
+    regenerate_locked(app, name, original).await.map(|()| true)
 }
 
 async fn regenerate_locked(

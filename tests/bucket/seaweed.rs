@@ -183,7 +183,7 @@ impl Seaweed {
         }
     }
 
-    /// Stops the server (kill by PID); its data stays for [`Seaweed::restart`].
+    /// Stops the server (kill by PID); its data stays in its folder.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -17,7 +17,7 @@ let
   inherit (flake.inputs.nixpkgs) lib;
   pkgs = flake.inputs.nixpkgs.legacyPackages.x86_64-linux;
   keys = import ../../nixos-appliance/test-keys.nix;
-  cacheNixosOrg = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+  cacheNixosOrg = builtins.head (import ../../nixos-appliance/defaults.nix).trusted_keys;
 
   # A small x86_64 machine: just enough for a system to instantiate (a root file system, no boot loader).
   machineBase = {
@@ -499,19 +499,10 @@ let
           }
         ]);
       };
-      client-server-url = {
-        expect = "services.nixcache-client.servers";
-        value =
-          (machine [
-            flake.nixosModules.client
-            {
-              services.nixcache-client = {
-                enable = true;
-                servers = [ "192.168.1.10:37515" ];
-              };
-            }
-          ]).config.nix.settings.extra-substituters;
-      };
+      client-server-url = client "services.nixcache-client.servers" {
+        enable = true;
+        servers = [ "192.168.1.10:37515" ];
+      } (c: c.nix.settings.extra-substituters);
     };
   # The facts come in groups, each evaluated by a process of its own: one process for all of them peaks
   # near 10 GB, as every system evaluated stays referenced until the JSON is printed.
