@@ -18,6 +18,8 @@
   index_retention = 2592000;
   scrub_interval = 604800;
   index_cache_size = "128MiB";
+  prefetch = true;
+  prefetch_max_size = "256MiB";
   upstreams = [ "https://cache.nixos.org" ];
   trusted_keys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
   mdns = true;

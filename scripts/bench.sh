@@ -56,7 +56,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 scripts/install-peers.sh --bench
-for tool in cargo nix-build nix nginx wrk curl python3 sha256sum eatmydata taskset; do
+for tool in cargo nix-build nix nginx wrk curl python3 sha256sum taskset; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 1; }
 done
 
@@ -392,6 +392,8 @@ if want closure; then
     rm -rf "$d"
     awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }'
   }
+  # The run's config (BENCH_CONFIG, if any) with fetching ahead turned off.
+  { [ -n "${BENCH_CONFIG:-}" ] && cat "$BENCH_CONFIG"; echo "prefetch = false"; } > "$W/no-prefetch.toml"
   declare -A CT
   for r in $(seq 1 "$CLOSURE_ROUNDS"); do
     rm -rf "$W/closure-data"
@@ -408,11 +410,14 @@ if want closure; then
     wait_fills "$CLOSURE_PORT"
     CT[warm-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
     stop "$cpid"
-    # The same cold copy with every fsync made a no-op (eatmydata): what durability costs, for diagnosis.
+    # The same cold copy without fetching ahead (prefetch = false): what fetching ahead buys.
     rm -rf "$W/closure-data"
-    start_nixcache "$CLOSURE_PORT" "$W/closure-data" "$W/closure-nixcache-nofsync.log" eatmydata
+    saved_config=("${CONFIG[@]}")
+    CONFIG=(--config "$W/no-prefetch.toml")
+    start_nixcache "$CLOSURE_PORT" "$W/closure-data" "$W/closure-nixcache-noprefetch.log"
+    CONFIG=("${saved_config[@]}")
     cpid=$STARTED_PID
-    CT[nofsync-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
+    CT[noprefetch-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
     stop "$cpid"
     # The same cold copy with the client on one core and nixcache on the other, as two machines of a
     # LAN would be (here they share two cores: nixcache's xz verification competes with the client's
@@ -423,7 +428,7 @@ if want closure; then
     CT[pinneddirect-$r]=$(copy_time "$NGINX" taskset -c 0)
     CT[pinned-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT" taskset -c 0)
     stop "$cpid"
-    log "closure round $r: direct ${CT[direct-$r]} s, cold ${CT[cold-$r]} s, all hits ${CT[warm-$r]} s, cold without fsync ${CT[nofsync-$r]} s, on separate cores ${CT[pinneddirect-$r]} s direct / ${CT[pinned-$r]} s cold"
+    log "closure round $r: direct ${CT[direct-$r]} s, cold ${CT[cold-$r]} s, all hits ${CT[warm-$r]} s, cold without fetching ahead ${CT[noprefetch-$r]} s, on separate cores ${CT[pinneddirect-$r]} s direct / ${CT[pinned-$r]} s cold"
   done
   # closure_row LABEL KIND [REFERENCE]: REFERENCE (default direct) vs KIND over the rounds.
   closure_row() {
@@ -437,7 +442,7 @@ if want closure; then
   }
   closure_row "all hits through nixcache" warm
   closure_row "first, cold copy through nixcache (fetched from nginx)" cold
-  closure_row "cold copy, nixcache under eatmydata (fsync a no-op; diagnosis only)" nofsync
+  closure_row "cold copy without fetching ahead (\`prefetch = false\`; diagnosis only)" noprefetch
   closure_row "cold copy, client on one core and nixcache on the other (as on a LAN; diagnosis only)" pinned pinneddirect
   # What the first cold copy's requests waited for inside nixcache (time to response headers).
   cold_breakdown=$(awk '

@@ -26,7 +26,6 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v zstd >/dev/null || need+=(zstd)
 if [ "${1:-}" = "--bench" ]; then
   command -v wrk >/dev/null || need+=(wrk)
-  command -v eatmydata >/dev/null || need+=(eatmydata)   # the cold-copy diagnosis without fsyncs
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -95,6 +95,8 @@ pub struct App {
     pub transcoder: crate::transcode::Transcoder,
     /// Issue 16: warm jobs.
     pub warm: crate::warm::WarmJobs,
+    /// Issue 14: narinfos and NARs fetched before a client asks.
+    pub prefetch: crate::prefetch::Prefetch,
     /// When it started, for `/_status`.
     pub started: Instant,
     /// Cancelled when shutdown begins: no new connections, in-flight requests drain.
@@ -265,6 +267,7 @@ impl App {
             }
             None => None,
         };
+        let prefetch = crate::prefetch::Prefetch::new(config.prefetch, config.prefetch_max_size);
         Ok(Arc::new(App {
             config,
             index,
@@ -281,6 +284,7 @@ impl App {
             pushes,
             transcoder: Default::default(),
             warm: Default::default(),
+            prefetch,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stopped: CancellationToken::new(),

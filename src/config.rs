@@ -103,6 +103,10 @@ pub const DEFAULT_INDEX_RETENTION_SECS: u64 = 30 * 24 * 3600;
 pub const DEFAULT_SCRUB_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 /// Memory redb may use to cache index pages (the OS page cache holds the file too).
 pub const DEFAULT_INDEX_CACHE_SIZE: &str = "128MiB";
+/// Issue 14: whether narinfos and NARs a client is about to ask for are fetched ahead.
+pub const DEFAULT_PREFETCH: bool = true;
+/// Issue 14: the largest NAR file fetched ahead.
+pub const DEFAULT_PREFETCH_MAX_SIZE: &str = "256MiB";
 
 /// Issue 16: `transcode` unless told otherwise.
 pub const DEFAULT_TRANSCODE: &str = "zstd";
@@ -180,6 +184,10 @@ pub struct FileConfig {
     pub scrub_interval: Option<u64>,
     /// Memory the index may use to cache its pages.
     pub index_cache_size: Option<SizeValue>,
+    /// Fetch ahead what a client is about to ask for (references' narinfos, asked-for narinfos' NARs).
+    pub prefetch: Option<bool>,
+    /// The largest NAR file fetched ahead.
+    pub prefetch_max_size: Option<SizeValue>,
     /// Upstream caches, most preferred first: URLs, or tables with per-source trust.
     pub upstreams: Option<Vec<UpstreamEntry>>,
     /// Secret key (Nix format) the appliance signs what it serves with.
@@ -379,6 +387,10 @@ pub struct Config {
     pub scrub_interval: Option<Duration>,
     /// Bytes of memory the index may use to cache its pages.
     pub index_cache_size: u64,
+    /// Whether what a client is about to ask for is fetched ahead (`prefetch.rs`).
+    pub prefetch: bool,
+    /// The largest NAR file fetched ahead, in bytes.
+    pub prefetch_max_size: u64,
     /// Upstream caches, most preferred first.
     pub upstreams: Vec<UpstreamConfig>,
     /// The appliance's secret key file, if it signs.
@@ -614,6 +626,12 @@ impl Config {
                 &file.index_cache_size,
                 "index_cache_size",
                 DEFAULT_INDEX_CACHE_SIZE,
+            )?,
+            prefetch: file.prefetch.unwrap_or(DEFAULT_PREFETCH),
+            prefetch_max_size: size(
+                &file.prefetch_max_size,
+                "prefetch_max_size",
+                DEFAULT_PREFETCH_MAX_SIZE,
             )?,
             upstreams: checked,
             signing_key_file,

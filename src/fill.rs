@@ -315,6 +315,11 @@ impl Fills {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
 
+    /// Whether a download could start now without waiting for a slot.
+    pub fn has_free_slot(&self) -> bool {
+        self.in_flight() < self.limits.max_running
+    }
+
     /// Whether a fill of `file_hash` is running (the orphan sweep leaves its file alone), checked
     /// under the same lock a fill holds until its file is committed; `f` runs under it.
     pub fn unless_running<T>(
@@ -341,8 +346,12 @@ impl Fills {
             .running
             .lock()
             .map_err(|_| io::Error::other("fill table poisoned"))?;
+        // Only clients' requests are counted (a warm job's or a fetch ahead's fill is not a request).
+        let counted = want == Want::Client;
         if let Some(fill) = running.get(&name.file_hash) {
-            app.metrics.nar(NarResult::Coalesced, &record.source);
+            if counted {
+                app.metrics.nar(NarResult::Coalesced, &record.source);
+            }
             return Ok(Joined::Fill(subscribe(fill.clone(), want)));
         }
         // A fill that just finished has left the table after committing: check before starting another.
@@ -382,7 +391,9 @@ impl Fills {
         running.insert(name.file_hash, fill.clone());
         let subscription = subscribe(fill.clone(), want);
         drop(running);
-        app.metrics.nar(NarResult::Miss, &record.source);
+        if counted {
+            app.metrics.nar(NarResult::Miss, &record.source);
+        }
         let app = app.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
@@ -550,16 +561,29 @@ async fn download(
     // written and offered to the clients at once, and checked meanwhile, so the appliance decompresses
     // while its clients do instead of before them. Only the last byte waits for the verdict. At most
     // VERIFY_QUEUE batches wait for the verifier, so a slow verifier holds up the download, never memory.
-    let mut verifier = NarVerifier::new(Expected::from_record(name, record))?;
-    let (to_verify, mut batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(VERIFY_QUEUE);
-    let verifying = tokio::task::spawn_blocking(move || -> Result<u64, VerifyError> {
-        while let Some(batch) = batches.blocking_recv() {
-            for chunk in &batch {
-                verifier.update(chunk)?;
-            }
-        }
-        verifier.finish()
-    });
+    let verifier = NarVerifier::new(Expected::from_record(name, record))?;
+    let (to_verify, batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(VERIFY_QUEUE);
+    let (verdict_tx, verdict) = tokio::sync::oneshot::channel();
+    let check = Check {
+        verifier,
+        batches,
+        verdict: verdict_tx,
+        fill: fill.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    // A fill no client waits for (fetched ahead, warmed) is checked on a thread of its own at the
+    // lowest priority, so it never takes the CPU from clients or from the appliance serving them;
+    // when a client joins it, the check moves to a pooled thread at normal priority.
+    if fill.keep.load(Ordering::Relaxed) && fill.clients.load(Ordering::Relaxed) == 0 {
+        std::thread::Builder::new()
+            .name("nixcache-verify".into())
+            .spawn(move || {
+                crate::priority::lower();
+                check.run(true);
+            })?;
+    } else {
+        tokio::task::spawn_blocking(move || check.run(false));
+    }
     let mut written = 0u64;
     let mut last_byte = Instant::now();
     let mut window = (Instant::now(), 0u64);
@@ -632,8 +656,40 @@ async fn download(
         }
     }
     drop(to_verify);
-    let size = verifying.await.map_err(io::Error::other)??;
+    let size = verdict
+        .await
+        .map_err(|_| io::Error::other("the verifier ended without a verdict"))??;
     Ok(size)
+}
+
+/// A fill's verification, fed batch by batch, on a thread of its own.
+struct Check {
+    verifier: NarVerifier,
+    batches: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+    verdict: tokio::sync::oneshot::Sender<Result<u64, VerifyError>>,
+    fill: Arc<Fill>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Check {
+    /// Checks every batch, then sends the verdict. `background`: the calling thread runs at the lowest
+    /// priority; once a client waits for the fill, the rest moves to a normal-priority pooled thread.
+    fn run(mut self, background: bool) {
+        while let Some(batch) = self.batches.blocking_recv() {
+            for chunk in &batch {
+                if let Err(e) = self.verifier.update(chunk) {
+                    let _ = self.verdict.send(Err(e));
+                    return;
+                }
+            }
+            if background && self.fill.clients.load(Ordering::Relaxed) > 0 {
+                let runtime = self.runtime.clone();
+                runtime.spawn_blocking(move || self.run(false));
+                return;
+            }
+        }
+        let _ = self.verdict.send(self.verifier.finish());
+    }
 }
 
 /// Makes the verified file durable and records it. Blocking.

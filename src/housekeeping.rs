@@ -95,6 +95,7 @@ pub fn start(app: &Arc<App>) -> Background {
             crate::bucket::publish::run_publisher,
         ),
         supervise(app, "bucket-gc", crate::bucket::gc::run),
+        supervise(app, "prefetch", crate::prefetch::run),
     ];
     // Issue 16: transcoding threads, originals' grace, configured pins.
     tasks.push(crate::transcode::start(app));

@@ -22,6 +22,8 @@ pub mod mirror;
 pub mod nix;
 pub mod oci;
 pub mod pins;
+pub mod prefetch;
+pub mod priority;
 pub mod push;
 pub mod redact;
 pub mod server;

@@ -27,12 +27,39 @@ pub enum LookupError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The narinfo text to serve for `hash`, or `None` when it is absent everywhere.
+/// Who asks for a narinfo: what is fetched ahead for it (`prefetch.rs`) depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// A client: the references' narinfos and the NAR are fetched ahead.
+    Client,
+    /// Fetching ahead: the references' narinfos are fetched ahead; the NAR waits for a client's ask.
+    Ahead,
+    /// A warm job, which follows the closure itself: nothing is fetched ahead for it.
+    Warm,
+}
+
+/// The narinfo text to serve a client for `hash`, or `None` when it is absent everywhere.
 pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
-    match answer(app, hash).await {
+    narinfo_as(app, hash, Asker::Client)
+        .await
+        .map(|(_, text)| text)
+}
+
+/// The narinfo of `hash` for `asker` and how it was reached. Counted in the narinfo metrics unless it
+/// was fetched ahead (`prefetch.rs` counts those).
+pub async fn narinfo_as(
+    app: &Arc<App>,
+    hash: StoreHash,
+    asker: Asker,
+) -> Result<(NarinfoResult, Option<String>), LookupError> {
+    let answered = answer(app, hash, asker).await;
+    if asker == Asker::Ahead {
+        return answered.map(|(result, _, text)| (result, text));
+    }
+    match answered {
         Ok((result, source, text)) => {
             app.metrics.narinfo(result, &source);
-            Ok(text)
+            Ok((result, text))
         }
         Err(e) => {
             app.metrics.narinfo(NarinfoResult::Error, "");
@@ -49,11 +76,15 @@ pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, 
 fn known(
     app: &App,
     hash: &StoreHash,
+    asker: Asker,
 ) -> Result<Option<(NarinfoResult, String, Option<String>)>, LookupError> {
     if let Some(row) = app.index.narinfo(hash)? {
         match app.policies.verdict(&row) {
             Verdict::Current | Verdict::StillAccepted => {
                 app.index.asked(hash, unix_now());
+                if asker == Asker::Client {
+                    app.prefetch.asked(app, hash);
+                }
                 let text = signed_now(app, &row.signer, row.text);
                 return Ok(Some((NarinfoResult::Hit, row.source, Some(text))));
             }
@@ -72,24 +103,26 @@ fn known(
 async fn answer(
     app: &Arc<App>,
     hash: StoreHash,
+    asker: Asker,
 ) -> Result<(NarinfoResult, String, Option<String>), LookupError> {
-    if let Some(known) = known(app, &hash)? {
+    if let Some(known) = known(app, &hash, asker)? {
         return Ok(known);
     }
     // Boxed: the future of every request holds room for its largest state, and hyper moves it; a hit
     // should not carry (and copy) the upstream lookup's (see docs/benchmarks.md).
-    Box::pin(ask_sources(app, hash)).await
+    Box::pin(ask_sources(app, hash, asker)).await
 }
 
 /// The answer when the index has none: the sources are asked, one lookup per hash at a time.
 async fn ask_sources(
     app: &Arc<App>,
     hash: StoreHash,
+    asker: Asker,
 ) -> Result<(NarinfoResult, String, Option<String>), LookupError> {
     // One upstream lookup per hash at a time: clients asking for the same missing path together (a
     // closure being fetched by several machines) wait for the first lookup and then read its result.
     let _turn = app.lookups.turn(hash).await;
-    if let Some(known) = known(app, &hash)? {
+    if let Some(known) = known(app, &hash, asker)? {
         return Ok(known);
     }
     // The shared bucket (issue 13), when configured, is asked before the upstreams.
@@ -100,6 +133,7 @@ async fn ask_sources(
             nar_url,
         } => {
             let store_path = narinfo.store_path.to_string();
+            let references: Vec<StoreHash> = narinfo.references.iter().map(|r| r.hash).collect();
             let a = app.clone();
             let recorded = source_url.clone();
             let recorded =
@@ -116,6 +150,9 @@ async fn ask_sources(
                 return Ok((NarinfoResult::Miss, String::new(), None));
             };
             app.metrics.fetched_narinfo(&store_path, &source_url);
+            // Before the turn ends: a client waiting for this lookup finds it fetched ahead.
+            app.prefetch
+                .fetched(app, hash, references.into_iter(), asker);
             Ok((NarinfoResult::Fetched, source_url, Some(text)))
         }
         Lookup::Absent => {

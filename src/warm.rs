@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::clock::unix_now;
 use crate::fill::{FillError, Fills, Joined, Want};
 use crate::index::PinRecord;
+use crate::lookup::Asker;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::{StoreHash, StorePath};
@@ -307,8 +308,9 @@ async fn resolve(
         let found: Vec<(StorePath, Result<Option<String>, String>)> =
             futures_util::stream::iter(std::mem::take(&mut frontier))
                 .map(|path| async move {
-                    let text = crate::lookup::narinfo(app, path.hash)
+                    let text = crate::lookup::narinfo_as(app, path.hash, Asker::Warm)
                         .await
+                        .map(|(_, text)| text)
                         .map_err(|e| e.to_string());
                     (path, text)
                 })

@@ -157,6 +157,10 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
     let up = TestUpstream::start(&fx.caches["none"]).await;
     let data = tempfile::tempdir().unwrap();
     let (mut child, url, _logs) = start(data.path(), &up.url);
+    // Slow from the start: the appliance fetches the NAR ahead as soon as the narinfo is asked for
+    // (`prefetch`, on by default), and the request below must find that download still running (64 KiB
+    // every 20 ms: 1.3 s for the 4 MiB NAR).
+    up.set_fault(Fault::SlowNar);
     let text = reqwest::get(format!("{url}/{}.narinfo", hash_of(&fx.big)))
         .await
         .unwrap()
@@ -166,7 +170,6 @@ async fn kill_9_mid_download_leaves_only_verified_data() {
     let nar = field(&text, "URL").unwrap().to_string();
     // Longer than the group commit's interval (250 ms): the narinfo's row is durable by now.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    up.set_fault(Fault::SlowNar);
     let mut response = reqwest::get(format!("{url}/{nar}")).await.unwrap();
     response.chunk().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

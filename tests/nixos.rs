@@ -274,6 +274,8 @@ fn server_full_settings_reach_the_daemon_the_unit_and_the_firewall() {
         "index_retention: 86400s",
         "scrub_interval: None",
         "index_cache_size: 67108864",
+        "prefetch: false",
+        "prefetch_max_size: 1048576",
         // Limits.
         "header_timeout: 30s",
         "keepalive_timeout: 20s",

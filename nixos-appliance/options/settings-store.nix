@@ -119,5 +119,20 @@ in
         random hits on a very large index faster; the process's memory grows up to it under load.
       '';
     };
+    prefetch = mkOption {
+      type = types.bool;
+      default = defaults.prefetch;
+      description = ''
+        Fetch ahead what a client is about to ask for: the narinfos of a fetched narinfo's references,
+        and the NAR of a narinfo a client asked for. The first machine copying a closure then waits for
+        the appliance's disk instead of the upstream. Costs upstream traffic only for NARs a client
+        asked the narinfo of and then did not fetch (`nix build --dry-run`).
+      '';
+    };
+    prefetch_max_size = mkOption {
+      type = nixcacheTypes.size;
+      default = defaults.prefetch_max_size;
+      description = "The largest NAR file fetched ahead; larger ones are fetched when a client asks.";
+    };
   };
 }

@@ -14,6 +14,9 @@ pub const TRANSCODE_RESULTS: [&str; 3] = ["transcoded", "failed", "no_room"];
 pub const WARM_OUTCOMES: [&str; 2] = ["done", "failed"];
 /// What a warm job did with one NAR.
 pub const WARM_NAR_RESULTS: [&str; 3] = ["already_stored", "fetched", "failed"];
+/// What fetching ahead (issue 14) did with one narinfo or NAR.
+pub const PREFETCH_RESULTS: [&str; 6] =
+    ["fetched", "known", "absent", "skipped", "failed", "dropped"];
 
 /// The handles.
 pub(super) struct LanHandles {
@@ -27,6 +30,7 @@ pub(super) struct LanHandles {
     warm_nars: IntCounterVec,
     pins: IntGauge,
     pinned_bytes: IntGauge,
+    prefetch: IntCounterVec,
 }
 
 impl LanHandles {
@@ -89,6 +93,25 @@ impl LanHandles {
                 "nixcache_pinned_bytes",
                 "Bytes of stored NARs held by pins (never evicted).",
             ),
+            prefetch: {
+                let v = register(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "nixcache_prefetch_total",
+                            "Narinfos and NARs fetched ahead of a client's ask, by kind (narinfo, nar) and result (fetched, known, absent, skipped, failed, dropped).",
+                        ),
+                        &["kind", "result"],
+                    )
+                    .expect("valid counter"),
+                );
+                for kind in ["narinfo", "nar"] {
+                    for result in PREFETCH_RESULTS {
+                        v.with_label_values(&[kind, result]);
+                    }
+                }
+                v
+            },
         }
     }
 }
@@ -111,6 +134,16 @@ pub struct TranscodeTotals {
 }
 
 impl Metrics {
+    /// Counts one narinfo or NAR fetched ahead (`prefetch.rs`): `kind` is `narinfo` or `nar`, `result`
+    /// one of [`PREFETCH_RESULTS`].
+    pub fn prefetch(&self, kind: &str, result: &str) {
+        self.inner
+            .lan
+            .prefetch
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
     /// Counts a NAR transcoded: file sizes before and after.
     pub fn transcoded(&self, nar: &str, before: u64, after: u64) {
         let l = &self.inner.lan;

@@ -18,20 +18,6 @@ use crate::nix::narinfo::Compression;
 use crate::store::TempGuard;
 use crate::verify::{Expected, NarVerifier};
 
-/// Nice 19 and the idle I/O class for the calling thread only: transcoding never competes with fills
-/// and hits for the CPU or the disk.
-pub(super) fn lower_priority() {
-    // SAFETY: plain syscalls on the calling thread's id; failures only leave the priority as it was.
-    unsafe {
-        let tid = libc::gettid();
-        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
-            tracing::warn!("cannot lower the transcoding thread's CPU priority");
-        }
-        // IOPRIO_WHO_PROCESS (1) of this thread (0), class IDLE (3) in the top bits.
-        libc::syscall(libc::SYS_ioprio_set, 1, 0, 3 << 13);
-    }
-}
-
 /// CPU seconds the calling thread has used.
 pub(super) fn thread_cpu() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct it is given.

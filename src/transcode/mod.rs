@@ -43,7 +43,7 @@ mod regenerate;
 
 pub use regenerate::{RegenerateError, regenerate, wait_stored};
 
-use encode::{encode, lower_priority, thread_cpu};
+use encode::{encode, thread_cpu};
 
 /// Why a transcode failed. Logged; the original keeps being served.
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +194,8 @@ pub fn start(app: &Arc<App>) -> JoinHandle<()> {
 
 /// One transcoding thread: lowest priority, one NAR at a time, until shutdown.
 fn worker(app: Arc<App>) {
-    lower_priority();
+    // Transcoding never competes with fills and hits for the CPU or the disk.
+    crate::priority::lower();
     while let Some(file_hash) = app.transcoder.next(&app) {
         let started = thread_cpu();
         let result = transcode_stored(&app, &file_hash);

@@ -500,6 +500,9 @@ pub fn test_config(data_dir: &Path, upstreams: &[&str]) -> Config {
     // Background transcoding to zstd (issue 16) rewrites narinfos and adds files a while after a fill;
     // tests of other parts assert exact texts and counts, so it is on only where a test asks for it.
     c.transcode_level = None;
+    // Fetching ahead (issue 14) makes upstream requests no client made; tests count those exactly, so
+    // it is on only where a test asks for it (tests/prefetch.rs).
+    c.prefetch = false;
     c
 }
 

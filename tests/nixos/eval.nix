@@ -101,6 +101,8 @@ let
         index_retention = 86400;
         scrub_interval = 0;
         index_cache_size = "64MiB";
+        prefetch = false;
+        prefetch_max_size = "1MiB";
         # Limits: trust_loopback off makes the warm job carry the admin token.
         header_timeout = 30;
         keepalive_timeout = 20;

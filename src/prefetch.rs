@@ -1,0 +1,244 @@
+//! Fetching ahead (issue 14): what a client will ask for next, fetched from the sources before it asks.
+//!
+//! A Nix client copying a closure asks for the narinfos one at a time, following References, then for
+//! the NARs one at a time, leaves first, each ask waiting for the answer to the last. On a cold
+//! appliance every one of those answers waits for a source, and the first machine of the LAN pays for
+//! it. So, when a narinfo is fetched from a source, the narinfos of its references are fetched too (and
+//! theirs in turn); and when a client asks for a narinfo whose NAR is not on disk, that NAR is fetched.
+//! By the time the client asks, the narinfo is an index hit and the NAR is on disk or a fill already
+//! under way, which the client joins (`fill.rs`): nothing is downloaded twice.
+//!
+//! What is fetched ahead goes through the same paths as a client's ask: narinfos are validated,
+//! signed and recorded by `lookup.rs`, NARs verified by a fill before anything is kept.
+//!
+//! Bounds: [`NARINFO_WORKERS`] lookups and [`NAR_WORKERS`] NAR downloads at once; at most [`QUEUE_MAX`]
+//! of each waiting (more are dropped: the client then asks for them itself, as without fetching ahead).
+//! A NAR is fetched ahead only for a narinfo a client asked for (so `nix path-info -r` costs narinfos,
+//! never NARs), only when it is at most `prefetch_max_size`, and only while a download slot is free
+//! for clients. `prefetch = false` turns all of it off.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::app::App;
+use crate::fill::{Fills, Joined, Want};
+use crate::lookup::Asker;
+use crate::metrics::NarinfoResult;
+use crate::nix::nar_name::NarName;
+use crate::nix::store_path::StoreHash;
+
+/// Narinfo lookups fetched ahead at once (a Nix client asks for one at a time).
+pub const NARINFO_WORKERS: usize = 4;
+/// NARs fetched ahead at once.
+pub const NAR_WORKERS: usize = 2;
+/// Most hashes waiting in each queue, and most narinfos fetched ahead that wait for a client's ask.
+pub const QUEUE_MAX: usize = 100_000;
+
+/// What is waiting to be fetched ahead.
+pub struct Prefetch {
+    enabled: bool,
+    max_nar_size: u64,
+    state: Mutex<State>,
+    /// Entries in `State::ahead`, read without the lock on every narinfo hit.
+    ahead_len: AtomicUsize,
+    narinfo_ready: Notify,
+    nar_ready: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Narinfos to look up, in the order their referrers were fetched (the order a client asks).
+    narinfos: VecDeque<StoreHash>,
+    /// Those hashes, and those being looked up: each is queued once at a time.
+    queued: HashSet<StoreHash>,
+    /// NARs to fetch, newest first: a client asks for the narinfos from the top of a closure down and
+    /// for the NARs from the leaves up.
+    nars: Vec<StoreHash>,
+    /// Narinfos fetched ahead whose NAR waits for a client to ask for the narinfo.
+    ahead: HashSet<StoreHash>,
+}
+
+impl Prefetch {
+    /// Nothing queued. `max_nar_size`: the largest NAR file fetched ahead.
+    pub fn new(enabled: bool, max_nar_size: u64) -> Prefetch {
+        Prefetch {
+            enabled,
+            max_nar_size,
+            state: Mutex::default(),
+            ahead_len: AtomicUsize::new(0),
+            narinfo_ready: Notify::new(),
+            nar_ready: Notify::new(),
+        }
+    }
+
+    /// A narinfo of `hash` was just fetched from a source for `asker`, with these references.
+    pub fn fetched(
+        &self,
+        app: &App,
+        hash: StoreHash,
+        references: impl Iterator<Item = StoreHash>,
+        asker: Asker,
+    ) {
+        if !self.enabled || asker == Asker::Warm {
+            return;
+        }
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        let mut queued = 0;
+        for r in references.filter(|r| *r != hash) {
+            if s.queued.contains(&r) {
+                continue;
+            }
+            if s.narinfos.len() >= QUEUE_MAX {
+                app.metrics.prefetch("narinfo", "dropped");
+                continue;
+            }
+            s.queued.insert(r);
+            s.narinfos.push_back(r);
+            queued += 1;
+        }
+        match asker {
+            Asker::Client => self.queue_nar(app, &mut s, hash),
+            Asker::Ahead => {
+                if s.ahead.len() >= QUEUE_MAX {
+                    // Narinfos fetched ahead that no client asked for: forgotten together.
+                    s.ahead.clear();
+                }
+                s.ahead.insert(hash);
+                self.ahead_len.store(s.ahead.len(), Ordering::Relaxed);
+            }
+            Asker::Warm => {}
+        }
+        drop(s);
+        for _ in 0..queued.min(NARINFO_WORKERS) {
+            self.narinfo_ready.notify_one();
+        }
+    }
+
+    /// A client asked for the narinfo of `hash` and got it from the index: if it was fetched ahead, its
+    /// NAR is fetched now. One atomic read when nothing was fetched ahead.
+    pub fn asked(&self, app: &App, hash: &StoreHash) {
+        if self.ahead_len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        if s.ahead.remove(hash) {
+            self.ahead_len.store(s.ahead.len(), Ordering::Relaxed);
+            self.queue_nar(app, &mut s, *hash);
+        }
+    }
+
+    fn queue_nar(&self, app: &App, s: &mut State, hash: StoreHash) {
+        if s.nars.len() >= QUEUE_MAX {
+            app.metrics.prefetch("nar", "dropped");
+            return;
+        }
+        s.nars.push(hash);
+        self.nar_ready.notify_one();
+    }
+}
+
+/// Runs the workers until shutdown.
+pub async fn run(app: Arc<App>) {
+    if !app.prefetch.enabled {
+        return;
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..NARINFO_WORKERS {
+        workers.spawn(narinfo_worker(app.clone()));
+    }
+    for _ in 0..NAR_WORKERS {
+        workers.spawn(nar_worker(app.clone()));
+    }
+    while let Some(ended) = workers.join_next().await {
+        if let Err(e) = ended {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+async fn narinfo_worker(app: Arc<App>) {
+    let p = &app.prefetch;
+    loop {
+        let next = p.state.lock().ok().and_then(|mut s| s.narinfos.pop_front());
+        let Some(hash) = next else {
+            tokio::select! {
+                () = p.narinfo_ready.notified() => continue,
+                () = app.stopped.cancelled() => return,
+            }
+        };
+        let result = match crate::lookup::narinfo_as(&app, hash, Asker::Ahead).await {
+            Ok((NarinfoResult::Fetched, _)) => "fetched",
+            Ok((NarinfoResult::Hit, _)) => "known",
+            Ok(_) => "absent",
+            Err(_) => "failed",
+        };
+        app.metrics.prefetch("narinfo", result);
+        if let Ok(mut s) = p.state.lock() {
+            s.queued.remove(&hash);
+        }
+    }
+}
+
+async fn nar_worker(app: Arc<App>) {
+    let p = &app.prefetch;
+    loop {
+        let next = p.state.lock().ok().and_then(|mut s| s.nars.pop());
+        let Some(hash) = next else {
+            tokio::select! {
+                () = p.nar_ready.notified() => continue,
+                () = app.stopped.cancelled() => return,
+            }
+        };
+        let result = tokio::select! {
+            r = fetch_nar(&app, hash) => r,
+            () = app.stopped.cancelled() => return,
+        };
+        app.metrics.prefetch("nar", result);
+    }
+}
+
+/// Fetches the NAR of the recorded narinfo of `hash` unless it is on disk; the metric result.
+async fn fetch_nar(app: &Arc<App>, hash: StoreHash) -> &'static str {
+    let Ok(Some(row)) = app.index.narinfo(&hash) else {
+        return "skipped";
+    };
+    let Ok(Some((record, stored))) = app.index.nar(&row.file_hash) else {
+        return "skipped";
+    };
+    if stored {
+        return "known";
+    }
+    if record.file_size.unwrap_or(record.nar_size) > app.prefetch.max_nar_size
+        || !app.fills.has_free_slot()
+    {
+        return "skipped";
+    }
+    let name = NarName {
+        file_hash: row.file_hash,
+        compression: record.compression,
+    };
+    // A transcoded twin whose file went is made again from its original, as for a client.
+    match crate::transcode::regenerate(app, &name).await {
+        Ok(true) => return "known",
+        Ok(false) => {}
+        Err(_) => return "failed",
+    }
+    match Fills::join_or_start(app, name, record, Want::Keep) {
+        Ok(Joined::Fill(sub)) => match sub.fill().finished().await {
+            Ok(_) => "fetched",
+            Err(_) => "failed",
+        },
+        Ok(Joined::Stored) => "known",
+        Ok(Joined::PassThrough) => "skipped",
+        Err(_) => "failed",
+    }
+}
