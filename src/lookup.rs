@@ -78,15 +78,15 @@ fn known(
     hash: &StoreHash,
     asker: Asker,
 ) -> Result<Option<(NarinfoResult, String, Option<String>)>, LookupError> {
-    if let Some(row) = app.index.narinfo(hash)? {
+    if let Some(row) = app.index.narinfo_shared(hash)? {
         match app.policies.verdict(&row) {
             Verdict::Current | Verdict::StillAccepted => {
                 app.index.asked(hash, unix_now());
                 if asker == Asker::Client {
                     app.prefetch.asked(app, hash);
                 }
-                let text = signed_now(app, &row.signer, row.text);
-                return Ok(Some((NarinfoResult::Hit, row.source, Some(text))));
+                let text = signed_now(app, &row.signer, &row.text);
+                return Ok(Some((NarinfoResult::Hit, row.source.clone(), Some(text))));
             }
             // Recorded under trust that was taken away: not served; asked for again below (the sweep
             // removes the row).
@@ -219,12 +219,12 @@ fn record(
 
 /// The recorded text, re-signed when the appliance's key changed since it was recorded: the old key's
 /// signature goes, the current key's comes (none if signing was turned off).
-fn signed_now(app: &App, signer: &str, text: String) -> String {
+fn signed_now(app: &App, signer: &str, text: &str) -> String {
     if signer == app.signer {
-        return text;
+        return text.to_string();
     }
-    let Ok(mut narinfo) = NarInfo::parse(&text) else {
-        return text;
+    let Ok(mut narinfo) = NarInfo::parse(text) else {
+        return text.to_string();
     };
     if let Some((old_name, _)) = signer.split_once(':') {
         narinfo

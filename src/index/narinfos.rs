@@ -2,6 +2,7 @@
 //! trust sweep and the GC walk.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 use serde::Serialize;
@@ -64,7 +65,13 @@ pub(super) fn as_value(row: &NarinfoRow) -> NarinfoValue<'_> {
 impl Index {
     /// The narinfo recorded for `hash`.
     pub fn narinfo(&self, hash: &StoreHash) -> Result<Option<NarinfoRow>, IndexError> {
-        self.hit(|s| Ok(s.narinfo.get(hash.as_str())?.map(|v| to_row(v.value()))))
+        Ok(self.narinfo_shared(hash)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The narinfo recorded for `hash`, shared with other readers of the same snapshot (the hit path:
+    /// a hot narinfo is not read from redb or decoded again until the next commit).
+    pub fn narinfo_shared(&self, hash: &StoreHash) -> Result<Option<Arc<NarinfoRow>>, IndexError> {
+        self.hit(|s| s.narinfo(hash))
     }
 
     /// Whether `hash` is known to be absent everywhere at `now` (unix seconds).

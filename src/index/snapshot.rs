@@ -8,14 +8,25 @@
 //!
 //! A snapshot is a redb read transaction: while it lives, pages freed by later commits cannot be reused.
 //! Dropping it at every commit keeps that to the time until the next read.
+//!
+//! A snapshot also remembers the narinfo rows read through it (at most [`MEMO_MAX`]): a hot narinfo
+//! (a closure many machines fetch) is then a hash-map look-up, however large the index, with no
+//! B-tree walk and no decoding. The memo is exactly as fresh as the snapshot it belongs to: it goes
+//! with it at the next commit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::IndexError;
+use super::NarinfoRow;
 use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
+use crate::nix::store_path::StoreHash;
+
+/// Most narinfo rows one snapshot remembers (~1 KiB each).
+pub(super) const MEMO_MAX: usize = 16_384;
 
 /// The tables the hit path reads, as of one commit.
 pub(super) struct Snapshot {
@@ -25,6 +36,26 @@ pub(super) struct Snapshot {
     pub(super) nar: ReadOnlyTable<[u8; 32], &'static [u8]>,
     pub(super) stored: ReadOnlyTable<[u8; 32], (u64, u64)>,
     pub(super) counters: ReadOnlyTable<&'static str, u64>,
+    memo: Mutex<HashMap<StoreHash, Arc<NarinfoRow>>>,
+}
+
+impl Snapshot {
+    /// The narinfo row of `hash` as of this snapshot, remembered after the first read.
+    pub(super) fn narinfo(&self, hash: &StoreHash) -> Result<Option<Arc<NarinfoRow>>, IndexError> {
+        if let Some(row) = self.memo.lock().ok().and_then(|m| m.get(hash).cloned()) {
+            return Ok(Some(row));
+        }
+        let Some(value) = self.narinfo.get(hash.as_str())? else {
+            return Ok(None);
+        };
+        let row = Arc::new(super::narinfos::to_row(value.value()));
+        if let Ok(mut memo) = self.memo.lock()
+            && memo.len() < MEMO_MAX
+        {
+            memo.insert(*hash, row.clone());
+        }
+        Ok(Some(row))
+    }
 }
 
 /// The current snapshot, if one was taken since the last commit.
@@ -52,6 +83,7 @@ impl Snapshots {
             nar: tx.open_table(NAR)?,
             stored: tx.open_table(STORED)?,
             counters: tx.open_table(COUNTERS)?,
+            memo: Mutex::default(),
         });
         // Kept only if no commit finished meanwhile: one that did bumped the generation first, so a
         // snapshot that may predate it is never kept under the new generation.
@@ -126,5 +158,43 @@ mod tests {
         assert!(index.is_negative(&hash, 0).unwrap());
         index.unstore_nar(&file).unwrap();
         assert!(!index.nar(&file).unwrap().unwrap().1, "unstored");
+    }
+
+    /// A narinfo remembered by a snapshot is read again after any commit: a changed row is seen at
+    /// once, and a removed one is gone.
+    #[test]
+    fn a_remembered_narinfo_goes_with_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
+        let mut row = NarinfoRow {
+            recorded: 1,
+            policy: 1,
+            source: "http://up/".into(),
+            signer: String::new(),
+            file_hash: Sha256Hash([7; 32]),
+            text: "text 1".into(),
+        };
+        let new = |row: &NarinfoRow| {
+            index
+                .record_narinfo(&NewNarinfo {
+                    hash,
+                    row,
+                    nar: &record(),
+                })
+                .unwrap();
+        };
+        new(&row);
+        let first = index.narinfo_shared(&hash).unwrap().unwrap();
+        let again = index.narinfo_shared(&hash).unwrap().unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "the second read is the remembered row"
+        );
+        row.text = "text 2".into();
+        new(&row);
+        assert_eq!(index.narinfo_shared(&hash).unwrap().unwrap().text, "text 2");
+        index.remove_narinfos(&[hash.to_string()]).unwrap();
+        assert!(index.narinfo_shared(&hash).unwrap().is_none());
     }
 }
