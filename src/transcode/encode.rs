@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CHUNK, TranscodeError};
 use crate::app::App;
-use crate::budget::{NoSpace, compressed_bound};
+use crate::budget::{NoSpace, Reservation, compressed_bound};
 use crate::index::NarRecord;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
@@ -33,24 +33,29 @@ pub(super) fn thread_cpu() -> f64 {
 
 /// A verified zstd file in the temp folder.
 pub(super) struct Encoded {
+    /// The twin's room in the disk budget: held until its file is committed and recorded (then the
+    /// index counts it), so the temp file is never counted nowhere.
+    pub(super) reservation: Reservation,
     pub(super) guard: TempGuard,
     pub(super) file: File,
     pub(super) file_hash: Sha256Hash,
     pub(super) size: u64,
 }
 
-/// Counts and hashes what is written through it.
-struct HashingWriter {
+/// Counts and hashes what is written through it, and tells the budget.
+struct HashingWriter<'a> {
     file: File,
     sha: Sha256,
     size: u64,
+    reservation: &'a Reservation,
 }
 
-impl Write for HashingWriter {
+impl Write for HashingWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.sha.update(&buf[..n]);
         self.size += n as u64;
+        self.reservation.wrote(n as u64);
         Ok(n)
     }
 
@@ -68,7 +73,7 @@ pub(super) fn encode(
     level: i32,
 ) -> Result<Encoded, TranscodeError> {
     let stopped = &app.stopped;
-    let _reservation = app
+    let reservation = app
         .budget
         .reserve(app, compressed_bound(Compression::Zstd, record.nar_size))
         .map_err(|e| match e {
@@ -90,6 +95,7 @@ pub(super) fn encode(
         file: file.try_clone()?,
         sha: Sha256::new(),
         size: 0,
+        reservation: &reservation,
     };
     let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
     encoder.include_checksum(true)?;
@@ -132,6 +138,7 @@ pub(super) fn encode(
         stopped,
     )?;
     Ok(Encoded {
+        reservation,
         guard,
         file,
         file_hash,

@@ -279,6 +279,8 @@ fn transcode_stored(
         .store
         .keep_if_recorded(&twin, committed.map_err(TranscodeError::from))?
         .ok_or(TranscodeError::Changed)?;
+    // Recorded as stored: the index counts the twin from now on.
+    drop(encoded.reservation);
     Ok(Some((record.file_size.unwrap_or(0), encoded.size, rows)))
 }
 
@@ -307,6 +309,7 @@ fn make_again(
     app.store
         .keep_if_recorded(&twin, restored)?
         .ok_or(TranscodeError::Changed)?;
+    drop(encoded.reservation);
     Ok(encoded.size)
 }
 
