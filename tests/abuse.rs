@@ -355,6 +355,47 @@ async fn idle_and_slow_connections_are_closed_at_their_time_outs() {
 /// The idle timer starts when an answer ends, however its body was sent: whole (most answers, where
 /// the write after the body starts it), or streamed (a NAR filled from upstream, then the same NAR read
 /// from disk in chunks), where the end of the body wakes the connection to start it.
+/// A request head larger than `MAX_REQUEST_HEAD` (32 KiB) is answered 431 and its connection closed,
+/// without the appliance buffering more; a head just under the limit is served; so is the next client.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_request_head_gets_431_and_nothing_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one_at_a_time = serial().await;
+    let daemon = Daemon::start("upstreams = []\n", &[], None);
+    let limit = nixcache::server::connection::MAX_REQUEST_HEAD;
+    let request = |header: usize| {
+        format!(
+            "GET /nix-cache-info HTTP/1.1\r\nHost: cache\r\nConnection: close\r\nX-Padding: {}\r\n\r\n",
+            "a".repeat(header)
+        )
+    };
+    // The whole answer: the appliance closes the connection after it (asked to, or refusing).
+    let answer = |request: String| async move {
+        let mut s = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+        // It may close before it read everything: a failed write is part of the outcome.
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "answered and closed within 5 s");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let too_large = answer(request(limit + 1024)).await;
+    assert!(
+        too_large.starts_with("HTTP/1.1 431"),
+        "a {} KiB head: {too_large:?}",
+        (limit + 1024) >> 10
+    );
+    let just_under = answer(request(limit - 1024)).await;
+    assert!(
+        just_under.starts_with("HTTP/1.1 200"),
+        "a head just under the limit is served: {just_under:?}"
+    );
+    let after = reqwest::get(format!("{}/nix-cache-info", daemon.url))
+        .await
+        .unwrap();
+    assert_eq!(after.status(), reqwest::StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_after_streamed_answers_is_closed_at_the_keepalive_time_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
