@@ -197,7 +197,10 @@ pub struct Fill {
     progress: watch::Receiver<Progress>,
     /// FileSize, when the narinfo gave it.
     pub size: Option<u64>,
+    /// Subscriptions of any kind (clients reading it, warm jobs, fetching ahead).
     clients: AtomicUsize,
+    /// Of which clients reading it now (`Want::Client`): the check runs at normal priority for them.
+    readers: AtomicUsize,
     /// A warm or pin wants it stored: never abandoned.
     keep: AtomicBool,
     created: Instant,
@@ -250,13 +253,17 @@ impl Fill {
 /// A client's hold on a fill: while any exists, the fill is wanted.
 pub struct Subscription {
     fill: Arc<Fill>,
+    want: Want,
 }
 
 impl Subscription {
-    fn new(fill: Arc<Fill>) -> Subscription {
+    fn new(fill: Arc<Fill>, want: Want) -> Subscription {
         fill.clients.fetch_add(1, Ordering::Relaxed);
+        if want == Want::Client {
+            fill.readers.fetch_add(1, Ordering::Relaxed);
+        }
         fill.idle_since.store(u64::MAX, Ordering::Relaxed);
-        Subscription { fill }
+        Subscription { fill, want }
     }
 
     /// The fill.
@@ -267,6 +274,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if self.want == Want::Client {
+            self.fill.readers.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.fill.clients.fetch_sub(1, Ordering::Relaxed) == 1 {
             let now = self.fill.created.elapsed().as_millis() as u64;
             self.fill.idle_since.store(now, Ordering::Relaxed);
@@ -384,6 +394,7 @@ impl Fills {
             progress: rx,
             size: record.file_size,
             clients: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
             keep: AtomicBool::new(false),
             created: Instant::now(),
             idle_since: AtomicU64::new(0),
@@ -434,7 +445,7 @@ fn subscribe(fill: Arc<Fill>, want: Want) -> Subscription {
     if want == Want::Keep {
         fill.keep.store(true, Ordering::Relaxed);
     }
-    Subscription::new(fill)
+    Subscription::new(fill, want)
 }
 
 impl Expected {
@@ -571,10 +582,10 @@ async fn download(
         fill: fill.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    // A fill no client waits for (fetched ahead, warmed) is checked on a thread of its own at the
-    // lowest priority, so it never takes the CPU from clients or from the appliance serving them;
-    // when a client joins it, the check moves to a pooled thread at normal priority.
-    if fill.keep.load(Ordering::Relaxed) && fill.clients.load(Ordering::Relaxed) == 0 {
+    // A fill no client reads (fetched ahead, warmed) is checked on a thread of its own at the lowest
+    // priority, so it never takes the CPU from clients or from the appliance serving them; when a
+    // client joins it, the check moves to a pooled thread at normal priority.
+    if fill.readers.load(Ordering::Relaxed) == 0 {
         std::thread::Builder::new()
             .name("nixcache-verify".into())
             .spawn(move || {
@@ -682,7 +693,7 @@ impl Check {
                     return;
                 }
             }
-            if background && self.fill.clients.load(Ordering::Relaxed) > 0 {
+            if background && self.fill.readers.load(Ordering::Relaxed) > 0 {
                 let runtime = self.runtime.clone();
                 runtime.spawn_blocking(move || self.run(false));
                 return;

@@ -30,23 +30,19 @@ pub enum LookupError {
 /// Who asks for a narinfo: what is fetched ahead for it (`prefetch.rs`) depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asker {
-    /// A client: the references' narinfos and the NAR are fetched ahead.
+    /// A client's GET, which substitutes next: the references' narinfos and the NAR are fetched ahead.
     Client,
-    /// Fetching ahead: the references' narinfos are fetched ahead; the NAR waits for a client's ask.
+    /// A client's HEAD, which only asks whether the path is here (`nix copy --to` before a push asks so
+    /// for every path): the references' narinfos are fetched ahead; the NAR waits for a GET.
+    Probe,
+    /// Fetching ahead: as `Probe`, and not counted as a client's request.
     Ahead,
     /// A warm job, which follows the closure itself: nothing is fetched ahead for it.
     Warm,
 }
 
-/// The narinfo text to serve a client for `hash`, or `None` when it is absent everywhere.
-pub async fn narinfo(app: &Arc<App>, hash: StoreHash) -> Result<Option<String>, LookupError> {
-    narinfo_as(app, hash, Asker::Client)
-        .await
-        .map(|(_, text)| text)
-}
-
-/// The narinfo of `hash` for `asker` and how it was reached. Counted in the narinfo metrics unless it
-/// was fetched ahead (`prefetch.rs` counts those).
+/// The narinfo of `hash` for `asker` (its text, or `None` when it is absent everywhere) and how it was
+/// reached. Counted in the narinfo metrics unless it was fetched ahead (`prefetch.rs` counts those).
 pub async fn narinfo_as(
     app: &Arc<App>,
     hash: StoreHash,

@@ -13,9 +13,10 @@
 //!
 //! Bounds: [`NARINFO_WORKERS`] lookups and [`NAR_WORKERS`] NAR downloads at once; at most [`QUEUE_MAX`]
 //! of each waiting (more are dropped: the client then asks for them itself, as without fetching ahead).
-//! A NAR is fetched ahead only for a narinfo a client asked for (so `nix path-info -r` costs narinfos,
-//! never NARs), only when it is at most `prefetch_max_size`, and only while a download slot is free
-//! for clients. `prefetch = false` turns all of it off.
+//! A NAR is fetched ahead only for a narinfo a client asked for with GET (a HEAD, as `nix copy --to`
+//! sends for every path before pushing, costs narinfos, never NARs), only when it is at most
+//! `prefetch_max_size`, and only while a download slot is free for clients. `prefetch = false` turns
+//! all of it off.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +104,7 @@ impl Prefetch {
         }
         match asker {
             Asker::Client => self.queue_nar(app, &mut s, hash),
-            Asker::Ahead => {
+            Asker::Probe | Asker::Ahead => {
                 if s.ahead.len() >= QUEUE_MAX {
                     // Narinfos fetched ahead that no client asked for: forgotten together.
                     s.ahead.clear();
@@ -119,8 +120,8 @@ impl Prefetch {
         }
     }
 
-    /// A client asked for the narinfo of `hash` and got it from the index: if it was fetched ahead, its
-    /// NAR is fetched now. One atomic read when nothing was fetched ahead.
+    /// A client's GET of the narinfo of `hash` found it in the index: if it was fetched ahead (or
+    /// probed with HEAD), its NAR is fetched now. One atomic read when nothing waits.
     pub fn asked(&self, app: &App, hash: &StoreHash) {
         if self.ahead_len.load(Ordering::Relaxed) == 0 {
             return;

@@ -28,6 +28,26 @@ async fn metrics(cache: &Nixcache) -> String {
         .unwrap()
 }
 
+/// The nice values of this process's `nixcache-verify` threads (Linux keeps one per thread).
+fn verifier_nice_values() -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if comm.trim() != "nixcache-verify" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // After "pid (comm) ", the fields from the state on; nice is the 19th field of the line.
+            let rest = stat.rsplit_once(") ")?.1;
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
 /// Waits until `done` holds, for at most five seconds.
 async fn until(what: &str, done: impl Fn() -> bool) {
     let started = Instant::now();
@@ -153,6 +173,11 @@ async fn a_client_joins_a_nar_being_fetched_ahead_and_gets_it_verified_once() {
         cache.app.fills.in_flight() == 1,
         "the fill is still running"
     );
+    // No client reads it yet: its check runs on a thread of its own at nice 19.
+    until("a verifying thread at nice 19", || {
+        verifier_nice_values().contains(&19)
+    })
+    .await;
     let body = nar(&cache, &big).await;
     assert_eq!(
         body.len().to_string(),
@@ -170,6 +195,30 @@ async fn a_client_joins_a_nar_being_fetched_ahead_and_gets_it_verified_once() {
         1.0,
         "the client joined the running fill"
     );
+    cache.stop().await;
+}
+
+/// A HEAD asks only whether the path is here (`nix copy --to` sends one for every path before a push):
+/// the references' narinfos follow, the NAR waits for a GET.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_brings_narinfos_and_no_nar_until_a_get() {
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(prefetching(data.path(), &up.url)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/{}.narinfo", cache.url, hash_of(&fx.top));
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    until("every narinfo of the closure", || {
+        up.narinfos() == fx.closure.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.nars(), 0, "no NAR for a HEAD");
+    narinfo(&cache, &fx.top).await;
+    until("the NAR after the GET", || up.nars() == 1).await;
+    assert_eq!(up.narinfos(), fx.closure.len(), "the GET was a hit");
     cache.stop().await;
 }
 

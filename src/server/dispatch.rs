@@ -99,7 +99,7 @@ impl Routes {
         let headers = request.headers();
         let name = &request.uri().path()[name_at..];
         let result = match kind {
-            Fast::Narinfo => super::narinfo_answer(&self.app, name, headers).await,
+            Fast::Narinfo => super::narinfo_answer(&self.app, name, method, headers).await,
             Fast::Nar => super::nar::answer(&self.app, name, method, headers).await,
         };
         let mut response = result.unwrap_or_else(IntoResponse::into_response);

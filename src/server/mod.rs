@@ -133,13 +133,14 @@ async fn narinfo(
     Path(file): Path<String>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    narinfo_answer(&app, &file, request.headers()).await
+    narinfo_answer(&app, &file, request.method(), request.headers()).await
 }
 
-/// The answer to a GET of `/<file>`; also called straight by [`dispatch`].
+/// The answer to a GET or HEAD of `/<file>`; also called straight by [`dispatch`].
 async fn narinfo_answer(
     app: &Arc<App>,
     file: &str,
+    method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(hash) = file.strip_suffix(".narinfo") else {
@@ -148,9 +149,15 @@ async fn narinfo_answer(
     let hash: StoreHash = hash
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid store hash"))?;
-    match crate::lookup::narinfo(app, hash).await {
-        Ok(Some(body)) => Ok(text(body, "text/x-nix-narinfo")),
-        Ok(None) => Err(ApiError::NotFound("not in any cache")),
+    // A HEAD only asks whether the path is here: its NAR is not fetched ahead (see `prefetch.rs`).
+    let asker = if method == axum::http::Method::HEAD {
+        crate::lookup::Asker::Probe
+    } else {
+        crate::lookup::Asker::Client
+    };
+    match crate::lookup::narinfo_as(app, hash, asker).await {
+        Ok((_, Some(body))) => Ok(text(body, "text/x-nix-narinfo")),
+        Ok((_, None)) => Err(ApiError::NotFound("not in any cache")),
         // A LAN builder about to push asks first (issue 12): with a source failing, "absent" lets
         // it upload the path instead of failing its `nix copy --to`.
         Err(crate::lookup::LookupError::Source(e)) if upload::is_pusher(app, headers) => {
