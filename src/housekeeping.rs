@@ -16,6 +16,7 @@
 //! | bucket GC | every 10 min / hourly | this appliance's liveness manifest; pruning, on the one with `gc_max_size` |
 //! | transcode | as fills commit; originals every minute | xz/bzip2 → zstd (`transcode/`), drops originals after their grace |
 //! | config pins | once, after start | warms and pins the config file's `pins` (`warm.rs`) |
+//! | prefetch | as clients ask | fetches ahead the narinfos and NARs a client is about to ask for (`prefetch.rs`) |
 
 use std::future::Future;
 use std::sync::Arc;
