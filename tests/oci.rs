@@ -481,7 +481,7 @@ async fn racing_publishers_keep_each_others_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_registry_fails_the_refresh_in_time() {
+async fn a_stalled_registry_fails_the_refresh_in_time_and_a_second_one_meanwhile_gets_429() {
     // A registry that accepts connections and never answers: a fake, since no real peer stalls on demand.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -499,10 +499,42 @@ async fn a_stalled_registry_fails_the_refresh_in_time() {
     ))
     .await;
     let started = std::time::Instant::now();
-    assert_eq!(refresh(&cache).await.0, 502);
+    let first = tokio::spawn({
+        let url = format!("{}/_refresh", cache.url);
+        async move {
+            let r = reqwest::Client::new().post(url).send().await.unwrap();
+            r.status().as_u16()
+        }
+    });
+    // While that refresh waits for the registry, another is refused, not queued behind it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = reqwest::Client::new()
+        .post(format!("{}/_refresh", cache.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status().as_u16(),
+        429,
+        "one forced refresh at a time"
+    );
+    assert!(second.headers().contains_key("retry-after"));
+    assert_eq!(first.await.unwrap(), 502);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "bounded by upstream_timeout (2 s here)"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", cache.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nixcache_refreshes_refused_total 1"),
+        "the refusal is counted"
     );
     let status = cache.status().await;
     assert_eq!(
