@@ -104,12 +104,7 @@ async fn a_thousand_abandoned_nar_requests_cause_a_bounded_number_of_downloads()
         0,
         "temp files outlived their fills"
     );
-    let m = reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = cache.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.starts_with("nixcache_fill_failures_total")
@@ -172,12 +167,7 @@ async fn a_trickling_source_cannot_block_other_fills() {
             assert!(r.status() != StatusCode::OK || r.bytes().await.is_err());
         }
     }
-    let m = reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = cache.metrics().await;
     assert!(
         m.lines()
             .any(|l| l.contains("reason=\"too_slow\"") && !l.ends_with(" 0")),

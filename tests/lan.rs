@@ -196,12 +196,7 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
     assert!(t["transcoded"].as_u64().unwrap() >= 4, "{t}");
     assert!(t["input_bytes"].as_u64().unwrap() > 0 && t["output_bytes"].as_u64().unwrap() > 0);
     assert!(t["cpu_seconds"].as_f64().unwrap() > 0.0, "{t}");
-    let metrics = reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cache.metrics().await;
     assert!(metrics.contains("nixcache_transcode_cpu_seconds_total"));
     cache.stop().await;
 }
@@ -266,19 +261,7 @@ async fn warm_then_the_upstream_goes_and_the_whole_closure_substitutes() {
     let store = work.path().join("offline");
     let (ok, err) = fx.realise(&store, &cache.url, &fx.top, &fx.public_key);
     assert!(ok, "substituting the warmed closure offline failed: {err}");
-    let mut got: Vec<String> = fx
-        .nix
-        .run(
-            "nix-store",
-            &["--store", store.to_str().unwrap(), "-qR", &fx.top],
-        )
-        .lines()
-        .map(str::to_string)
-        .collect();
-    got.sort();
-    let mut want = fx.closure.clone();
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(fx.closure_in(&store), fx.closure_sorted());
 
     // Running it again is cheap: everything is on disk (and the upstream is not needed).
     let list = work.path().join("paths");
@@ -296,12 +279,7 @@ async fn warm_then_the_upstream_goes_and_the_whole_closure_substitutes() {
         out.contains(&format!("0 fetched, {} already stored", fx.closure.len())),
         "{out}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cache.metrics().await;
     assert!(
         metrics.contains("nixcache_warm_jobs_total{outcome=\"done\"} 2"),
         "{metrics}"

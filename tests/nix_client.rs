@@ -8,24 +8,9 @@ use std::process::Command;
 
 use common::*;
 
-fn closure_in(fx: &Fixture, store: &std::path::Path) -> Vec<String> {
-    let mut paths: Vec<String> = fx
-        .nix
-        .run(
-            "nix-store",
-            &["--store", store.to_str().unwrap(), "-qR", &fx.top],
-        )
-        .lines()
-        .map(str::to_string)
-        .collect();
-    paths.sort();
-    paths
-}
-
 async fn substitute_through_nixcache(compression: &str) {
     let fx = fixture();
-    let mut want = fx.closure.clone();
-    want.sort();
+    let want = fx.closure_sorted();
     let work = tempfile::tempdir().unwrap();
     let (server, upstream) = http_server(Command::new("python3"), &fx.caches[compression]);
     let server = ChildGuard(server);
@@ -50,7 +35,7 @@ async fn substitute_through_nixcache(compression: &str) {
         ],
     );
     assert!(ok, "nix copy --from nixcache ({compression}) failed: {err}");
-    assert_eq!(closure_in(fx, &store_b), want);
+    assert_eq!(fx.closure_in(&store_b), want);
     fx.nix.run(
         "nix-store",
         &[
@@ -68,7 +53,7 @@ async fn substitute_through_nixcache(compression: &str) {
         ok,
         "nix-store -r through nixcache ({compression}) failed: {err}"
     );
-    assert_eq!(closure_in(fx, &store_c), want);
+    assert_eq!(fx.closure_in(&store_c), want);
 
     // Upstream gone, nixcache restarted: the same closure is still served.
     drop(server);
@@ -80,7 +65,7 @@ async fn substitute_through_nixcache(compression: &str) {
         ok,
         "offline restart ({compression}): nix-store -r failed: {err}"
     );
-    assert_eq!(closure_in(fx, &store_d), want);
+    assert_eq!(fx.closure_in(&store_d), want);
 
     // A client that trusts another key refuses the paths (signatures pass through untouched).
     let store_e = work.path().join("storeE");

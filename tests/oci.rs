@@ -524,12 +524,7 @@ async fn a_stalled_registry_fails_the_refresh_in_time_and_a_second_one_meanwhile
         started.elapsed() < Duration::from_secs(10),
         "bounded by upstream_timeout (2 s here)"
     );
-    let metrics = reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cache.metrics().await;
     assert!(
         metrics
             .lines()

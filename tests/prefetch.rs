@@ -19,15 +19,6 @@ fn sample(page: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics(cache: &Nixcache) -> String {
-    reqwest::get(format!("{}/metrics", cache.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The nice values of this process's `nixcache-verify` threads (Linux keeps one per thread).
 fn verifier_nice_values() -> Vec<i64> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -123,7 +114,7 @@ async fn a_fetched_narinfo_brings_its_references_narinfos_and_an_asked_one_its_n
     nar(&cache, &top).await;
     nar(&cache, &mid).await;
     assert_eq!((up.narinfos(), up.nars()), (fx.closure.len(), 2));
-    let page = metrics(&cache).await;
+    let page = cache.metrics().await;
     assert_eq!(
         sample(
             &page,
@@ -185,7 +176,7 @@ async fn a_client_joins_a_nar_being_fetched_ahead_and_gets_it_verified_once() {
         "whole"
     );
     assert_eq!(up.nars(), 1, "downloaded once");
-    let page = metrics(&cache).await;
+    let page = cache.metrics().await;
     let source = format!("{}/", up.url);
     assert_eq!(
         sample(
@@ -249,7 +240,7 @@ async fn a_nar_larger_than_prefetch_max_size_waits_for_a_client() {
     assert_eq!(up.nars(), 0, "the 4 MiB NAR is over the 1 MiB limit");
     nar(&cache, &big).await;
     assert_eq!(up.nars(), 1);
-    let page = metrics(&cache).await;
+    let page = cache.metrics().await;
     assert_eq!(
         sample(
             &page,
@@ -285,19 +276,7 @@ async fn a_cold_nix_copy_gets_the_closure_with_each_path_fetched_once() {
         ],
     );
     assert!(ok, "nix copy --from a prefetching nixcache failed: {err}");
-    let mut got: Vec<String> = fx
-        .nix
-        .run(
-            "nix-store",
-            &["--store", store.to_str().unwrap(), "-qR", &fx.top],
-        )
-        .lines()
-        .map(str::to_string)
-        .collect();
-    got.sort();
-    let mut want = fx.closure.clone();
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(fx.closure_in(&store), fx.closure_sorted());
     assert_eq!(
         (up.narinfos(), up.nars()),
         (fx.closure.len(), fx.closure.len()),

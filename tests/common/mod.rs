@@ -239,6 +239,28 @@ fn remove_stale_fixtures(base: &Path, age: Duration) {
 }
 
 impl Fixture {
+    /// The closure of `top` as `store` holds it, sorted.
+    pub fn closure_in(&self, store: &Path) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .nix
+            .run(
+                "nix-store",
+                &["--store", store.to_str().unwrap(), "-qR", &self.top],
+            )
+            .lines()
+            .map(str::to_string)
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// `closure`, sorted.
+    pub fn closure_sorted(&self) -> Vec<String> {
+        let mut paths = self.closure.clone();
+        paths.sort();
+        paths
+    }
+
     /// A copy of the cache folder of `compression` in `dir`, to tamper with or thin out.
     pub fn copy_cache(&self, compression: &str, dir: &Path) -> PathBuf {
         let copy = dir.join(format!("cache-{compression}"));
@@ -530,6 +552,16 @@ impl Nixcache {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("nixcache still referenced after shutdown");
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn status(&self) -> serde_json::Value {
