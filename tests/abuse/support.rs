@@ -153,7 +153,7 @@ pub struct Nginx {
     /// The worker process, which holds the connections.
     pub worker: u32,
     error_log: PathBuf,
-    _child: ChildGuard,
+    child: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
@@ -235,8 +235,24 @@ impl Nginx {
             pid,
             worker,
             error_log,
-            _child: child,
+            child,
             _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    /// A fast shutdown (SIGTERM), so that the master stops its worker before it exits: the `ChildGuard`
+    /// alone kills the master only, and its worker went on running, orphaned, after every test run.
+    fn drop(&mut self) {
+        // SAFETY: a signal to the child this struct started (not yet reaped: `child` still owns it).
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
