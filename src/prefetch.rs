@@ -152,10 +152,22 @@ pub async fn run(app: Arc<App>) {
     }
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..NARINFO_WORKERS {
-        workers.spawn(narinfo_worker(app.clone()));
+        workers.spawn(worker(
+            app.clone(),
+            "narinfo",
+            |s| s.narinfos.pop_front(),
+            |p| &p.narinfo_ready,
+            lookup_narinfo,
+        ));
     }
     for _ in 0..NAR_WORKERS {
-        workers.spawn(nar_worker(app.clone()));
+        workers.spawn(worker(
+            app.clone(),
+            "nar",
+            |s| s.nars.pop(),
+            |p| &p.nar_ready,
+            fetch_nar,
+        ));
     }
     while let Some(ended) = workers.join_next().await {
         if let Err(e) = ended {
@@ -166,50 +178,52 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-async fn narinfo_worker(app: Arc<App>) {
+/// Takes hashes from one queue (`take`), waiting on `ready` while it is empty, and runs `job` on each
+/// until shutdown; each job's result is counted under `kind`.
+async fn worker<Fut>(
+    app: Arc<App>,
+    kind: &'static str,
+    take: fn(&mut State) -> Option<StoreHash>,
+    ready: fn(&Prefetch) -> &Notify,
+    job: impl Fn(Arc<App>, StoreHash) -> Fut,
+) where
+    Fut: Future<Output = &'static str>,
+{
     let p = &app.prefetch;
     loop {
-        let next = p.state.lock().ok().and_then(|mut s| s.narinfos.pop_front());
+        let next = p.state.lock().ok().and_then(|mut s| take(&mut s));
         let Some(hash) = next else {
             tokio::select! {
-                () = p.narinfo_ready.notified() => continue,
-                () = app.stopped.cancelled() => return,
-            }
-        };
-        let result = match crate::lookup::narinfo_as(&app, hash, Asker::Ahead).await {
-            Ok((NarinfoResult::Fetched, _)) => "fetched",
-            Ok((NarinfoResult::Hit, _)) => "known",
-            Ok(_) => "absent",
-            Err(_) => "failed",
-        };
-        app.metrics.prefetch("narinfo", result);
-        if let Ok(mut s) = p.state.lock() {
-            s.queued.remove(&hash);
-        }
-    }
-}
-
-async fn nar_worker(app: Arc<App>) {
-    let p = &app.prefetch;
-    loop {
-        let next = p.state.lock().ok().and_then(|mut s| s.nars.pop());
-        let Some(hash) = next else {
-            tokio::select! {
-                () = p.nar_ready.notified() => continue,
+                () = ready(p).notified() => continue,
                 () = app.stopped.cancelled() => return,
             }
         };
         let result = tokio::select! {
-            r = fetch_nar(&app, hash) => r,
+            r = job(app.clone(), hash) => r,
             () = app.stopped.cancelled() => return,
         };
-        app.metrics.prefetch("nar", result);
+        app.metrics.prefetch(kind, result);
     }
 }
 
+/// Looks up the narinfo of `hash` as fetching ahead; the metric result.
+async fn lookup_narinfo(app: Arc<App>, hash: StoreHash) -> &'static str {
+    let result = match crate::lookup::narinfo_as(&app, hash, Asker::Ahead).await {
+        Ok((NarinfoResult::Fetched, _)) => "fetched",
+        Ok((NarinfoResult::Hit, _)) => "known",
+        Ok(_) => "absent",
+        Err(_) => "failed",
+    };
+    if let Ok(mut s) = app.prefetch.state.lock() {
+        s.queued.remove(&hash);
+    }
+    result
+}
+
 /// Fetches the NAR of the recorded narinfo of `hash` unless it is on disk; the metric result.
-async fn fetch_nar(app: &Arc<App>, hash: StoreHash) -> &'static str {
-    let Ok(Some(row)) = app.index.narinfo(&hash) else {
+async fn fetch_nar(app: Arc<App>, hash: StoreHash) -> &'static str {
+    let app = &app;
+    let Ok(Some(row)) = app.index.narinfo_shared(&hash) else {
         return "skipped";
     };
     let Ok(Some((record, stored))) = app.index.nar(&row.file_hash) else {

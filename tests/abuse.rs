@@ -32,12 +32,30 @@ const ATTACK: Duration = Duration::from_secs(12);
 /// outlives it within a CI-sized run).
 const HEADER_TIMEOUT: u64 = 5;
 
-/// Trusting the fixture's key, nothing else configured.
+/// Trusting the fixture's key; fetching ahead off, so that a NAR is filled when a test asks for it (a
+/// test that streams a fill must not find the NAR already fetched because its narinfo was asked for).
 fn config_with(upstream: &str, extra: &str) -> String {
     format!(
-        "upstreams = [\"{upstream}\"]\ntrusted_keys = [\"{}\"]\n{extra}",
+        "upstreams = [\"{upstream}\"]\ntrusted_keys = [\"{}\"]\nprefetch = false\n{extra}",
         fixture().public_key
     )
+}
+
+/// The appliance's URL path of the fixture's 4 MiB NAR (its narinfo fetched through `daemon`), and
+/// its FileSize.
+async fn big_nar(daemon: &Daemon) -> (String, usize) {
+    let text = reqwest::get(format!(
+        "{}/{}.narinfo",
+        daemon.url,
+        hash_of(&fixture().big)
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let nar = format!("/{}", field(&text, "URL").unwrap());
+    (nar, field(&text, "FileSize").unwrap().parse().unwrap())
 }
 
 /// What a healthy client saw during an attack, and what the server held.
@@ -403,14 +421,7 @@ async fn idle_after_streamed_answers_is_closed_at_the_keepalive_time_out() {
     let fx = fixture();
     let up = TestUpstream::start(&fx.caches["xz"]).await;
     let daemon = Daemon::start(&config_with(&up.url, "keepalive_timeout = 1\n"), &[], None);
-    let text = reqwest::get(format!("{}/{}.narinfo", daemon.url, hash_of(&fx.big)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let nar = format!("/{}", field(&text, "URL").unwrap());
-    let size: usize = field(&text, "FileSize").unwrap().parse().unwrap();
+    let (nar, size) = big_nar(&daemon).await;
     assert!(size > 1 << 20, "a NAR sent in several chunks: {size} bytes");
     for (round, what) in ["filled from upstream", "read from disk"]
         .iter()
@@ -511,14 +522,7 @@ async fn a_client_that_accepts_no_bytes_is_dropped_and_costs_little_meanwhile() 
     let fx = fixture();
     let up = TestUpstream::start(&fx.caches["xz"]).await;
     let daemon = Daemon::start(&config_with(&up.url, "send_timeout = 3\n"), &[], None);
-    let text = reqwest::get(format!("{}/{}.narinfo", daemon.url, hash_of(&fx.big)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let nar = format!("/{}", field(&text, "URL").unwrap());
-    let size: usize = field(&text, "FileSize").unwrap().parse().unwrap();
+    let (nar, size) = big_nar(&daemon).await;
     for _ in 0..2 {
         let body = reqwest::get(format!("{}{nar}", daemon.url)).await.unwrap();
         assert_eq!(body.bytes().await.unwrap().len(), size);
