@@ -687,3 +687,154 @@ async fn orphan_nar_files_left_by_a_crash_are_swept_after_start() {
     assert_eq!(up.nars(), 1);
     cache.stop().await;
 }
+
+/// One response read off a raw connection: status code, headers (lower-case names), body.
+async fn read_response(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    conn.read_line(&mut line).await.unwrap();
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .expect("status line")
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').expect("header");
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.unwrap();
+    (status, headers, body)
+}
+
+/// Stored NARs larger than a few hundred KiB go out with `sendfile` (`server/sendfile.rs`): the bytes
+/// must be the file's, whole, in ranges that cross its 2 MiB chunks, and in order when requests are
+/// pipelined on one connection (each response's chunks queue behind the last's). A stored file whose
+/// size is not the recorded one is fetched again, never served.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_large_nars_are_sent_whole_in_ranges_and_pipelined() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start(tempfile::tempdir().unwrap().path()).await;
+    // 5 MiB and a bit (three chunks, the last one short), and just over the size read inline.
+    let big = Synthetic::new(30_000, (5 << 20) + 123);
+    let small = Synthetic::new(30_001, (256 << 10) + 1);
+    big.serve_from(&up);
+    small.serve_from(&up);
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
+    for p in [&big, &small] {
+        let r = get(&format!("{}/{}.narinfo", cache.url, p.hash())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let filled = get(&format!("{}/{}", cache.url, p.nar_path)).await;
+        assert_eq!(filled.bytes().await.unwrap(), p.nar, "the fill");
+    }
+    assert_eq!(up.nars(), 2);
+    let served_before = cache.metrics().await;
+
+    // From disk: whole, and two ranges, one across the first chunk boundary.
+    let client = reqwest::Client::new();
+    let url = format!("{}/{}", cache.url, big.nar_path);
+    let whole = client.get(&url).send().await.unwrap();
+    assert_eq!(whole.content_length(), Some(big.nar.len() as u64));
+    assert_eq!(
+        nix_sha256(&whole.bytes().await.unwrap()),
+        nix_sha256(&big.nar)
+    );
+    let (from, to) = ((2 << 20) - 5, (4 << 20) + 17);
+    let part = client
+        .get(&url)
+        .header("Range", format!("bytes={from}-{to}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), big.nar[from..=to]);
+    let tail = client
+        .get(&url)
+        .header("Range", "bytes=3000000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.bytes().await.unwrap(), big.nar[3_000_000..]);
+
+    // Pipelined on one connection: two large NARs, a narinfo and a range between them.
+    let mut conn = tokio::io::BufReader::new(
+        tokio::net::TcpStream::connect(cache.url.trim_start_matches("http://"))
+            .await
+            .unwrap(),
+    );
+    let requests = [
+        format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", big.nar_path),
+        format!("GET /{}.narinfo HTTP/1.1\r\nHost: x\r\n\r\n", small.hash()),
+        format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", small.nar_path),
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: x\r\nRange: bytes=100-\r\n\r\n",
+            big.nar_path
+        ),
+    ];
+    conn.get_mut()
+        .write_all(requests.concat().as_bytes())
+        .await
+        .unwrap();
+    let (status, _, body) = read_response(&mut conn).await;
+    assert_eq!((status, body == big.nar), (200, true));
+    let (status, _, body) = read_response(&mut conn).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(body).unwrap().contains(&small.store_path));
+    let (status, _, body) = read_response(&mut conn).await;
+    assert_eq!((status, body == small.nar), (200, true));
+    let (status, _, body) = read_response(&mut conn).await;
+    assert_eq!((status, body == big.nar[100..]), (206, true));
+    drop(conn);
+
+    // Every byte handed out counted as served from disk, as before.
+    let sent = 2 * big.nar.len()
+        + (to - from + 1)
+        + (big.nar.len() - 3_000_000)
+        + small.nar.len()
+        + (big.nar.len() - 100);
+    let disk = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(r#"nixcache_served_bytes_total{from="disk"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        disk(&cache.metrics().await) - disk(&served_before),
+        sent as u64
+    );
+    assert_eq!(up.nars(), 2, "all of it from disk");
+
+    // Damaged on disk (cut short): never served as it is; fetched again, whole.
+    let name = big.nar_path.trim_start_matches("nar/");
+    let stored = data.path().join("nar").join(&name[..2]).join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored)
+        .unwrap();
+    file.set_len(4 << 20).unwrap();
+    drop(file);
+    let again = client.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.bytes().await.unwrap(), big.nar);
+    assert_eq!(up.nars(), 3, "fetched again");
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().len(),
+        big.nar.len() as u64
+    );
+    cache.stop().await;
+}

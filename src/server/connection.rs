@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::dispatch::Routes;
+use super::sendfile::{self, SendFile, Splice, Splices};
 use crate::config::Limits;
 use crate::metrics::{DropReason, LimitMetrics};
 
@@ -78,7 +79,10 @@ pub fn http1_builder() -> http1::Builder {
         // Its timer would also end idle connections at the header time-out: `TimedIo` keeps both apart.
         .header_read_timeout(Option::<Duration>::None)
         .max_header_size(MAX_REQUEST_HEAD)
-        .max_buf_size(CONNECTION_BUFFER);
+        .max_buf_size(CONNECTION_BUFFER)
+        // Body chunks are queued and written as they are, never copied into one buffer: a stored file's
+        // stand-ins must reach `TimedIo` as themselves (see `sendfile`).
+        .writev(true);
     builder
 }
 
@@ -114,7 +118,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Shared) {
         let busy = BusyGuard::new(phase.clone());
         let response = routes.call(request, peer);
         async move {
-            let response = response.await;
+            let mut response = response.await;
+            // A stored file goes out with `sendfile`, through this connection's IO.
+            if let Some(offer) = response.extensions_mut().remove::<SendFile>() {
+                *response.body_mut() = offer.into_body(busy.0.splices.clone());
+            }
             Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
         }
     });
@@ -248,6 +256,8 @@ struct Phase {
     /// the socket wakes it, so an answer that ends without a write after it (a streamed body whose end
     /// is seen only after its last bytes went out) wakes it: the idle timer must start then.
     reader: AtomicWaker,
+    /// The file chunks of responses sent with `sendfile`, queued by their bodies for the IO.
+    splices: Arc<Splices>,
 }
 
 /// One request being answered; dropped with its response body, or with the request if it never got one.
@@ -335,6 +345,8 @@ struct TimedIo {
     write_deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes the socket still had to deliver when that clock (re)started.
     queued_at_arm: Option<u64>,
+    /// The file chunk being sent in place of its stand-in (see `sendfile`).
+    splice: Option<Splice>,
 }
 
 impl TimedIo {
@@ -355,6 +367,42 @@ impl TimedIo {
             read_deadline: Box::pin(tokio::time::sleep(timeouts.header)),
             write_deadline: None,
             queued_at_arm: None,
+            splice: None,
+        }
+    }
+
+    /// Writes `bufs`, or the part of them up to a file chunk's stand-in, or (when a stand-in comes
+    /// first) that much of the file, with `sendfile`.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match bufs.iter().position(|b| sendfile::is_stand_in(b)) {
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            Some(0) => self.poll_sendfile(cx, bufs[0].len()),
+            Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
+        }
+    }
+
+    /// Sends the file bytes that `stand_in` bytes of a stand-in stand for.
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, stand_in: usize) -> Poll<io::Result<usize>> {
+        if self.splice.as_ref().is_none_or(Splice::done) {
+            self.splice = self.phase.splices.next();
+        }
+        let Some(splice) = self.splice.as_mut() else {
+            return Poll::Ready(Err(io::Error::other(
+                "a response body stands for a file that was never queued",
+            )));
+        };
+        loop {
+            std::task::ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_io(tokio::io::Interest::WRITABLE, || {
+                splice.send(&self.inner, stand_in)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
         }
     }
 
@@ -510,7 +558,7 @@ impl AsyncWrite for TimedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let result = this.poll_send(cx, &[io::IoSlice::new(buf)]);
         this.written(result, cx)
     }
 
@@ -520,7 +568,7 @@ impl AsyncWrite for TimedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let result = this.poll_send(cx, bufs);
         this.written(result, cx)
     }
 

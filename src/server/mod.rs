@@ -8,6 +8,7 @@ pub mod error;
 pub mod listener;
 pub mod nar;
 pub mod observe;
+pub mod sendfile;
 pub mod status_page;
 pub mod upload;
 

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::error::ApiError;
+use super::sendfile::SendFile;
 use crate::app::App;
 use crate::clock::unix_now;
 use crate::fill::{self, Fills, Joined, Subscription, Want};
@@ -88,7 +89,7 @@ pub async fn answer(
         return Err(ApiError::NotFound("unknown NAR"));
     }
     let range = parse_range(headers.get(header::RANGE));
-    if stored && let Some(response) = serve_file(app, &name, range, method)? {
+    if stored && let Some(response) = serve_file(app, &name, record.file_size, range, method)? {
         if *method != Method::HEAD {
             app.metrics.nar(NarResult::Hit, &record.source);
         }
@@ -138,7 +139,7 @@ async fn not_on_disk(
     let source = record.source.clone();
     // Issue 16: a transcoded NAR whose file went is made again from its original, never fetched.
     if crate::transcode::regenerate(&app, &name).await?
-        && let Some(response) = serve_file(&app, &name, range, method)?
+        && let Some(response) = serve_file(&app, &name, record.file_size, range, method)?
     {
         app.metrics.nar(NarResult::Hit, &source);
         return Ok(response);
@@ -154,7 +155,7 @@ async fn not_on_disk(
         };
         match joined {
             Joined::Stored => {
-                if let Some(response) = serve_file(&app, &name, range, method)? {
+                if let Some(response) = serve_file(&app, &name, record.file_size, range, method)? {
                     app.metrics.nar(NarResult::Hit, &source);
                     return Ok(response);
                 }
@@ -188,10 +189,10 @@ async fn not_on_disk(
     ))
 }
 
-/// The index said stored but the file is gone (evicted meanwhile, or removed by hand): forget it, so
-/// that it is fetched again.
+/// The index said stored but the file is gone (evicted meanwhile, or removed by hand) or not the size
+/// recorded: forget it, so that it is fetched again (the new file replaces a damaged one).
 async fn forget_missing_file(app: &Arc<App>, name: &NarName) -> Result<(), ApiError> {
-    tracing::warn!(nar = %name, "stored NAR file missing, fetching it again");
+    tracing::warn!(nar = %name, "stored NAR file missing or damaged, fetching it again");
     let (a, name) = (app.clone(), *name);
     tokio::task::spawn_blocking(move || a.index.unstore_nar(&name.file_hash)).await??;
     Ok(())
@@ -207,7 +208,8 @@ fn nar_headers(headers: &mut HeaderMap, ranges: bool) {
     }
 }
 
-/// Serves the stored file, or `None` when it is not on disk.
+/// Serves the stored file, or `None` when it is not on disk or not `expected` bytes long (damaged or
+/// changed behind the appliance's back: fetched again, never served).
 ///
 /// Opening and stat'ing a stored file (its folder is in the kernel's caches after the first hit) and
 /// reading a small one take microseconds: done on the async worker, like index reads, so a small NAR is
@@ -217,6 +219,7 @@ fn nar_headers(headers: &mut HeaderMap, ranges: bool) {
 fn serve_file(
     app: &Arc<App>,
     name: &NarName,
+    expected: Option<u64>,
     range: Option<ByteRange>,
     method: &Method,
 ) -> Result<Option<Response>, ApiError> {
@@ -230,6 +233,10 @@ fn serve_file(
         .metadata()
         .map_err(|e| ApiError::Internal(format!("stat {}: {e}", path.display())))?
         .len();
+    if expected.is_some_and(|e| e != size) {
+        tracing::warn!(nar = %name, size, expected, "stored NAR file has the wrong size");
+        return Ok(None);
+    }
     app.index.touch(&name.file_hash, unix_now());
     let mut response = Response::new(Body::empty());
     nar_headers(response.headers_mut(), true);
@@ -264,6 +271,14 @@ fn serve_file(
             served,
         ))
     } else {
+        // Sent with `sendfile` by the connection; the body reads the file where nothing takes the offer.
+        let file = Arc::new(file);
+        response.extensions_mut().insert(SendFile {
+            file: file.clone(),
+            start,
+            len,
+            served: served.clone(),
+        });
         Body::from_stream(count_sent(read_ahead(file, start, len), served))
     };
     *response.body_mut() = body;
@@ -284,11 +299,12 @@ fn read_chunk(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// `len` bytes of `file` from `start`, in [`SEND_CHUNK`] reads on the blocking pool, one read ahead.
-/// A read error or a file shorter than announced ends the stream with an error (the connection is
-/// aborted: a short body never looks complete).
+/// `len` bytes of `file` from `start`, in [`SEND_CHUNK`] reads on the blocking pool, one read ahead
+/// from the first poll on (a body dropped unread, when the connection sends the file itself, reads
+/// nothing). A read error or a file shorter than announced ends the stream with an error (the
+/// connection is aborted: a short body never looks complete).
 fn read_ahead(
-    file: File,
+    file: Arc<File>,
     start: u64,
     len: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
@@ -308,13 +324,15 @@ fn read_ahead(
                 .map_err(std::io::Error::other)?
         }))
     }
-    let file = Arc::new(file);
     let end = start + len;
-    let first = spawn(&file, start, end);
     futures_util::stream::unfold(
-        (file, start, end, first),
+        (file, start, end, None),
         |(file, offset, end, pending)| async move {
-            let chunk = match pending?.await {
+            let pending = match pending {
+                Some(read) => read,
+                None => spawn(&file, offset, end)?,
+            };
+            let chunk = match pending.await {
                 Ok(Ok(chunk)) => chunk,
                 Ok(Err(e)) => return Some((Err(e), (file, end, end, None))),
                 Err(e) => return Some((Err(std::io::Error::other(e)), (file, end, end, None))),

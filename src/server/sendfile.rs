@@ -1,0 +1,256 @@
+//! Stored NARs sent with `sendfile(2)`: the file's bytes go from the page cache to the socket without
+//! passing through the appliance's memory (issue 14: one connection of a 256 MiB NAR ran at 0.86× nginx,
+//! which sends with `sendfile`; copying every byte out of the page cache and back cost as much CPU as the
+//! client's own copy).
+//!
+//! hyper writes every byte of a response itself and has no way to send a file. So the body hands hyper
+//! *stand-ins*: slices of [`STAND_IN`], a static block of zeros nobody reads, as long as the file's
+//! chunks; and it queues each chunk's (file, offset, length) in the connection's [`Splices`] as it hands
+//! the stand-in over. hyper queues body chunks as they are (`writev(true)`, never copied into its own
+//! buffer, see [`super::connection::http1_builder`]) and writes them in order, so when the connection's
+//! IO is asked to write a slice that lies inside [`STAND_IN`], it is the head of the queue's chunk: the IO
+//! `sendfile`s that instead and reports the same number of bytes written. Anything out of step (a
+//! stand-in with nothing queued, a length that does not match, a file shorter than announced) fails the
+//! connection: a client never gets zeros, nor a short body that looks complete.
+//!
+//! Where no connection IO of ours serves the response (the router called in-process), the response's
+//! ordinary body reads the file through user space: [`SendFile`] is only an offer, in the response's
+//! extensions, which [`super::connection`] takes up.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+/// Bytes of a file handed to hyper at once (one queue entry). Small enough that a cold file on a slow disk
+/// holds up a worker for one chunk's read at most (see [`SpliceBody`]), large enough that the per-chunk
+/// work is nothing.
+const CHUNK: usize = 2 << 20;
+
+/// What a body's file chunks stand in for: never read, never sent (a zeroed static, so it takes no memory).
+static STAND_IN: [u8; CHUNK] = [0; CHUNK];
+
+/// Whether `slice` is (part of) a stand-in for a file chunk.
+pub fn is_stand_in(slice: &[u8]) -> bool {
+    let base = STAND_IN.as_ptr() as usize;
+    let at = slice.as_ptr() as usize;
+    !slice.is_empty() && at >= base && at + slice.len() <= base + CHUNK
+}
+
+/// An offer, in a response's extensions, to send its body from `file` with `sendfile`: `len` bytes from
+/// `start`. The response's own body sends the same bytes the ordinary way.
+#[derive(Clone)]
+pub struct SendFile {
+    /// The stored file, verified when it was stored.
+    pub file: Arc<File>,
+    /// The first byte to send.
+    pub start: u64,
+    /// How many.
+    pub len: u64,
+    /// Counts the bytes as they are handed to the connection.
+    pub served: prometheus::IntCounter,
+}
+
+impl SendFile {
+    /// The body that sends the file through `splices`, the queue of the connection it is written to.
+    pub fn into_body(self, splices: Arc<Splices>) -> Body {
+        advise(&self.file, self.start, self.len.min(CHUNK as u64));
+        Body::new(SpliceBody {
+            offset: self.start,
+            end: self.start + self.len,
+            file: self.file,
+            served: self.served,
+            splices,
+        })
+    }
+}
+
+/// One chunk of a file to send in place of its stand-in.
+#[derive(Debug)]
+pub struct Splice {
+    file: Arc<File>,
+    offset: u64,
+    /// Bytes of the chunk not sent yet.
+    left: usize,
+}
+
+impl Splice {
+    /// Sends the next bytes of the chunk, as many as `socket` takes at once; exactly `stand_in` must be
+    /// left of it (the stand-in's rest, as hyper offers it).
+    pub fn send(&mut self, socket: &impl AsRawFd, stand_in: usize) -> io::Result<usize> {
+        if stand_in != self.left {
+            return Err(io::Error::other(
+                "a response body is out of step with the file it stands for",
+            ));
+        }
+        let mut offset = libc::off_t::try_from(self.offset).map_err(io::Error::other)?;
+        // SAFETY: both descriptors are open for the call (owned by `socket` and `self.file`), and
+        // `offset` is a valid pointer for its duration.
+        let sent = unsafe {
+            libc::sendfile(
+                socket.as_raw_fd(),
+                self.file.as_raw_fd(),
+                &mut offset,
+                self.left,
+            )
+        };
+        let sent = usize::try_from(sent).map_err(|_| io::Error::last_os_error())?;
+        if sent == 0 {
+            // The file is shorter than announced (changed under us): never a short body that looks whole.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stored NAR shorter than announced",
+            ));
+        }
+        self.offset += sent as u64;
+        self.left -= sent;
+        Ok(sent)
+    }
+
+    /// Whether the whole chunk went.
+    pub fn done(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// A connection's file chunks, in the order their stand-ins were handed to hyper (which writes them in
+/// that order: a pipelined response's chunks queue behind the one being sent).
+#[derive(Debug, Default)]
+pub struct Splices(Mutex<VecDeque<Splice>>);
+
+impl Splices {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Splice>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The chunk whose stand-in comes next.
+    pub fn next(&self) -> Option<Splice> {
+        self.lock().pop_front()
+    }
+}
+
+/// The body of a [`SendFile`]: stand-ins of [`CHUNK`] bytes at most, each queued with its place in the
+/// file.
+///
+/// `sendfile` runs on the async worker, like every socket write. It copies nothing when the file is in
+/// the page cache (the usual case: stored NARs are read again and again); a file that is not waits for
+/// the disk inside the call. So the kernel is asked to read each next chunk ahead
+/// (`POSIX_FADV_WILLNEED`, which does not wait) when the one before it is handed over: at most one
+/// chunk's read is ever waited for on a worker.
+struct SpliceBody {
+    file: Arc<File>,
+    offset: u64,
+    end: u64,
+    served: prometheus::IntCounter,
+    splices: Arc<Splices>,
+}
+
+impl http_body::Body for SpliceBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let left = this.end - this.offset;
+        if left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+        this.splices.lock().push_back(Splice {
+            file: this.file.clone(),
+            offset: this.offset,
+            left: n,
+        });
+        this.offset += n as u64;
+        this.served.inc_by(n as u64);
+        advise(
+            &this.file,
+            this.offset,
+            (this.end - this.offset).min(CHUNK as u64),
+        );
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&STAND_IN[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.offset == self.end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.end - self.offset)
+    }
+}
+
+/// Asks the kernel to read `len` bytes of `file` from `offset` into the page cache, without waiting.
+fn advise(file: &File, offset: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a hint about an open descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_slices_of_the_stand_in_are_stand_ins() {
+        assert!(is_stand_in(&STAND_IN[..10]));
+        assert!(is_stand_in(&STAND_IN[CHUNK - 1..]));
+        assert!(!is_stand_in(&STAND_IN[..0]));
+        let zeros = vec![0u8; 64];
+        assert!(!is_stand_in(&zeros));
+        assert!(!is_stand_in(b"HTTP/1.1 200 OK\r\n"));
+    }
+
+    fn splice(file: &Arc<File>, offset: u64, left: usize) -> Splice {
+        Splice {
+            file: file.clone(),
+            offset,
+            left,
+        }
+    }
+
+    #[test]
+    fn a_splice_sends_its_part_of_the_file_and_fails_out_of_step_or_short() {
+        use std::io::{Read, Write};
+        let mut tmp = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        tmp.write_all(&content).unwrap();
+        let file = Arc::new(tmp);
+        let (tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+
+        let mut part = splice(&file, 1_000, 5_000);
+        let mut sent = 0;
+        while !part.done() {
+            sent += part.send(&tx, 5_000 - sent).unwrap();
+        }
+        let mut got = vec![0; 5_000];
+        rx.read_exact(&mut got).unwrap();
+        assert_eq!(got, content[1_000..6_000]);
+
+        // hyper offering a stand-in of another length than the chunk's rest: nothing is sent.
+        let mut part = splice(&file, 0, 10);
+        assert!(part.send(&tx, 9).is_err());
+        // A file shorter than announced: what there is, then an error, never a 0-byte "success".
+        let mut part = splice(&file, 99_990, 20);
+        assert_eq!(part.send(&tx, 20).unwrap(), 10);
+        let err = part.send(&tx, 10).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
