@@ -527,6 +527,16 @@ async fn a_client_that_accepts_no_bytes_is_dropped_and_costs_little_meanwhile() 
         let body = reqwest::get(format!("{}{nar}", daemon.url)).await.unwrap();
         assert_eq!(body.bytes().await.unwrap().len(), size);
     }
+    // On disk and in the index (made durable just after its client got it): the readers get the
+    // stored file, not the fill's stream.
+    let started = Instant::now();
+    while daemon.metric("nixcache_store_nars").await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the NAR is stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let baseline = status_kib(daemon.pid, "VmRSS");
     reset_peak(daemon.pid);
 
