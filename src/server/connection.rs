@@ -400,7 +400,14 @@ impl TimedIo {
             match self.inner.try_io(tokio::io::Interest::WRITABLE, || {
                 splice.send(&self.inner, stand_in)
             }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
                 result => return Poll::Ready(result),
             }
         }
