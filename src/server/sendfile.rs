@@ -34,8 +34,23 @@ use http_body::{Frame, SizeHint};
 /// work is nothing.
 const CHUNK: usize = 2 << 20;
 
-/// What a body's file chunks stand in for: never read, never sent (a zeroed static, so it takes no memory).
-static STAND_IN: [u8; CHUNK] = [0; CHUNK];
+/// What a body's file chunks stand in for: never read, never sent. A read-only anonymous mapping, made
+/// once and never touched, so no memory backs it (a `static` array would be 2 MiB of the binary).
+static STAND_IN: std::sync::LazyLock<&'static [u8]> = std::sync::LazyLock::new(|| {
+    // SAFETY: a new private anonymous mapping, not aliased, never unmapped: valid for 'static.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            CHUNK,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert!(at != libc::MAP_FAILED, "cannot map the sendfile stand-in");
+        std::slice::from_raw_parts(at.cast::<u8>(), CHUNK)
+    }
+});
 
 /// Whether `slice` is (part of) a stand-in for a file chunk.
 pub fn is_stand_in(slice: &[u8]) -> bool {
