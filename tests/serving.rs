@@ -832,9 +832,17 @@ async fn stored_large_nars_are_sent_whole_in_ranges_and_pipelined() {
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.bytes().await.unwrap(), big.nar);
     assert_eq!(up.nars(), 3, "fetched again");
-    assert_eq!(
-        std::fs::metadata(&stored).unwrap().len(),
-        big.nar.len() as u64
-    );
+    // The new file replaces the damaged one once it is made durable, just after its client got it.
+    let started = Instant::now();
+    while std::fs::metadata(&stored).map_or(0, |m| m.len()) != big.nar.len() as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the damaged file is replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = client.get(&url).send().await.unwrap();
+    assert_eq!(fresh.bytes().await.unwrap(), big.nar, "from disk again");
+    assert_eq!(up.nars(), 3);
     cache.stop().await;
 }
