@@ -32,6 +32,19 @@ async fn appliance(
     local_cache: bool,
     trusted: &[&str],
 ) -> Appliance {
+    appliance_in(dir, name, s3, upstreams, local_cache, trusted, "").await
+}
+
+/// [`appliance`], keeping its objects under `prefix` in the bucket.
+async fn appliance_in(
+    dir: &Path,
+    name: &str,
+    s3: &Seaweed,
+    upstreams: &[&str],
+    local_cache: bool,
+    trusted: &[&str],
+    prefix: &str,
+) -> Appliance {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).unwrap();
     // The same name keeps its key across a restart.
@@ -46,6 +59,7 @@ async fn appliance(
     config.signing_key_file = Some(sk);
     let mut bucket = s3.config(local_cache);
     bucket.trusted_keys = trusted.iter().map(|k| k.to_string()).collect();
+    bucket.prefix = prefix.to_string();
     config.bucket = Some(bucket);
     Appliance {
         cache: Nixcache::start(config).await,
@@ -508,4 +522,70 @@ async fn the_elected_appliance_prunes_only_what_no_appliance_uses() {
     }
     a.cache.stop().await;
     b.cache.stop().await;
+}
+
+/// A team sharing a bucket with other data keeps its cache under a folder (`prefix = "team/nix"`): every
+/// object the appliance writes is there and nothing at the bucket's top, another appliance on the same
+/// prefix serves it with the upstream gone, and the real Nix client reads the folder as a binary cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_keeps_every_object_in_its_folder() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = Seaweed::start(&dir.path().join("s3")).await;
+    let upstream = TestUpstream::start(&f.caches["xz"]).await;
+    let prefix = "team/nix";
+    let a = appliance_in(dir.path(), "a", &s3, &[&upstream.url], true, &[], prefix).await;
+    let b = appliance_in(
+        dir.path(),
+        "b",
+        &s3,
+        &[&upstream.url],
+        false,
+        &[&a.public_key],
+        prefix,
+    )
+    .await;
+
+    let urls = fetch_all(&a.cache, &f.closure).await;
+    for (path, url) in f.closure.iter().zip(&urls) {
+        let hash = hash_of(path);
+        wait_in_bucket(&s3, &format!("{prefix}/{hash}.narinfo")).await;
+        let (_, want) = expected_nar(&f.caches["xz"], path);
+        let (status, got) = body(&format!("{}/{prefix}/{url}", s3.bucket_url())).await;
+        assert_eq!((status, got == want), (StatusCode::OK, true), "{url}");
+        for outside in [format!("{hash}.narinfo"), url.clone()] {
+            let (status, _) = body(&format!("{}/{outside}", s3.bucket_url())).await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{outside} outside the prefix"
+            );
+        }
+    }
+    wait_in_bucket(&s3, &format!("{prefix}/nix-cache-info")).await;
+    let (status, _) = body(&format!("{}/nix-cache-info", s3.bucket_url())).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "nix-cache-info outside the prefix"
+    );
+
+    upstream.stop();
+    for (path, url) in f.closure.iter().zip(&urls) {
+        let (status, _) = body(&format!("{}/{}.narinfo", b.cache.url, hash_of(path))).await;
+        assert_eq!(status, StatusCode::OK, "B finds {path} under the prefix");
+        let (_, want) = expected_nar(&f.caches["xz"], path);
+        let (status, got) = body(&format!("{}/{url}", b.cache.url)).await;
+        assert_eq!(
+            (status, got == want),
+            (StatusCode::OK, true),
+            "B serves {url}"
+        );
+    }
+    let store = dir.path().join("store-direct");
+    let folder = format!("{}/{prefix}", s3.bucket_url());
+    let (ok, err) = f.realise(&store, &folder, &f.top, &a.public_key);
+    assert!(ok, "nix-store -r from the bucket's folder: {err}");
+    b.cache.stop().await;
+    a.cache.stop().await;
 }
