@@ -6,6 +6,7 @@ pub mod activity;
 pub mod app;
 pub mod bucket;
 pub mod budget;
+pub mod capped;
 pub mod cli;
 pub mod clock;
 pub mod commands;

@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
@@ -98,29 +97,19 @@ impl RegistryError {
     }
 }
 
-/// Reads a body of at most `cap` bytes, handing each chunk to `each` as it arrives; stops (and drops the
-/// connection) as soon as the body passes the cap, whatever Content-Length said.
+/// Reads a body of at most `cap` bytes (see [`crate::capped::read`]); `what` names it in the error.
 pub async fn read_capped(
     response: reqwest::Response,
     what: &'static str,
     cap: u64,
-    mut each: impl FnMut(&[u8]),
+    each: impl FnMut(&[u8]),
 ) -> Result<Vec<u8>, RegistryError> {
-    let too_large = RegistryError::TooLarge { what, cap };
-    if response.content_length().is_some_and(|n| n > cap) {
-        return Err(too_large);
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if (body.len() + chunk.len()) as u64 > cap {
-            return Err(too_large);
-        }
-        each(&chunk);
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    crate::capped::read(response, cap, each)
+        .await
+        .map_err(|e| match e {
+            crate::capped::CappedError::TooLarge => RegistryError::TooLarge { what, cap },
+            crate::capped::CappedError::Http(e) => RegistryError::Http(e),
+        })
 }
 
 #[derive(Debug, Clone)]

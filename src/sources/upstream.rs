@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use reqwest::{StatusCode, Url};
 
 use super::{Health, LookupSlots, NarinfoAnswer, Rejection, SourceError};
@@ -243,17 +242,10 @@ impl Upstream {
 
 /// Reads a whole body, failing as soon as it grows past `cap` bytes.
 async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, SourceError> {
-    if response.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(SourceError::TooLarge);
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(http_error)?;
-        if body.len() + chunk.len() > cap {
-            return Err(SourceError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    crate::capped::read(response, cap as u64, |_| {})
+        .await
+        .map_err(|e| match e {
+            crate::capped::CappedError::TooLarge => SourceError::TooLarge,
+            crate::capped::CappedError::Http(e) => http_error(e),
+        })
 }
