@@ -4,7 +4,7 @@
 //! client's own copy).
 //!
 //! hyper writes every byte of a response itself and has no way to send a file. So the body hands hyper
-//! *stand-ins*: slices of [`STAND_IN`], a static block of zeros nobody reads, as long as the file's
+//! *stand-ins*: slices of [`STAND_IN`], a read-only mapping of zeros nobody reads, as long as the file's
 //! chunks; and it queues each chunk's (file, offset, length) in the connection's [`Splices`] as it hands
 //! the stand-in over. hyper queues body chunks as they are (`writev(true)`, never copied into its own
 //! buffer, see [`super::connection::http1_builder`]) and writes them in order, so when the connection's
