@@ -132,13 +132,10 @@ impl App {
             .upstreams
             .iter()
             .map(|u| {
-                let trust = if u.accept_unsigned {
+                if u.accept_unsigned {
                     tracing::warn!(source = %crate::redact::url(&u.url), "accepting unsigned narinfos from this source (accept_unsigned)");
-                    Trust::AcceptUnsigned
-                } else {
-                    let keys = u.trusted_keys.iter().map(|k| PublicKey::parse(k));
-                    Trust::Keys(keys.collect::<Result<_, _>>().map_err(|e| e.to_string())?)
-                };
+                }
+                let trust = Trust::configured(u.accept_unsigned, &u.trusted_keys)?;
                 Upstream::new(&u.url, client.clone(), config.upstream_timeout, trust)
             })
             .collect::<Result<Vec<_>, _>>()
@@ -168,11 +165,7 @@ impl App {
             Some(c) => {
                 let bucket =
                     Arc::new(Bucket::new(c, client.clone()).map_err(StartError::Upstream)?);
-                let mut keys = c
-                    .trusted_keys
-                    .iter()
-                    .map(|k| PublicKey::parse(k))
-                    .collect::<Result<Vec<_>, _>>()
+                let mut keys = PublicKey::parse_all(&c.trusted_keys)
                     .map_err(|e| StartError::Upstream(e.to_string()))?;
                 keys.extend(signing_key.as_ref().map(|k| k.public_key()));
                 Some((bucket.clone(), BucketSource::new(bucket, Trust::Keys(keys))))

@@ -28,6 +28,16 @@ pub enum Trust {
 }
 
 impl Trust {
+    /// The policy a source's settings say: `accept_unsigned`, or signatures by `trusted_keys`.
+    pub fn configured(accept_unsigned: bool, trusted_keys: &[String]) -> Result<Trust, String> {
+        if accept_unsigned {
+            return Ok(Trust::AcceptUnsigned);
+        }
+        PublicKey::parse_all(trusted_keys)
+            .map(Trust::Keys)
+            .map_err(|e| e.to_string())
+    }
+
     /// Whether `narinfo` is acceptable under this policy.
     pub fn accepts(&self, narinfo: &NarInfo) -> bool {
         match self {

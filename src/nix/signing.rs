@@ -155,6 +155,11 @@ impl PublicKey {
         })
     }
 
+    /// Parses every key of a configured list (`trusted_keys` and the like); the first bad one fails all.
+    pub fn parse_all(texts: &[String]) -> Result<Vec<Self>, SigningError> {
+        texts.iter().map(|t| Self::parse(t)).collect()
+    }
+
     /// The key name.
     pub fn name(&self) -> &str {
         &self.name

@@ -77,16 +77,11 @@ impl Pushes {
             }
             tokens.push(token);
         }
-        let trusted = config
-            .trusted_keys
-            .iter()
-            .map(|k| PublicKey::parse(k).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| TokenError {
-                name: "-".into(),
-                path: "push_trusted_keys".into(),
-                reason,
-            })?;
+        let trusted = PublicKey::parse_all(&config.trusted_keys).map_err(|e| TokenError {
+            name: "-".into(),
+            path: "push_trusted_keys".into(),
+            reason: e.to_string(),
+        })?;
         Ok(Pushes {
             tokens,
             trusted,

@@ -16,7 +16,6 @@ use crate::clock::unix_now;
 use crate::config::OciConfig;
 use crate::index::{Applied, IndexError};
 use crate::metrics::{RequestKind, SourceMetrics};
-use crate::nix::signing::PublicKey;
 use crate::oci::client::{Registry, RegistryError};
 use crate::oci::format::image_name;
 
@@ -137,18 +136,7 @@ impl OciSource {
             config.token.as_ref().map(|t| t.0.clone()),
             client,
         )?;
-        let trust = if config.accept_unsigned {
-            Trust::AcceptUnsigned
-        } else {
-            Trust::Keys(
-                config
-                    .trusted_keys
-                    .iter()
-                    .map(|k| PublicKey::parse(k))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?,
-            )
-        };
+        let trust = Trust::configured(config.accept_unsigned, &config.trusted_keys)?;
         let full_id = format!("oci:{}/{image}", config.registry.trim_end_matches('/'));
         Ok(OciSource {
             id: crate::redact::url(&full_id),
