@@ -22,19 +22,13 @@ use crate::fill::{self, Fills, Joined, Subscription, Want};
 use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
 
-/// Chunk reads of stored files running at once (see [`read_ahead`]): one per core (2 on the machine
-/// the limit was measured on, docs/benchmarks.md "Large NARs").
-static READERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
-});
-
 /// Stored files up to this size are read on the async worker and sent in one piece: a copy from the
 /// page cache of at most a few tens of microseconds, cheaper than a hop to the blocking pool (most NARs
 /// of a closure are this small).
 const INLINE_MAX: u64 = 256 * 1024;
-/// Bytes per read when streaming a larger stored file (large reads matter for throughput, see
-/// docs/benchmarks.md).
-const SEND_CHUNK: u64 = 1 << 20;
+/// Bytes per read of a larger stored file where no connection sends it with `sendfile` (the router
+/// called in-process).
+const READ_CHUNK: u64 = 1 << 20;
 
 /// A single byte range asked for with `Range: bytes=start-[end]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,8 +208,7 @@ fn nar_headers(headers: &mut HeaderMap, ranges: bool) {
 /// Opening and stat'ing a stored file (its folder is in the kernel's caches after the first hit) and
 /// reading a small one take microseconds: done on the async worker, like index reads, so a small NAR is
 /// answered without a hop to the blocking pool and goes out with its headers in one write. Larger
-/// files are read on the blocking pool in [`SEND_CHUNK`] reads, the next one running while the last
-/// one is being sent.
+/// files are offered to the connection, which sends them with `sendfile` (`sendfile.rs`).
 fn serve_file(
     app: &Arc<App>,
     name: &NarName,
@@ -279,7 +272,7 @@ fn serve_file(
             len,
             served: served.clone(),
         });
-        Body::from_stream(count_sent(read_ahead(file, start, len), served))
+        Body::from_stream(count_sent(read_chunks(file, start, len), served))
     };
     *response.body_mut() = body;
     Ok(Some(response))
@@ -299,49 +292,29 @@ fn read_chunk(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-/// `len` bytes of `file` from `start`, in [`SEND_CHUNK`] reads on the blocking pool, one read ahead
-/// from the first poll on (a body dropped unread, when the connection sends the file itself, reads
-/// nothing). A read error or a file shorter than announced ends the stream with an error (the
+/// `len` bytes of `file` from `start`, in [`READ_CHUNK`] reads on the blocking pool, the first when
+/// the body is first polled (a body dropped unread, when the connection takes the `sendfile` offer,
+/// reads nothing). A read error or a file shorter than announced ends the stream with an error (the
 /// connection is aborted: a short body never looks complete).
-fn read_ahead(
+fn read_chunks(
     file: Arc<File>,
     start: u64,
     len: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
-    type Read = tokio::task::JoinHandle<std::io::Result<Bytes>>;
-    fn spawn(file: &Arc<File>, offset: u64, end: u64) -> Option<Read> {
-        let n = (end - offset).min(SEND_CHUNK);
-        if n == 0 {
-            return None;
-        }
-        let file = file.clone();
-        Some(tokio::spawn(async move {
-            // Copying from the page cache is CPU work: as many at once as there are cores, so that
-            // bulk transfers cannot crowd the async workers (and every hit behind them) off the CPUs.
-            let _permit = READERS.acquire().await.map_err(std::io::Error::other)?;
-            tokio::task::spawn_blocking(move || read_chunk(&file, offset, n))
-                .await
-                .map_err(std::io::Error::other)?
-        }))
-    }
     let end = start + len;
-    futures_util::stream::unfold(
-        (file, start, end, None),
-        |(file, offset, end, pending)| async move {
-            let pending = match pending {
-                Some(read) => read,
-                None => spawn(&file, offset, end)?,
-            };
-            let chunk = match pending.await {
-                Ok(Ok(chunk)) => chunk,
-                Ok(Err(e)) => return Some((Err(e), (file, end, end, None))),
-                Err(e) => return Some((Err(std::io::Error::other(e)), (file, end, end, None))),
-            };
-            let offset = offset + chunk.len() as u64;
-            let next = spawn(&file, offset, end);
-            Some((Ok(chunk), (file, offset, end, next)))
-        },
-    )
+    futures_util::stream::try_unfold(start, move |offset| {
+        let file = file.clone();
+        async move {
+            let n = (end - offset).min(READ_CHUNK);
+            if n == 0 {
+                return Ok(None);
+            }
+            let chunk = tokio::task::spawn_blocking(move || read_chunk(&file, offset, n))
+                .await
+                .map_err(std::io::Error::other)??;
+            Ok(Some((chunk, offset + n)))
+        }
+    })
 }
 
 /// Counts the bytes of a body as they are handed to the connection (a HEAD never polls its body).
@@ -394,6 +367,29 @@ fn serve_fill(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The body the in-process router gets: the file's bytes in order across reads, and an error, not
+    /// a quiet end, when the file is shorter than announced.
+    #[tokio::test]
+    async fn read_chunks_reads_the_range_and_fails_short() {
+        use futures_util::TryStreamExt;
+        use std::io::Write;
+        let content: Vec<u8> = (0..(5 * READ_CHUNK / 2) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut tmp = tempfile::tempfile().unwrap();
+        tmp.write_all(&content).unwrap();
+        let file = Arc::new(tmp);
+        let len = content.len() as u64 - 100;
+        let got: Vec<Bytes> = read_chunks(file.clone(), 100, len)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got.concat(), content[100..]);
+        let short: Result<Vec<Bytes>, _> = read_chunks(file, 100, len + 1).try_collect().await;
+        assert!(short.is_err());
+    }
 
     #[test]
     fn ranges() {

@@ -60,7 +60,8 @@ pub fn is_stand_in(slice: &[u8]) -> bool {
 }
 
 /// An offer, in a response's extensions, to send its body from `file` with `sendfile`: `len` bytes from
-/// `start`. The response's own body sends the same bytes the ordinary way.
+/// `start`. The response's own body sends the same bytes the ordinary way. (`Clone`: what response
+/// extensions hold must be.)
 #[derive(Clone)]
 pub struct SendFile {
     /// The stored file, verified when it was stored.
