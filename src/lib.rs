@@ -28,6 +28,7 @@ pub mod priority;
 pub mod push;
 pub mod redact;
 pub mod server;
+pub mod sharded;
 pub mod sources;
 pub mod store;
 pub mod systemd;

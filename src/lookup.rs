@@ -64,6 +64,21 @@ pub async fn narinfo_as(
     }
 }
 
+/// The answer the index already has for a client (a hit, or a live negative entry), counted as
+/// [`narinfo_as`] counts it, without waiting for anything: most requests of a warm cache are answered
+/// so, with no future to build and poll. `None` when the sources must be asked, or the index failed:
+/// the caller then takes [`narinfo_as`], which asks them or reports the failure.
+pub fn narinfo_known(
+    app: &App,
+    hash: &StoreHash,
+    asker: Asker,
+) -> Option<(NarinfoResult, Option<String>)> {
+    debug_assert!(asker != Asker::Ahead, "fetching ahead is not counted here");
+    let (result, source, text) = known(app, hash, asker).ok()??;
+    app.metrics.narinfo(result, &source);
+    Some((result, text))
+}
+
 /// What the index already says: a recorded narinfo that today's trust policy still accepts, or a live
 /// negative entry.
 ///

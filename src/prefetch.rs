@@ -19,7 +19,7 @@
 //! all of it off.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -43,8 +43,8 @@ pub struct Prefetch {
     enabled: bool,
     max_nar_size: u64,
     state: Mutex<State>,
-    /// Entries in `State::ahead`, read without the lock on every narinfo hit.
-    ahead_len: AtomicUsize,
+    /// `State::ahead` counted by [`AheadFilter`] cell, read without the lock on every narinfo hit.
+    ahead_filter: AheadFilter,
     narinfo_ready: Notify,
     nar_ready: Notify,
 }
@@ -69,7 +69,7 @@ impl Prefetch {
             enabled,
             max_nar_size,
             state: Mutex::default(),
-            ahead_len: AtomicUsize::new(0),
+            ahead_filter: AheadFilter::default(),
             narinfo_ready: Notify::new(),
             nar_ready: Notify::new(),
         }
@@ -108,9 +108,11 @@ impl Prefetch {
                 if s.ahead.len() >= QUEUE_MAX {
                     // Narinfos fetched ahead that no client asked for: forgotten together.
                     s.ahead.clear();
+                    self.ahead_filter.clear();
                 }
-                s.ahead.insert(hash);
-                self.ahead_len.store(s.ahead.len(), Ordering::Relaxed);
+                if s.ahead.insert(hash) {
+                    self.ahead_filter.add(&hash, 1);
+                }
             }
             Asker::Warm => {}
         }
@@ -121,16 +123,16 @@ impl Prefetch {
     }
 
     /// A client's GET of the narinfo of `hash` found it in the index: if it was fetched ahead (or
-    /// probed with HEAD), its NAR is fetched now. One atomic read when nothing waits.
+    /// probed with HEAD), its NAR is fetched now. One atomic read when it was not.
     pub fn asked(&self, app: &App, hash: &StoreHash) {
-        if self.ahead_len.load(Ordering::Relaxed) == 0 {
+        if !self.ahead_filter.may_hold(hash) {
             return;
         }
         let Ok(mut s) = self.state.lock() else {
             return;
         };
         if s.ahead.remove(hash) {
-            self.ahead_len.store(s.ahead.len(), Ordering::Relaxed);
+            self.ahead_filter.add(hash, -1);
             self.queue_nar(app, &mut s, *hash);
         }
     }
@@ -142,6 +144,58 @@ impl Prefetch {
         }
         s.nars.push(hash);
         self.nar_ready.notify_one();
+    }
+}
+
+/// Cells of the [`AheadFilter`] (64 KiB): with a thousand narinfos waiting, one hit in twenty takes
+/// the lock for nothing.
+const FILTER_CELLS: usize = 1 << 14;
+
+/// How many hashes of `State::ahead` fall in each cell, written under the state lock and read without
+/// it. A hit on a hash whose cell is 0 was not fetched ahead: no lock taken. Narinfos fetched ahead that
+/// no client ever asks for (paths its machines already had) stay there until `QUEUE_MAX`, so a count
+/// of them would make every hit take the lock, which both cores then pass between them (see
+/// `sharded.rs`).
+struct AheadFilter {
+    cells: Box<[AtomicU32]>,
+}
+
+impl Default for AheadFilter {
+    fn default() -> AheadFilter {
+        AheadFilter {
+            cells: (0..FILTER_CELLS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+impl AheadFilter {
+    fn cell(&self, hash: &StoreHash) -> &AtomicU32 {
+        let mut head = [0; 8];
+        head.copy_from_slice(&hash.as_str().as_bytes()[..8]);
+        // Fibonacci hashing: the top bits of the product mix all eight bytes.
+        let mixed = u64::from_le_bytes(head).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.cells[(mixed >> (64 - FILTER_CELLS.trailing_zeros())) as usize]
+    }
+
+    /// Whether `hash` may be in the set (false: it is not).
+    fn may_hold(&self, hash: &StoreHash) -> bool {
+        self.cell(hash).load(Ordering::Relaxed) != 0
+    }
+
+    /// Counts `hash` in (`1`) or out (`-1`); under the state lock.
+    fn add(&self, hash: &StoreHash, by: i32) {
+        let cell = self.cell(hash);
+        cell.store(
+            cell.load(Ordering::Relaxed).saturating_add_signed(by),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Empties it; under the state lock.
+    fn clear(&self) {
+        for cell in self.cells.iter() {
+            cell.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -255,5 +309,48 @@ async fn fetch_nar(app: Arc<App>, hash: StoreHash) -> &'static str {
         Ok(Joined::Stored) => "known",
         Ok(Joined::PassThrough) => "skipped",
         Err(_) => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(i: usize) -> StoreHash {
+        const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        // Distinct for every i below 2^30: five bits per character, the rest fixed.
+        let text: String = (0..32)
+            .map(|k| ALPHABET[if k < 6 { (i >> (5 * k)) % 32 } else { k }] as char)
+            .collect();
+        text.parse().unwrap()
+    }
+
+    /// The filter never says "not there" of a hash that is there, and mostly says it of the others.
+    #[test]
+    fn the_ahead_filter_holds_what_was_added_until_it_is_taken_out() {
+        let filter = AheadFilter::default();
+        let held: Vec<StoreHash> = (0..1000).map(hash).collect();
+        for h in &held {
+            filter.add(h, 1);
+        }
+        assert!(held.iter().all(|h| filter.may_hold(h)));
+        let others = (1000..11_000)
+            .filter(|i| filter.may_hold(&hash(*i)))
+            .count();
+        assert!(
+            others < 1500,
+            "{others} of 10000 other hashes take the lock"
+        );
+        for h in &held[..500] {
+            filter.add(h, -1);
+        }
+        assert!(held[500..].iter().all(|h| filter.may_hold(h)));
+        for h in &held[500..] {
+            filter.add(h, -1);
+        }
+        assert!(held.iter().all(|h| !filter.may_hold(h)), "all counted out");
+        filter.add(&held[0], 1);
+        filter.clear();
+        assert!(!filter.may_hold(&held[0]));
     }
 }

@@ -380,9 +380,7 @@ impl Index {
         &self,
         f: impl FnOnce(&snapshot::Snapshot) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
-        let db = self.handle()?;
-        let result = self.snapshots.get(&db).and_then(|s| f(&s));
-        drop(db);
+        let result = self.snapshots.get(|| self.handle()).and_then(|s| f(&s));
         self.check(result)
     }
 

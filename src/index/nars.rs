@@ -10,20 +10,39 @@ use super::tables::*;
 use super::{Index, IndexError, add_counter, counter};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::store_path::StoreHash;
+use crate::sharded::Sharded;
 
-/// Access times noted by hits, written in batches (never one write per hit).
+/// Access times noted by hits, written in batches (never one write per hit), one map per thread
+/// (`sharded.rs`): hits on two threads do not take the same lock.
 #[derive(Default)]
 pub(super) struct PendingAccess {
-    nars: Mutex<HashMap<Sha256Hash, u64>>,
-    narinfos: Mutex<HashMap<StoreHash, u64>>,
+    nars: Sharded<Mutex<HashMap<Sha256Hash, u64>>>,
+    narinfos: Sharded<Mutex<HashMap<StoreHash, u64>>>,
 }
 
 impl PendingAccess {
     pub(super) fn asked(&self, hash: &StoreHash, now: u64) {
-        if let Ok(mut p) = self.narinfos.lock() {
-            p.insert(*hash, now);
+        note(&self.narinfos, *hash, now);
+    }
+}
+
+fn note<K: std::hash::Hash + Eq>(pending: &Sharded<Mutex<HashMap<K, u64>>>, key: K, now: u64) {
+    if let Ok(mut p) = pending.local().lock() {
+        p.insert(key, now);
+    }
+}
+
+/// Every thread's pending times, the latest of each key.
+fn take_all<K: std::hash::Hash + Eq>(pending: &Sharded<Mutex<HashMap<K, u64>>>) -> HashMap<K, u64> {
+    let mut all = HashMap::new();
+    for slot in pending.all() {
+        let Ok(mut p) = slot.lock() else { continue };
+        for (key, at) in p.drain() {
+            let latest = all.entry(key).or_insert(at);
+            *latest = (*latest).max(at);
         }
     }
+    all
 }
 
 impl Index {
@@ -71,21 +90,13 @@ impl Index {
 
     /// Notes an access to a stored NAR; written by the next flush.
     pub fn touch(&self, file_hash: &Sha256Hash, now: u64) {
-        if let Ok(mut pending) = self.access.nars.lock() {
-            pending.insert(*file_hash, now);
-        }
+        note(&self.access.nars, *file_hash, now);
     }
 
     /// Writes the batched access times (NARs and narinfos) in one non-durable transaction.
     pub fn flush_access(&self) -> Result<(), IndexError> {
-        let nars = match self.access.nars.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(_) => HashMap::new(),
-        };
-        let narinfos = match self.access.narinfos.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(_) => HashMap::new(),
-        };
+        let nars = take_all(&self.access.nars);
+        let narinfos = take_all(&self.access.narinfos);
         if nars.is_empty() && narinfos.is_empty() {
             return Ok(());
         }

@@ -9,14 +9,21 @@
 //! A snapshot is a redb read transaction: while it lives, pages freed by later commits cannot be reused.
 //! Dropping it at every commit keeps that to the time until the next read.
 //!
-//! A snapshot also remembers the narinfo rows read through it (at most [`MEMO_MAX`]): a hot narinfo
-//! (a closure many machines fetch) is then a hash-map look-up, however large the index, with no
-//! B-tree walk and no decoding. The memo is exactly as fresh as the snapshot it belongs to: it goes
-//! with it at the next commit.
+//! Each thread also remembers the narinfo rows it read through the current snapshot (at most
+//! [`MEMO_MAX`]): a hot narinfo (a closure many machines fetch) is then a hash-map look-up, however
+//! large the index, with no B-tree walk and no decoding. The memo is exactly as fresh as the snapshot
+//! it was read through: a thread forgets it when it first reads through a newer one.
+//!
+//! Nothing on the hit path is written by two threads, but the snapshot's reference count: each thread
+//! finds the current snapshot through its own weak reference (no lock) and keeps its own memo (no lock,
+//! and rows no other thread counts references to). Shared, those locks and counts moved their cache
+//! lines between cores on every hit (see `sharded.rs`). The weak reference does not keep a snapshot
+//! alive: an idle thread holds no read transaction open.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
@@ -25,65 +32,129 @@ use super::NarinfoRow;
 use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
 use crate::nix::store_path::StoreHash;
 
-/// Most narinfo rows one snapshot remembers (~1 KiB each).
-pub(super) const MEMO_MAX: usize = 16_384;
+/// Most narinfo rows one thread remembers (~1 KiB each).
+pub(super) const MEMO_MAX: usize = 8_192;
+
+/// Tells apart the snapshots of every index of the process, for the threads' caches.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// What one thread remembers of one index's current snapshot.
+#[derive(Default)]
+struct Local {
+    /// The [`Snapshots`] it belongs to and the generation it saw.
+    owner: u64,
+    generation: u64,
+    snapshot: Weak<Snapshot>,
+    /// Rows read through the snapshot `memo_of` (its `owner` and `generation`).
+    memo_of: (u64, u64),
+    memo: HashMap<StoreHash, Arc<NarinfoRow>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::default();
+}
 
 /// The tables the hit path reads, as of one commit.
 pub(super) struct Snapshot {
+    owner: u64,
     generation: u64,
     pub(super) narinfo: ReadOnlyTable<&'static str, NarinfoValue<'static>>,
     pub(super) negative: ReadOnlyTable<&'static str, u64>,
     pub(super) nar: ReadOnlyTable<[u8; 32], &'static [u8]>,
     pub(super) stored: ReadOnlyTable<[u8; 32], (u64, u64)>,
     pub(super) counters: ReadOnlyTable<&'static str, u64>,
-    memo: Mutex<HashMap<StoreHash, Arc<NarinfoRow>>>,
 }
 
 impl Snapshot {
-    /// The narinfo row of `hash` as of this snapshot, remembered after the first read.
+    /// The narinfo row of `hash` as of this snapshot, remembered by this thread after the first read.
     pub(super) fn narinfo(&self, hash: &StoreHash) -> Result<Option<Arc<NarinfoRow>>, IndexError> {
-        if let Some(row) = self.memo.lock().ok().and_then(|m| m.get(hash).cloned()) {
+        let this = (self.owner, self.generation);
+        let remembered = LOCAL.with_borrow_mut(|local| {
+            if local.memo_of != this {
+                local.memo_of = this;
+                local.memo.clear();
+            }
+            local.memo.get(hash).cloned()
+        });
+        if let Some(row) = remembered {
             return Ok(Some(row));
         }
         let Some(value) = self.narinfo.get(hash.as_str())? else {
             return Ok(None);
         };
         let row = Arc::new(super::narinfos::to_row(value.value()));
-        if let Ok(mut memo) = self.memo.lock()
-            && memo.len() < MEMO_MAX
-        {
-            memo.insert(*hash, row.clone());
-        }
+        LOCAL.with_borrow_mut(|local| {
+            if local.memo_of == this && local.memo.len() < MEMO_MAX {
+                local.memo.insert(*hash, row.clone());
+            }
+        });
         Ok(Some(row))
     }
 }
 
 /// The current snapshot, if one was taken since the last commit.
-#[derive(Default)]
 pub(super) struct Snapshots {
+    id: u64,
     generation: AtomicU64,
     current: Mutex<Option<Arc<Snapshot>>>,
 }
 
+impl Default for Snapshots {
+    fn default() -> Snapshots {
+        Snapshots {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
+            current: Mutex::default(),
+        }
+    }
+}
+
 impl Snapshots {
-    /// A snapshot at least as new as the last commit that returned.
-    pub(super) fn get(&self, db: &Database) -> Result<Arc<Snapshot>, IndexError> {
+    /// A snapshot at least as new as the last commit that returned; `db` is opened only to take a
+    /// new one.
+    pub(super) fn get(
+        &self,
+        db: impl FnOnce() -> Result<Arc<Database>, IndexError>,
+    ) -> Result<Arc<Snapshot>, IndexError> {
         let generation = self.generation.load(Ordering::Acquire);
+        let mine = LOCAL.with_borrow(|local| {
+            (local.owner == self.id && local.generation == generation)
+                .then(|| local.snapshot.upgrade())
+                .flatten()
+        });
+        if let Some(snapshot) = mine {
+            return Ok(snapshot);
+        }
+        let snapshot = self.shared(generation, db)?;
+        LOCAL.with_borrow_mut(|local| {
+            local.owner = self.id;
+            local.generation = snapshot.generation;
+            local.snapshot = Arc::downgrade(&snapshot);
+        });
+        Ok(snapshot)
+    }
+
+    /// The snapshot of `generation` all threads share, taken now if there is none.
+    fn shared(
+        &self,
+        generation: u64,
+        db: impl FnOnce() -> Result<Arc<Database>, IndexError>,
+    ) -> Result<Arc<Snapshot>, IndexError> {
         if let Ok(current) = self.current.lock()
             && let Some(snapshot) = current.as_ref()
             && snapshot.generation == generation
         {
             return Ok(snapshot.clone());
         }
-        let tx = db.begin_read()?;
+        let tx = db()?.begin_read()?;
         let snapshot = Arc::new(Snapshot {
+            owner: self.id,
             generation,
             narinfo: tx.open_table(NARINFO)?,
             negative: tx.open_table(NEGATIVE)?,
             nar: tx.open_table(NAR)?,
             stored: tx.open_table(STORED)?,
             counters: tx.open_table(COUNTERS)?,
-            memo: Mutex::default(),
         });
         // Kept only if no commit finished meanwhile: one that did bumped the generation first, so a
         // snapshot that may predate it is never kept under the new generation.
@@ -158,6 +229,41 @@ mod tests {
         assert!(index.is_negative(&hash, 0).unwrap());
         index.unstore_nar(&file).unwrap();
         assert!(!index.nar(&file).unwrap().unwrap().1, "unstored");
+    }
+
+    /// A thread that remembered a narinfo reads it again after a commit made on another thread, and
+    /// every thread gets the commit's row.
+    #[test]
+    fn another_thread_s_commit_replaces_what_a_thread_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
+        let row = |text: &str| NarinfoRow {
+            recorded: 1,
+            policy: 1,
+            source: "http://up/".into(),
+            signer: String::new(),
+            file_hash: Sha256Hash([7; 32]),
+            text: text.into(),
+        };
+        let record = |row: &NarinfoRow| {
+            index
+                .record_narinfo(&NewNarinfo {
+                    hash,
+                    row,
+                    nar: &record(),
+                })
+                .unwrap();
+        };
+        record(&row("text 1"));
+        let text = || index.narinfo_shared(&hash).unwrap().unwrap().text.clone();
+        std::thread::scope(|s| {
+            assert_eq!(s.spawn(text).join().unwrap(), "text 1");
+            assert_eq!(text(), "text 1", "remembered here too");
+            s.spawn(|| record(&row("text 2"))).join().unwrap();
+            assert_eq!(text(), "text 2", "not this thread's memo");
+            assert_eq!(s.spawn(text).join().unwrap(), "text 2");
+        });
     }
 
     /// A narinfo remembered by a snapshot is read again after any commit: a changed row is seen at

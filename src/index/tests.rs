@@ -116,6 +116,30 @@ fn eviction_takes_the_least_recently_used_and_skips_protected_nars() {
     assert!(index.nar(&Sha256Hash([1; 32])).unwrap().unwrap().1);
 }
 
+/// Accesses are noted in one map per thread (`sharded.rs`): the flush takes every thread's, and the
+/// latest time of a NAR noted on two threads counts.
+#[test]
+fn accesses_noted_on_other_threads_are_flushed_latest_first() {
+    let (_d, index) = temp_index();
+    for (i, c) in ['a', 'b', 'c'].into_iter().enumerate() {
+        let fh = i as u8 + 1;
+        record(&index, hash(c), &row(fh, "x\n"), &nar(fh));
+        index
+            .commit_nar(&Sha256Hash([fh; 32]), &nar(fh), 100, 10 + i as u64)
+            .unwrap();
+    }
+    // NAR 1 (stored at 10) read at 60 on another thread, and at 40 here; NAR 2 (stored at 11) read at
+    // 50 on a third thread. Least recently used now: 3 (12), then 2 (50), then 1 (60).
+    std::thread::scope(|s| {
+        s.spawn(|| index.touch(&Sha256Hash([1; 32]), 60));
+        s.spawn(|| index.touch(&Sha256Hash([2; 32]), 50));
+    });
+    index.touch(&Sha256Hash([1; 32]), 40);
+    let evicted = index.evict(200).unwrap();
+    let gone: Vec<u8> = evicted.iter().map(|e| e.file_hash.0[0]).collect();
+    assert_eq!(gone, vec![3, 2]);
+}
+
 #[test]
 fn gc_removes_unasked_narinfos_of_unstored_nars_and_their_records() {
     let (_d, index) = temp_index();

@@ -150,15 +150,8 @@ async fn narinfo_answer(
     let hash: StoreHash = hash
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid store hash"))?;
-    // A HEAD only asks whether the path is here: its NAR is not fetched ahead (see `prefetch.rs`).
-    let asker = if method == axum::http::Method::HEAD {
-        crate::lookup::Asker::Probe
-    } else {
-        crate::lookup::Asker::Client
-    };
-    match crate::lookup::narinfo_as(app, hash, asker).await {
-        Ok((_, Some(body))) => Ok(text(body, "text/x-nix-narinfo")),
-        Ok((_, None)) => Err(ApiError::NotFound("not in any cache")),
+    match crate::lookup::narinfo_as(app, hash, narinfo_asker(method)).await {
+        Ok((_, found)) => narinfo_response(found),
         // A LAN builder about to push asks first (issue 12): with a source failing, "absent" lets
         // it upload the path instead of failing its `nix copy --to`.
         Err(crate::lookup::LookupError::Source(e)) if upload::is_pusher(app, headers) => {
@@ -166,6 +159,32 @@ async fn narinfo_answer(
             Err(ApiError::NotFound("not in any cache that answered"))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// What the index already has for `/<hash>.narinfo` (see [`crate::lookup::narinfo_known`]): the
+/// answer at once, or `None` for [`narinfo_answer`] to give.
+fn narinfo_known(app: &App, file: &str, method: &axum::http::Method) -> Option<Response> {
+    let hash: StoreHash = file.strip_suffix(".narinfo")?.parse().ok()?;
+    let (_, found) = crate::lookup::narinfo_known(app, &hash, narinfo_asker(method))?;
+    Some(narinfo_response(found).unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Who asks: a HEAD only asks whether the path is here, and its NAR is not fetched ahead (see
+/// `prefetch.rs`).
+fn narinfo_asker(method: &axum::http::Method) -> crate::lookup::Asker {
+    if method == axum::http::Method::HEAD {
+        crate::lookup::Asker::Probe
+    } else {
+        crate::lookup::Asker::Client
+    }
+}
+
+/// A narinfo's text, or 404 when it is absent everywhere.
+fn narinfo_response(found: Option<String>) -> Result<Response, ApiError> {
+    match found {
+        Some(body) => Ok(text(body, "text/x-nix-narinfo")),
+        None => Err(ApiError::NotFound("not in any cache")),
     }
 }
 

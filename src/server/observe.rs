@@ -225,11 +225,47 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let Ok(response) = ready!(this.future.poll(cx));
-        let took = this.started.elapsed();
-        let status = response.status().as_u16();
-        this.http.observe(*this.route, *this.method, status, took);
-        tracing::debug!(status, micros = took.as_micros() as u64, "answered");
+        answered(
+            this.http,
+            *this.route,
+            *this.method,
+            &response,
+            *this.started,
+        );
         Poll::Ready(Ok(response))
+    }
+}
+
+/// Counts `response`, the answer to a request of `route` and `method` that started at `started` (in
+/// the request's span).
+fn answered(
+    http: &HttpMetrics,
+    route: usize,
+    method: usize,
+    response: &Response,
+    started: Instant,
+) {
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    http.observe(route, method, status, took);
+    tracing::debug!(status, micros = took.as_micros() as u64, "answered");
+}
+
+impl Observe {
+    /// Answers a request of `route` and `method` at once with `answer` (no future), counted as
+    /// [`Timed`] counts one; `None` when `answer` has none.
+    pub(super) fn now(
+        &self,
+        route: usize,
+        method: usize,
+        answer: impl FnOnce() -> Option<Response>,
+    ) -> Option<Response> {
+        let started = Instant::now();
+        let span = span(route, method);
+        let _entered = span.enter();
+        let response = answer()?;
+        answered(&self.http, route, method, &response, started);
+        Some(response)
     }
 }
 
