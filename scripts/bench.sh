@@ -242,8 +242,9 @@ NOTES=()
 # run_wrk NAME THREADS CONNS URL: runs wrk, keeps its output in $W/wrk-NAME.txt, echoes it to stderr.
 run_wrk() {
   local name=$1 t=$2 c=$3 url=$4 out="$W/wrk-$1.txt" errs
-  log "$name: wrk -t$t -c$c -d${SECS}s $url"
-  wrk -t"$t" -c"$c" -d"${SECS}s" --timeout 120s "$url" > "$out"
+  shift 4
+  log "$name: $* wrk -t$t -c$c -d${SECS}s $url"
+  "$@" wrk -t"$t" -c"$c" -d"${SECS}s" --timeout 120s "$url" > "$out"
   sed 's/^/    /' "$out" >&2
   errs=$(grep -E '^ *(Socket errors|Non-2xx)' "$out" | tr -s ' ' | tr '\n' ';' || true)
   [ -z "$errs" ] || NOTES+=("wrk $name: ${errs%;}")
@@ -278,21 +279,33 @@ cpu_per() {
       if (u == "KB") b *= 2^10; else if (u == "MB") b *= 2^20; else if (u == "GB") b *= 2^30; else if (u == "TB") b *= 2^40 }
     END { s = ticks / hz; if (kind == "rps") printf "%.1f", n ? s * 1e6 / n : 0; else printf "%.0f", b ? s * 1e3 / (b / 1e9) : 0 }' "$W/wrk-$2.txt"
 }
-MEASURES=(narinfo smallnar nar1 nar16)
-declare -A ARGS=([narinfo]="2 32" [smallnar]="1 1" [nar1]="1 1" [nar16]="2 16")
-declare -A URL_NGINX=([narinfo]="$NGINX/$SMALL_HASH.narinfo" [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL"
-  [nar1]="$NGINX/$NGINX_NAR_URL" [nar16]="$NGINX/$NGINX_NAR_URL")
-declare -A URL_NIXCACHE=([narinfo]="$NIXCACHE/$SMALL_HASH.narinfo" [smallnar]="$NIXCACHE/$SMALL_NAR_URL"
-  [nar1]="$NIXCACHE/$NIXCACHE_NAR_URL" [nar16]="$NIXCACHE/$NIXCACHE_NAR_URL")
+# narinfo1: the same hits with wrk on CPU 0 and the server on CPU 1, as a LAN runs them (the clients are
+# other machines): what the server does per request, without wrk's threads preempting it at each
+# answer on the same cores (see docs/benchmarks.md, "Narinfo hits").
+MEASURES=(narinfo narinfo1 smallnar nar1 nar16)
+declare -A ARGS=([narinfo]="2 32" [narinfo1]="1 32" [smallnar]="1 1" [nar1]="1 1" [nar16]="2 16")
+declare -A URL_NGINX=([narinfo]="$NGINX/$SMALL_HASH.narinfo" [narinfo1]="$NGINX/$SMALL_HASH.narinfo"
+  [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL" [nar1]="$NGINX/$NGINX_NAR_URL" [nar16]="$NGINX/$NGINX_NAR_URL")
+declare -A URL_NIXCACHE=([narinfo]="$NIXCACHE/$SMALL_HASH.narinfo" [narinfo1]="$NIXCACHE/$SMALL_HASH.narinfo"
+  [smallnar]="$NIXCACHE/$SMALL_NAR_URL" [nar1]="$NIXCACHE/$NIXCACHE_NAR_URL" [nar16]="$NIXCACHE/$NIXCACHE_NAR_URL")
+# pin_server SERVER CPUS: every thread of nginx's workers or of nixcache onto CPUS.
+pin_server() {
+  local p
+  if [ "$1" = nginx ]; then for p in $(pgrep -P "$NGINX_PID"); do taskset -apc "$2" "$p" > /dev/null; done
+  else taskset -apc "$2" "$NIXCACHE_PID" > /dev/null; fi
+}
 want hits && for r in $(seq 1 "$ROUNDS"); do
   for m in "${MEASURES[@]}"; do
     if [ $((r % 2)) -eq 1 ]; then order="nginx nixcache"; else order="nixcache nginx"; fi
     for server in $order; do
       if [ "$server" = nginx ]; then url=${URL_NGINX[$m]}; else url=${URL_NIXCACHE[$m]}; fi
+      wrap=()
+      if [ "$m" = narinfo1 ]; then pin_server "$server" 1; wrap=(taskset -c 0); fi
       c0=$(cpu_ticks "$server")
       # shellcheck disable=SC2086 # ARGS holds "threads conns"
-      run_wrk "$m-$server-$r" ${ARGS[$m]} "$url"
+      run_wrk "$m-$server-$r" ${ARGS[$m]} "$url" "${wrap[@]}"
       echo "$(($(cpu_ticks "$server") - c0))" > "$W/cpu-$m-$server-$r.txt"
+      [ "$m" != narinfo1 ] || pin_server "$server" "0-$(($(nproc) - 1))"
     done
   done
 done
@@ -606,6 +619,7 @@ if want hits; then
   echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round | server CPU per request (µs) or per GB (ms), nginx / nixcache |"
   echo "|---|---:|---:|---:|---:|---:|"
   row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
+  row narinfo1 rps "narinfo hits, \`-t1 -c32\` on CPU 0, the server on CPU 1 (requests/s)"
   row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
   row nar1 mbps "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)"
   row nar16 mbps "$NAR_MIB MiB NAR, 16 connections \`-t2 -c16\` (MB/s)"

@@ -32,8 +32,9 @@ use super::NarinfoRow;
 use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
 use crate::nix::store_path::StoreHash;
 
-/// Most narinfo rows one thread remembers (~1 KiB each).
-pub(super) const MEMO_MAX: usize = 8_192;
+/// Most narinfo rows one thread remembers (~1 KiB each): the narinfos of a whole NixOS system's closure;
+/// with one memo per worker thread (one per core), 4 MiB per core at most.
+pub(super) const MEMO_MAX: usize = 4_096;
 
 /// Tells apart the snapshots of every index of the process, for the threads' caches.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
