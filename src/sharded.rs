@@ -23,7 +23,8 @@ pub fn slot() -> usize {
     thread_local! {
         static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
     }
-    SLOT.with(|s| *s)
+    // A thread whose locals are already gone (it is ending) shares slot 0.
+    SLOT.try_with(|s| *s).unwrap_or(0)
 }
 
 /// `SLOTS` values, each in its own cache line; a thread writes its own ([`Sharded::local`]).

@@ -55,6 +55,12 @@ thread_local! {
     static LOCAL: RefCell<Local> = RefCell::default();
 }
 
+/// `f` on this thread's [`Local`]; `None` while the thread is ending (its locals already dropped), when
+/// reads go the shared way.
+fn with_local<T>(f: impl FnOnce(&mut Local) -> T) -> Option<T> {
+    LOCAL.try_with(|local| f(&mut local.borrow_mut())).ok()
+}
+
 /// The tables the hit path reads, as of one commit.
 pub(super) struct Snapshot {
     owner: u64,
@@ -70,13 +76,14 @@ impl Snapshot {
     /// The narinfo row of `hash` as of this snapshot, remembered by this thread after the first read.
     pub(super) fn narinfo(&self, hash: &StoreHash) -> Result<Option<Arc<NarinfoRow>>, IndexError> {
         let this = (self.owner, self.generation);
-        let remembered = LOCAL.with_borrow_mut(|local| {
+        let remembered = with_local(|local| {
             if local.memo_of != this {
                 local.memo_of = this;
                 local.memo.clear();
             }
             local.memo.get(hash).cloned()
-        });
+        })
+        .flatten();
         if let Some(row) = remembered {
             return Ok(Some(row));
         }
@@ -84,7 +91,7 @@ impl Snapshot {
             return Ok(None);
         };
         let row = Arc::new(super::narinfos::to_row(value.value()));
-        LOCAL.with_borrow_mut(|local| {
+        with_local(|local| {
             if local.memo_of == this && local.memo.len() < MEMO_MAX {
                 local.memo.insert(*hash, row.clone());
             }
@@ -118,16 +125,17 @@ impl Snapshots {
         db: impl FnOnce() -> Result<Arc<Database>, IndexError>,
     ) -> Result<Arc<Snapshot>, IndexError> {
         let generation = self.generation.load(Ordering::Acquire);
-        let mine = LOCAL.with_borrow(|local| {
+        let mine = with_local(|local| {
             (local.owner == self.id && local.generation == generation)
                 .then(|| local.snapshot.upgrade())
                 .flatten()
-        });
+        })
+        .flatten();
         if let Some(snapshot) = mine {
             return Ok(snapshot);
         }
         let snapshot = self.shared(generation, db)?;
-        LOCAL.with_borrow_mut(|local| {
+        with_local(|local| {
             local.owner = self.id;
             local.generation = snapshot.generation;
             local.snapshot = Arc::downgrade(&snapshot);
@@ -264,6 +272,58 @@ mod tests {
             s.spawn(|| record(&row("text 2"))).join().unwrap();
             assert_eq!(text(), "text 2", "not this thread's memo");
             assert_eq!(s.spawn(text).join().unwrap(), "text 2");
+        });
+    }
+
+    /// Readers on several threads never read a row older than the last commit that returned before
+    /// their read began, while commits keep coming (each thread's snapshot and memo follow them).
+    #[test]
+    fn concurrent_readers_never_see_a_row_older_than_a_returned_commit() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
+        let record_version = |v: u64| {
+            let row = NarinfoRow {
+                recorded: v,
+                policy: 1,
+                source: "http://up/".into(),
+                signer: String::new(),
+                file_hash: Sha256Hash([7; 32]),
+                text: v.to_string(),
+            };
+            index
+                .record_narinfo(&NewNarinfo {
+                    hash,
+                    row: &row,
+                    nar: &record(),
+                })
+                .unwrap();
+        };
+        record_version(0);
+        let returned = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut reads = 0u64;
+                    while !done.load(Ordering::Acquire) || reads == 0 {
+                        let floor = returned.load(Ordering::Acquire);
+                        let row = index.narinfo_shared(&hash).unwrap().unwrap();
+                        let seen: u64 = row.text.parse().unwrap();
+                        assert!(
+                            seen >= floor,
+                            "read version {seen} after commit {floor} returned"
+                        );
+                        reads += 1;
+                    }
+                });
+            }
+            for v in 1..=200 {
+                record_version(v);
+                returned.store(v, Ordering::Release);
+            }
+            done.store(true, Ordering::Release);
         });
     }
 
