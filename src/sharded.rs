@@ -4,8 +4,8 @@
 //! Why: on this 2-core machine the same narinfo hit cost about 1.5 µs more of CPU with two worker
 //! threads than with one (docs/benchmarks.md, "Narinfo hits: what two threads share"). Every lock and
 //! every atomic counter that both threads write moves its cache line from one core to the other; a hit
-//! did a dozen such writes. A slot per thread makes each write local; the readers (the access-time
-//! flush, a `/metrics` scrape) add the slots up, which they do a few times a minute.
+//! did a dozen such writes. A slot per thread makes each write local; the reader (the access-time
+//! flush, every 30 s) adds the slots up.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

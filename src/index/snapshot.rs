@@ -36,8 +36,8 @@ use crate::nix::store_path::StoreHash;
 /// with one memo per worker thread (one per core), 4 MiB per core at most.
 pub(super) const MEMO_MAX: usize = 4_096;
 
-/// Tells apart the snapshots of every index of the process, for the threads' caches.
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+/// Tells apart the snapshots of every index of the process, for the threads' caches (0: none).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What one thread remembers of one index's current snapshot.
 #[derive(Default)]
@@ -46,9 +46,15 @@ struct Local {
     owner: u64,
     generation: u64,
     snapshot: Weak<Snapshot>,
-    /// Rows read through the snapshot `memo_of` (its `owner` and `generation`).
-    memo_of: (u64, u64),
+    /// Rows read through that snapshot (or another of the same generation: the same data).
     memo: HashMap<StoreHash, Arc<NarinfoRow>>,
+}
+
+impl Local {
+    /// Whether this is the snapshot of `owner` at `generation`, and the memo its rows.
+    fn holds(&self, owner: u64, generation: u64) -> bool {
+        self.owner == owner && self.generation == generation
+    }
 }
 
 thread_local! {
@@ -75,13 +81,11 @@ pub(super) struct Snapshot {
 impl Snapshot {
     /// The narinfo row of `hash` as of this snapshot, remembered by this thread after the first read.
     pub(super) fn narinfo(&self, hash: &StoreHash) -> Result<Option<Arc<NarinfoRow>>, IndexError> {
-        let this = (self.owner, self.generation);
         let remembered = with_local(|local| {
-            if local.memo_of != this {
-                local.memo_of = this;
-                local.memo.clear();
-            }
-            local.memo.get(hash).cloned()
+            local
+                .holds(self.owner, self.generation)
+                .then(|| local.memo.get(hash).cloned())
+                .flatten()
         })
         .flatten();
         if let Some(row) = remembered {
@@ -92,7 +96,7 @@ impl Snapshot {
         };
         let row = Arc::new(super::narinfos::to_row(value.value()));
         with_local(|local| {
-            if local.memo_of == this && local.memo.len() < MEMO_MAX {
+            if local.holds(self.owner, self.generation) && local.memo.len() < MEMO_MAX {
                 local.memo.insert(*hash, row.clone());
             }
         });
@@ -126,7 +130,8 @@ impl Snapshots {
     ) -> Result<Arc<Snapshot>, IndexError> {
         let generation = self.generation.load(Ordering::Acquire);
         let mine = with_local(|local| {
-            (local.owner == self.id && local.generation == generation)
+            local
+                .holds(self.id, generation)
                 .then(|| local.snapshot.upgrade())
                 .flatten()
         })
@@ -136,8 +141,12 @@ impl Snapshots {
         }
         let snapshot = self.shared(generation, db)?;
         with_local(|local| {
-            local.owner = self.id;
-            local.generation = snapshot.generation;
+            if !local.holds(self.id, snapshot.generation) {
+                // Another index or a newer commit: the rows remembered are of the old snapshot.
+                local.memo.clear();
+                local.owner = self.id;
+                local.generation = snapshot.generation;
+            }
             local.snapshot = Arc::downgrade(&snapshot);
         });
         Ok(snapshot)
@@ -192,6 +201,15 @@ mod tests {
     use crate::nix::narinfo::Compression;
     use crate::nix::store_path::StoreHash;
 
+    const HASH: &str = "iwjz551fyw0cxcjgf4l6c879zabd6wpm";
+    const FILE: Sha256Hash = Sha256Hash([7; 32]);
+
+    fn open() -> (tempfile::TempDir, Index, StoreHash) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
+        (dir, index, HASH.parse().unwrap())
+    }
+
     fn record() -> NarRecord {
         NarRecord {
             compression: Compression::None,
@@ -203,22 +221,15 @@ mod tests {
         }
     }
 
-    /// A read after a commit returned sees it, though the read before kept a snapshot open.
-    #[test]
-    fn reads_see_every_commit_that_returned() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
-        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
-        let file = Sha256Hash([7; 32]);
-        assert!(index.narinfo(&hash).unwrap().is_none());
-        assert!(index.nar(&file).unwrap().is_none());
+    /// Records the narinfo of `hash` with `text` (pointing at `FILE`).
+    fn put(index: &Index, hash: StoreHash, text: &str) {
         let row = NarinfoRow {
             recorded: 1,
             policy: 1,
             source: "http://up/".into(),
             signer: String::new(),
-            file_hash: file,
-            text: "text 1".into(),
+            file_hash: FILE,
+            text: text.into(),
         };
         index
             .record_narinfo(&NewNarinfo {
@@ -227,49 +238,39 @@ mod tests {
                 nar: &record(),
             })
             .unwrap();
+    }
+
+    /// A read after a commit returned sees it, though the read before kept a snapshot open.
+    #[test]
+    fn reads_see_every_commit_that_returned() {
+        let (_dir, index, hash) = open();
+        assert!(index.narinfo(&hash).unwrap().is_none());
+        assert!(index.nar(&FILE).unwrap().is_none());
+        put(&index, hash, "text 1");
         assert_eq!(index.narinfo(&hash).unwrap().unwrap().text, "text 1");
-        assert_eq!(index.nar(&file).unwrap().unwrap(), (record(), false));
-        index.commit_nar(&file, &record(), 3, 2).unwrap();
+        assert_eq!(index.nar(&FILE).unwrap().unwrap(), (record(), false));
+        index.commit_nar(&FILE, &record(), 3, 2).unwrap();
         assert!(
-            index.nar(&file).unwrap().unwrap().1,
+            index.nar(&FILE).unwrap().unwrap().1,
             "stored after commit_nar"
         );
         index.record_negative(&hash, u64::MAX).unwrap();
         assert!(index.is_negative(&hash, 0).unwrap());
-        index.unstore_nar(&file).unwrap();
-        assert!(!index.nar(&file).unwrap().unwrap().1, "unstored");
+        index.unstore_nar(&FILE).unwrap();
+        assert!(!index.nar(&FILE).unwrap().unwrap().1, "unstored");
     }
 
     /// A thread that remembered a narinfo reads it again after a commit made on another thread, and
     /// every thread gets the commit's row.
     #[test]
     fn another_thread_s_commit_replaces_what_a_thread_remembered() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
-        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
-        let row = |text: &str| NarinfoRow {
-            recorded: 1,
-            policy: 1,
-            source: "http://up/".into(),
-            signer: String::new(),
-            file_hash: Sha256Hash([7; 32]),
-            text: text.into(),
-        };
-        let record = |row: &NarinfoRow| {
-            index
-                .record_narinfo(&NewNarinfo {
-                    hash,
-                    row,
-                    nar: &record(),
-                })
-                .unwrap();
-        };
-        record(&row("text 1"));
+        let (_dir, index, hash) = open();
+        put(&index, hash, "text 1");
         let text = || index.narinfo_shared(&hash).unwrap().unwrap().text.clone();
         std::thread::scope(|s| {
             assert_eq!(s.spawn(text).join().unwrap(), "text 1");
             assert_eq!(text(), "text 1", "remembered here too");
-            s.spawn(|| record(&row("text 2"))).join().unwrap();
+            s.spawn(|| put(&index, hash, "text 2")).join().unwrap();
             assert_eq!(text(), "text 2", "not this thread's memo");
             assert_eq!(s.spawn(text).join().unwrap(), "text 2");
         });
@@ -280,27 +281,8 @@ mod tests {
     #[test]
     fn concurrent_readers_never_see_a_row_older_than_a_returned_commit() {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
-        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
-        let record_version = |v: u64| {
-            let row = NarinfoRow {
-                recorded: v,
-                policy: 1,
-                source: "http://up/".into(),
-                signer: String::new(),
-                file_hash: Sha256Hash([7; 32]),
-                text: v.to_string(),
-            };
-            index
-                .record_narinfo(&NewNarinfo {
-                    hash,
-                    row: &row,
-                    nar: &record(),
-                })
-                .unwrap();
-        };
-        record_version(0);
+        let (_dir, index, hash) = open();
+        put(&index, hash, "0");
         let returned = AtomicU64::new(0);
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -319,8 +301,8 @@ mod tests {
                     }
                 });
             }
-            for v in 1..=200 {
-                record_version(v);
+            for v in 1..=200u64 {
+                put(&index, hash, &v.to_string());
                 returned.store(v, Ordering::Release);
             }
             done.store(true, Ordering::Release);
@@ -331,35 +313,15 @@ mod tests {
     /// once, and a removed one is gone.
     #[test]
     fn a_remembered_narinfo_goes_with_its_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
-        let hash: StoreHash = "iwjz551fyw0cxcjgf4l6c879zabd6wpm".parse().unwrap();
-        let mut row = NarinfoRow {
-            recorded: 1,
-            policy: 1,
-            source: "http://up/".into(),
-            signer: String::new(),
-            file_hash: Sha256Hash([7; 32]),
-            text: "text 1".into(),
-        };
-        let new = |row: &NarinfoRow| {
-            index
-                .record_narinfo(&NewNarinfo {
-                    hash,
-                    row,
-                    nar: &record(),
-                })
-                .unwrap();
-        };
-        new(&row);
+        let (_dir, index, hash) = open();
+        put(&index, hash, "text 1");
         let first = index.narinfo_shared(&hash).unwrap().unwrap();
         let again = index.narinfo_shared(&hash).unwrap().unwrap();
         assert!(
             std::sync::Arc::ptr_eq(&first, &again),
             "the second read is the remembered row"
         );
-        row.text = "text 2".into();
-        new(&row);
+        put(&index, hash, "text 2");
         assert_eq!(index.narinfo_shared(&hash).unwrap().unwrap().text, "text 2");
         index.remove_narinfos(&[hash.to_string()]).unwrap();
         assert!(index.narinfo_shared(&hash).unwrap().is_none());

@@ -93,22 +93,31 @@ fn commit_checks_the_record_the_fill_verified_against() {
     );
 }
 
-#[test]
-fn eviction_takes_the_least_recently_used_and_skips_protected_nars() {
-    let (_d, index) = temp_index();
+/// Three narinfos (a, b, c) and their NARs 1, 2 and 3, 100 bytes each, stored at times 10, 11 and 12.
+fn store_three_nars(index: &Index) {
     for (i, c) in ['a', 'b', 'c'].into_iter().enumerate() {
         let fh = i as u8 + 1;
-        record(&index, hash(c), &row(fh, "x\n"), &nar(fh));
+        record(index, hash(c), &row(fh, "x\n"), &nar(fh));
         index
             .commit_nar(&Sha256Hash([fh; 32]), &nar(fh), 100, 10 + i as u64)
             .unwrap();
     }
+}
+
+/// The NARs (by the first byte of their file hash) that evicting `bytes` takes, in order.
+fn evicted(index: &Index, bytes: u64) -> Vec<u8> {
+    let evicted = index.evict(bytes).unwrap();
+    evicted.iter().map(|e| e.file_hash.0[0]).collect()
+}
+
+#[test]
+fn eviction_takes_the_least_recently_used_and_skips_protected_nars() {
+    let (_d, index) = temp_index();
+    store_three_nars(&index);
     index.protect(&[Sha256Hash([1; 32])], 1).unwrap();
     index.touch(&Sha256Hash([2; 32]), 50);
-    let evicted = index.evict(150).unwrap();
-    let gone: Vec<u8> = evicted.iter().map(|e| e.file_hash.0[0]).collect();
     assert_eq!(
-        gone,
+        evicted(&index, 150),
         vec![3, 2],
         "oldest unprotected first, the protected one stays"
     );
@@ -121,13 +130,7 @@ fn eviction_takes_the_least_recently_used_and_skips_protected_nars() {
 #[test]
 fn accesses_noted_on_other_threads_are_flushed_latest_first() {
     let (_d, index) = temp_index();
-    for (i, c) in ['a', 'b', 'c'].into_iter().enumerate() {
-        let fh = i as u8 + 1;
-        record(&index, hash(c), &row(fh, "x\n"), &nar(fh));
-        index
-            .commit_nar(&Sha256Hash([fh; 32]), &nar(fh), 100, 10 + i as u64)
-            .unwrap();
-    }
+    store_three_nars(&index);
     // NAR 1 (stored at 10) read at 60 on another thread, and at 40 here; NAR 2 (stored at 11) read at
     // 50 on a third thread. Least recently used now: 3 (12), then 2 (50), then 1 (60).
     std::thread::scope(|s| {
@@ -135,9 +138,7 @@ fn accesses_noted_on_other_threads_are_flushed_latest_first() {
         s.spawn(|| index.touch(&Sha256Hash([2; 32]), 50));
     });
     index.touch(&Sha256Hash([1; 32]), 40);
-    let evicted = index.evict(200).unwrap();
-    let gone: Vec<u8> = evicted.iter().map(|e| e.file_hash.0[0]).collect();
-    assert_eq!(gone, vec![3, 2]);
+    assert_eq!(evicted(&index, 200), vec![3, 2]);
 }
 
 #[test]

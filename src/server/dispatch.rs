@@ -68,10 +68,11 @@ impl Routes {
         mut request: hyper::Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response> + Send + use<> {
+        let method = request.method();
         let path = request.uri().path();
+        let fast = fast_route(method, path);
         // A narinfo the index already has is answered here and now: no future to build and poll.
-        if let Some((Fast::Narinfo, name)) = fast_route(request.method(), path) {
-            let method = request.method();
+        if let Some((Fast::Narinfo, name)) = fast {
             let known = self.observe.now(NARINFO_ROUTE, method_index(method), || {
                 super::narinfo_known(&self.app, name, method).map(|r| finish(r, method))
             });
@@ -80,8 +81,7 @@ impl Routes {
             }
         }
         // The name is the end of the path: kept as where it starts, the request moves into the future.
-        let fast =
-            fast_route(request.method(), path).map(|(kind, name)| (kind, path.len() - name.len()));
+        let fast = fast.map(|(kind, name)| (kind, path.len() - name.len()));
         let routes = self.clone();
         Either::Right(async move {
             match fast {
