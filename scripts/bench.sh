@@ -239,13 +239,15 @@ UPSTREAM_BEFORE=$(wc -l < "$W/nginx/upstream.log")
 # ---------------------------------------------------------------------------------------------------
 # 4. Measurements: each pair back to back, BENCH_ROUNDS rounds, the order within a pair alternating.
 NOTES=()
-# run_wrk NAME THREADS CONNS URL: runs wrk, keeps its output in $W/wrk-NAME.txt, echoes it to stderr.
+# run_wrk NAME THREADS CONNS URL [WRAPPER...]: runs wrk, keeps its output in $W/wrk-NAME.txt and its
+# own CPU time (user and system seconds) in $W/wcpu-NAME.txt, echoes the output to stderr.
 run_wrk() {
-  local name=$1 t=$2 c=$3 url=$4 out="$W/wrk-$1.txt" errs
+  local name=$1 t=$2 c=$3 url=$4 out="$W/wrk-$1.txt" errs TIMEFORMAT='%U %S'
   shift 4
   log "$name: $* wrk -t$t -c$c -d${SECS}s $url"
-  "$@" wrk -t"$t" -c"$c" -d"${SECS}s" --timeout 120s "$url" > "$out"
+  { time "$@" wrk -t"$t" -c"$c" -d"${SECS}s" --timeout 120s "$url" > "$out" 2> "$W/wrk-$name.err"; } 2> "$W/wcpu-$name.txt"
   sed 's/^/    /' "$out" >&2
+  [ ! -s "$W/wrk-$name.err" ] || NOTES+=("wrk $name said: $(head -c 200 "$W/wrk-$name.err" | tr '\n' ' ')")
   errs=$(grep -E '^ *(Socket errors|Non-2xx)' "$out" | tr -s ' ' | tr '\n' ';' || true)
   [ -z "$errs" ] || NOTES+=("wrk $name: ${errs%;}")
 }
@@ -272,9 +274,14 @@ cpu_ticks() {
   for p in $pids; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
   echo "$t"
 }
-# cpu_per KIND NAME: the server's CPU time per request (µs; KIND rps) or per GB sent (ms; KIND mbps).
+# cpu_per KIND NAME [wrk]: the server's CPU time (or wrk's own) per request (µs; KIND rps) or per GB
+# sent (ms; KIND mbps).
 cpu_per() {
-  awk -v kind="$1" -v ticks="$(cat "$W/cpu-$2.txt")" -v hz="$(getconf CLK_TCK)" '
+  local ticks hz
+  hz=$(getconf CLK_TCK)
+  if [ "${3:-}" = wrk ]; then ticks=$(awk -v hz="$hz" '{ printf "%.0f", ($1 + $2) * hz }' "$W/wcpu-$2.txt")
+  else ticks=$(cat "$W/cpu-$2.txt"); fi
+  awk -v kind="$1" -v ticks="$ticks" -v hz="$hz" '
     / requests in / { n = $1; v = $5; b = v + 0; u = v; sub(/^[0-9.]+/, "", u)
       if (u == "KB") b *= 2^10; else if (u == "MB") b *= 2^20; else if (u == "GB") b *= 2^30; else if (u == "TB") b *= 2^40 }
     END { s = ticks / hz; if (kind == "rps") printf "%.1f", n ? s * 1e6 / n : 0; else printf "%.0f", b ? s * 1e3 / (b / 1e9) : 0 }' "$W/wrk-$2.txt"
@@ -390,35 +397,39 @@ if want closure; then
   closure_xz=$(nix path-info --store "$W/store" -r "$TOP" | while read -r p; do
     field FileSize "$W/cache/$(basename "$p" | cut -c1-32).narinfo"; done | awk '{ s += $1 } END { printf "%.1f", s / 1e6 }')
   closure_n=$(nix path-info --store "$W/store" -r "$TOP" | wc -l)
-  # copy_time URL: seconds for `nix copy --from URL` of the closure into a fresh store and client cache.
-  # copy_time URL [WRAPPER...]: seconds of one `nix copy --from URL` into a fresh store.
+  # copy_time URL [WRAPPER...]: seconds of one `nix copy --from URL` of the closure into a fresh store
+  # and client cache; the client's CPU time (user + system seconds) goes to $W/copy-cpu.txt.
   copy_time() {
-    local d s e url=$1
+    local d s e url=$1 TIMEFORMAT='%U %S'
     shift
     d=$(mktemp -d "$W/client.XXXX")
     s=$(date +%s.%N)
-    XDG_CACHE_HOME=$d/xdg "$@" nix copy --store "$d/store" --from "$url" \
-      --option trusted-public-keys "$(cat "$W/keys/pk")" "$TOP" 2> "$d/log" \
+    { time XDG_CACHE_HOME=$d/xdg "$@" nix copy --store "$d/store" --from "$url" \
+      --option trusted-public-keys "$(cat "$W/keys/pk")" "$TOP" 2> "$d/log"; } 2> "$d/cpu" \
       || { tail -n 20 "$d/log" >&2; die_with_logs "nix copy --from $url failed"; }
     e=$(date +%s.%N)
+    awk '{ printf "%.2f", $1 + $2 }' "$d/cpu" > "$W/copy-cpu.txt"
     chmod -R u+w "$d"
     rm -rf "$d"
     awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }'
   }
   # The run's config (BENCH_CONFIG, if any) with fetching ahead turned off.
   { [ -n "${BENCH_CONFIG:-}" ] && cat "$BENCH_CONFIG"; echo "prefetch = false"; } > "$W/no-prefetch.toml"
-  declare -A CT
+  declare -A CT CPU
   for r in $(seq 1 "$CLOSURE_ROUNDS"); do
     rm -rf "$W/closure-data"
     start_nixcache "$CLOSURE_PORT" "$W/closure-data" "$W/closure-nixcache.log"
     cpid=$STARTED_PID
-    if [ $((r % 2)) -eq 1 ]; then
-      CT[direct-$r]=$(copy_time "$NGINX")
-      CT[cold-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
-    else
-      CT[cold-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
-      CT[direct-$r]=$(copy_time "$NGINX")
-    fi
+    for kind in $([ $((r % 2)) -eq 1 ] && echo "direct cold" || echo "cold direct"); do
+      if [ "$kind" = direct ]; then
+        CT[direct-$r]=$(copy_time "$NGINX")
+      else
+        n0=$(awk '{ print $14 + $15 }' "/proc/$cpid/stat")
+        CT[cold-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
+        CPU[nixcache-$r]=$(awk -v n0="$n0" -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15 - n0) / hz }' "/proc/$cpid/stat")
+      fi
+      CPU[$kind-$r]=$(cat "$W/copy-cpu.txt")
+    done
     [ "$r" -eq 1 ] && curl -fsS "http://127.0.0.1:$CLOSURE_PORT/metrics" > "$W/closure-cold-metrics.txt"
     wait_fills "$CLOSURE_PORT"
     CT[warm-$r]=$(copy_time "http://127.0.0.1:$CLOSURE_PORT")
@@ -457,6 +468,9 @@ if want closure; then
   closure_row "first, cold copy through nixcache (fetched from nginx)" cold
   closure_row "cold copy without fetching ahead (\`prefetch = false\`; diagnosis only)" noprefetch
   closure_row "cold copy, client on one core and nixcache on the other (as on a LAN; diagnosis only)" pinned pinneddirect
+  # cpu_median KIND: the median over the rounds of CPU[KIND-r].
+  cpu_median() { for r in $(seq 1 "$CLOSURE_ROUNDS"); do echo "${CPU[$1-$r]}"; done | median; }
+  cold_transcode=$(awk '/^nixcache_transcode_cpu_seconds_total / { printf "%.2f", $2 }' "$W/closure-cold-metrics.txt")
   # What the first cold copy's requests waited for inside nixcache (time to response headers).
   cold_breakdown=$(awk '
     /^nixcache_http_request_duration_seconds_(sum|count)\{method="GET",route="\/(\{hash\}.narinfo|nar\/\{name\})"/ {
@@ -599,25 +613,27 @@ peak_rss="$(hwm "$NIXCACHE_PID") MiB"
 
 # row MEASURE KIND LABEL: medians over the rounds, their ratio, and the ratio of each round.
 row() {
-  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=() cg=() cx=()
+  local m=$1 kind=$2 label=$3 a b r ng=() nx=() per=() cg=() cx=() wg=() wx=()
   for r in $(seq 1 "$ROUNDS"); do
     a=$(figure "$kind" "$m-nginx-$r")
     b=$(figure "$kind" "$m-nixcache-$r")
     ng+=("$a") nx+=("$b") per+=("$(ratio "$a" "$b")")
     cg+=("$(cpu_per "$kind" "$m-nginx-$r")") cx+=("$(cpu_per "$kind" "$m-nixcache-$r")")
+    wg+=("$(cpu_per "$kind" "$m-nginx-$r" wrk)") wx+=("$(cpu_per "$kind" "$m-nixcache-$r" wrk)")
   done
   a=$(echo "${ng[*]}" | median)
   b=$(echo "${nx[*]}" | median)
-  printf '| %s | %s | %s | %s | %s | %s / %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}" \
-    "$(echo "${cg[*]}" | median)" "$(echo "${cx[*]}" | median)"
+  printf '| %s | %s | %s | %s | %s | %s / %s | %s / %s |\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "${per[*]}" \
+    "$(echo "${cg[*]}" | median)" "$(echo "${cx[*]}" | median)" \
+    "$(echo "${wg[*]}" | median)" "$(echo "${wx[*]}" | median)"
 }
 rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo unknown)
 
 if want hits; then
   echo
-  echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round | server CPU per request (µs) or per GB (ms), nginx / nixcache |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| measure | nginx | nixcache | ratio (nixcache/nginx) | ratio per round | server CPU per request (µs) or per GB (ms), nginx / nixcache | wrk's own CPU, the same way, against nginx / nixcache |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
   row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
   row narinfo1 rps "narinfo hits, \`-t1 -c32\` on CPU 0, the server on CPU 1 (requests/s)"
   row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
@@ -633,6 +649,7 @@ if want closure; then
   printf '%s\n' "${CLOSURE_ROWS[@]}"
   echo
   echo "- the first cold copy, inside nixcache: $cold_breakdown"
+  echo "- CPU seconds during the copy (medians; the xz checks and transcoding of the cold copy compete with the client on this machine's cores): client straight from nginx $(cpu_median direct), client through nixcache (cold) $(cpu_median cold), nixcache meanwhile $(cpu_median nixcache) ($cold_transcode of it transcoding in the first round)"
 fi
 if want coldstart; then
   echo
