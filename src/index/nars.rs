@@ -58,6 +58,31 @@ impl Index {
         })
     }
 
+    /// As [`Index::nar`], with the bytes of the stored file when this thread remembers them
+    /// ([`Index::remember_file`]) as of the current snapshot: then neither table is read.
+    pub fn nar_with_file(
+        &self,
+        file_hash: &Sha256Hash,
+    ) -> Result<Option<(NarRecord, bool, Option<bytes::Bytes>)>, IndexError> {
+        self.hit(|s| {
+            if let Some((record, bytes)) = s.file(&file_hash.0) {
+                return Ok(Some((record, true, Some(bytes))));
+            }
+            let Some(raw) = s.nar.get(file_hash.0)? else {
+                return Ok(None);
+            };
+            let record = NarRecord::decode(raw.value())?;
+            let stored = s.stored.get(file_hash.0)?.is_some();
+            Ok(Some((record, stored, None)))
+        })
+    }
+
+    /// Remembers, for this thread until the next commit, the bytes of the stored file `file_hash` just
+    /// read after [`Index::nar_with_file`] said it is stored (small files only; see `snapshot.rs`).
+    pub fn remember_file(&self, file_hash: &Sha256Hash, record: &NarRecord, bytes: bytes::Bytes) {
+        self.snapshots.remember_file(&file_hash.0, record, bytes);
+    }
+
     /// Marks a NAR as stored (its file was just fsynced and renamed into place) with its exact size,
     /// provided its record is still `expected` — the record the fill verified against. Returns the
     /// new total of stored bytes, or `None` when the record changed or went meanwhile (the caller then

@@ -14,6 +14,12 @@
 //! large the index, with no B-tree walk and no decoding. The memo is exactly as fresh as the snapshot
 //! it was read through: a thread forgets it when it first reads through a newer one.
 //!
+//! The same way, each thread remembers the bytes of small stored files it served while their rows said
+//! stored (at most [`FILE_MEMO_MAX`] bytes in all, files up to [`FILE_MEMO_MAX_FILE`]): a hot small NAR
+//! is then answered without opening, reading and closing its file. A file's bytes are those of its
+//! FileHash (content-addressed, verified when stored); eviction, healing and scrubbing all commit, so a
+//! thread forgets them as soon as the index says anything new.
+//!
 //! Nothing on the hit path is written by two threads, but the snapshot's reference count: each thread
 //! finds the current snapshot through its own weak reference (no lock) and keeps its own memo (no lock,
 //! and rows no other thread counts references to). Shared, those locks and counts moved their cache
@@ -25,16 +31,21 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::IndexError;
-use super::NarinfoRow;
 use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
+use super::{NarRecord, NarinfoRow};
 use crate::nix::store_path::StoreHash;
 
 /// Most narinfo rows one thread remembers (~1 KiB each): the narinfos of a whole NixOS system's closure;
 /// with one memo per worker thread (one per core), 4 MiB per core at most.
 pub(super) const MEMO_MAX: usize = 4_096;
+/// Bytes of small stored files one thread remembers at most (4 MiB per core).
+pub const FILE_MEMO_MAX: usize = 4 << 20;
+/// The largest stored file a thread remembers.
+pub const FILE_MEMO_MAX_FILE: usize = 64 << 10;
 
 /// Tells apart the snapshots of every index of the process, for the threads' caches (0: none).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -48,6 +59,11 @@ struct Local {
     snapshot: Weak<Snapshot>,
     /// Rows read through that snapshot (or another of the same generation: the same data).
     memo: HashMap<StoreHash, Arc<NarinfoRow>>,
+    /// Small stored files (their rows and bytes) served while that snapshot said they were stored, by
+    /// FileHash.
+    files: HashMap<[u8; 32], (NarRecord, Bytes)>,
+    /// Their bytes in all.
+    file_bytes: usize,
 }
 
 impl Local {
@@ -104,6 +120,19 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The row and bytes of the stored file `file_hash` this thread remembers as of this snapshot.
+    pub(super) fn file(&self, file_hash: &[u8; 32]) -> Option<(NarRecord, Bytes)> {
+        with_local(|local| {
+            local
+                .holds(self.owner, self.generation)
+                .then(|| local.files.get(file_hash).cloned())
+                .flatten()
+        })
+        .flatten()
+    }
+}
+
 /// The current snapshot, if one was taken since the last commit.
 pub(super) struct Snapshots {
     id: u64,
@@ -144,6 +173,8 @@ impl Snapshots {
             if !local.holds(self.id, snapshot.generation) {
                 // Another index or a newer commit: the rows remembered are of the old snapshot.
                 local.memo.clear();
+                local.files.clear();
+                local.file_bytes = 0;
                 local.owner = self.id;
                 local.generation = snapshot.generation;
             }
@@ -182,6 +213,23 @@ impl Snapshots {
             *current = Some(snapshot.clone());
         }
         Ok(snapshot)
+    }
+
+    /// Remembers, for this thread, `bytes` of the stored file `file_hash`, read after a snapshot of this
+    /// thread's current generation said it is stored; forgotten with that generation.
+    pub(super) fn remember_file(&self, file_hash: &[u8; 32], record: &NarRecord, bytes: Bytes) {
+        if bytes.len() > FILE_MEMO_MAX_FILE {
+            return;
+        }
+        with_local(|local| {
+            if local.owner == self.id
+                && local.file_bytes + bytes.len() <= FILE_MEMO_MAX
+                && !local.files.contains_key(file_hash)
+            {
+                local.file_bytes += bytes.len();
+                local.files.insert(*file_hash, (record.clone(), bytes));
+            }
+        });
     }
 
     /// Called after every commit returned (and before the database is closed for a reopen): later
@@ -258,6 +306,57 @@ mod tests {
         assert!(index.is_negative(&hash, 0).unwrap());
         index.unstore_nar(&FILE).unwrap();
         assert!(!index.nar(&FILE).unwrap().unwrap().1, "unstored");
+    }
+
+    /// A stored small file's bytes are remembered by the thread that served them, with their row, and
+    /// forgotten at the next commit (here: the NAR evicted), on that thread and never seen by another.
+    #[test]
+    fn a_remembered_file_goes_with_its_snapshot() {
+        let (_dir, index, hash) = open();
+        put(&index, hash, "text 1");
+        index.commit_nar(&FILE, &record(), 3, 2).unwrap();
+        let (_, stored, none) = index.nar_with_file(&FILE).unwrap().unwrap();
+        assert!(stored && none.is_none(), "nothing remembered yet");
+        index.remember_file(&FILE, &record(), bytes::Bytes::from_static(b"abc"));
+        let (row, stored, bytes) = index.nar_with_file(&FILE).unwrap().unwrap();
+        assert_eq!((row, stored), (record(), true));
+        assert_eq!(bytes.as_deref(), Some(&b"abc"[..]));
+        let elsewhere = std::thread::scope(|s| {
+            s.spawn(|| index.nar_with_file(&FILE).unwrap().unwrap().2)
+                .join()
+                .unwrap()
+        });
+        assert!(elsewhere.is_none(), "another thread's memo");
+        index.unstore_nar(&FILE).unwrap();
+        let (_, stored, bytes) = index.nar_with_file(&FILE).unwrap().unwrap();
+        assert!(
+            !stored && bytes.is_none(),
+            "forgotten with the eviction's commit"
+        );
+    }
+
+    /// A file larger than `FILE_MEMO_MAX_FILE` is not remembered, and a thread's files stop at
+    /// `FILE_MEMO_MAX` bytes.
+    #[test]
+    fn remembered_files_are_small_and_bounded() {
+        let (_dir, index, hash) = open();
+        put(&index, hash, "text 1");
+        index.commit_nar(&FILE, &record(), 3, 2).unwrap();
+        index.nar_with_file(&FILE).unwrap();
+        let big = bytes::Bytes::from(vec![0u8; super::FILE_MEMO_MAX_FILE + 1]);
+        index.remember_file(&FILE, &record(), big);
+        assert!(index.nar_with_file(&FILE).unwrap().unwrap().2.is_none());
+        let fill = super::FILE_MEMO_MAX / super::FILE_MEMO_MAX_FILE;
+        for i in 0..fill {
+            let other = Sha256Hash([i as u8 + 100; 32]);
+            let full = bytes::Bytes::from(vec![0u8; super::FILE_MEMO_MAX_FILE]);
+            index.remember_file(&other, &record(), full);
+        }
+        index.remember_file(&FILE, &record(), bytes::Bytes::from_static(b"abc"));
+        assert!(
+            index.nar_with_file(&FILE).unwrap().unwrap().2.is_none(),
+            "past the thread's budget"
+        );
     }
 
     /// A thread that remembered a narinfo reads it again after a commit made on another thread, and

@@ -19,6 +19,7 @@ use super::sendfile::SendFile;
 use crate::app::App;
 use crate::clock::unix_now;
 use crate::fill::{self, Fills, Joined, Subscription, Want};
+use crate::index::NarRecord;
 use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
 
@@ -76,14 +77,23 @@ pub async fn answer(
         .parse()
         .map_err(|_| ApiError::BadRequest("invalid NAR name"))?;
     // A small read, done inline like narinfo hits.
-    let Some((record, stored)) = app.index.nar(&name.file_hash)? else {
+    let Some((record, stored, remembered)) = app.index.nar_with_file(&name.file_hash)? else {
         return Err(ApiError::NotFound("unknown NAR"));
     };
     if record.compression != name.compression {
         return Err(ApiError::NotFound("unknown NAR"));
     }
     let range = parse_range(headers.get(header::RANGE));
-    if stored && let Some(response) = serve_file(app, &name, record.file_size, range, method)? {
+    if let Some(bytes) = remembered
+        && range.is_none()
+    {
+        if *method != Method::HEAD {
+            app.metrics.nar(NarResult::Hit, &record.source);
+        }
+        return Ok(serve_remembered(app, &name, bytes, method));
+    }
+    if stored && let Some(response) = serve_file(app, &name, &record, range, method, Remember::Yes)?
+    {
         if *method != Method::HEAD {
             app.metrics.nar(NarResult::Hit, &record.source);
         }
@@ -133,7 +143,7 @@ async fn not_on_disk(
     let source = record.source.clone();
     // Issue 16: a transcoded NAR whose file went is made again from its original, never fetched.
     if crate::transcode::regenerate(&app, &name).await?
-        && let Some(response) = serve_file(&app, &name, record.file_size, range, method)?
+        && let Some(response) = serve_file(&app, &name, &record, range, method, Remember::No)?
     {
         app.metrics.nar(NarResult::Hit, &source);
         return Ok(response);
@@ -149,7 +159,9 @@ async fn not_on_disk(
         };
         match joined {
             Joined::Stored => {
-                if let Some(response) = serve_file(&app, &name, record.file_size, range, method)? {
+                if let Some(response) =
+                    serve_file(&app, &name, &record, range, method, Remember::No)?
+                {
                     app.metrics.nar(NarResult::Hit, &source);
                     return Ok(response);
                 }
@@ -212,10 +224,12 @@ fn nar_headers(headers: &mut HeaderMap, ranges: bool) {
 fn serve_file(
     app: &Arc<App>,
     name: &NarName,
-    expected: Option<u64>,
+    record: &NarRecord,
     range: Option<ByteRange>,
     method: &Method,
+    remember: Remember,
 ) -> Result<Option<Response>, ApiError> {
+    let expected = record.file_size;
     let path = app.store.path(name);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -259,6 +273,10 @@ fn serve_file(
         file.read_exact_at(&mut buf, start)
             .map_err(|e| ApiError::Internal(format!("read {}: {e}", path.display())))?;
         let bytes = Bytes::from(buf);
+        if remember == Remember::Yes && len == size {
+            app.index
+                .remember_file(&name.file_hash, record, bytes.clone());
+        }
         Body::from_stream(count_sent(
             futures_util::stream::once(std::future::ready(Ok(bytes))),
             served,
@@ -315,6 +333,33 @@ fn read_chunks(
             Ok(Some((chunk, offset + n)))
         }
     })
+}
+
+/// Whether [`serve_file`] may leave a small file's bytes with this thread (only right after the index,
+/// read through this thread's snapshot, said it is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remember {
+    Yes,
+    No,
+}
+
+/// Serves a small stored file from the bytes this thread remembers of it (see `index/snapshot.rs`): the
+/// same answer as [`serve_file`] without a range, with no file opened.
+fn serve_remembered(app: &Arc<App>, name: &NarName, bytes: Bytes, method: &Method) -> Response {
+    app.index.touch(&name.file_hash, unix_now());
+    let mut response = Response::new(Body::empty());
+    nar_headers(response.headers_mut(), true);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    if *method != Method::HEAD {
+        let served = app.metrics.served_bytes(None);
+        *response.body_mut() = Body::from_stream(count_sent(
+            futures_util::stream::once(std::future::ready(Ok(bytes))),
+            served,
+        ));
+    }
+    response
 }
 
 /// Counts the bytes of a body as they are handed to the connection (a HEAD never polls its body).
