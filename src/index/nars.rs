@@ -48,14 +48,9 @@ fn take_all<K: std::hash::Hash + Eq>(pending: &Sharded<Mutex<HashMap<K, u64>>>) 
 impl Index {
     /// The NAR record for `file_hash` and whether the file is on disk.
     pub fn nar(&self, file_hash: &Sha256Hash) -> Result<Option<(NarRecord, bool)>, IndexError> {
-        self.hit(|s| {
-            let Some(raw) = s.nar.get(file_hash.0)? else {
-                return Ok(None);
-            };
-            let record = NarRecord::decode(raw.value())?;
-            let stored = s.stored.get(file_hash.0)?.is_some();
-            Ok(Some((record, stored)))
-        })
+        Ok(self
+            .nar_with_file(file_hash)?
+            .map(|(record, stored, _)| (record, stored)))
     }
 
     /// As [`Index::nar`], with the bytes of the stored file when this thread remembers them
