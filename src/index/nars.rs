@@ -72,10 +72,12 @@ impl Index {
         })
     }
 
-    /// Remembers, for this thread until the next commit, the bytes of the stored file `file_hash` just
-    /// read after [`Index::nar_with_file`] said it is stored (small files only; see `snapshot.rs`).
+    /// Remembers, for this thread until the next commit, the bytes of the file `file_hash` just read
+    /// from the store — only while the current snapshot says it is stored (small files only; see
+    /// `snapshot.rs`), so nothing the index no longer lists is ever answered from memory.
+    /// A failed read only means the file is not remembered (the index notes the failure itself).
     pub fn remember_file(&self, file_hash: &Sha256Hash, record: &NarRecord, bytes: bytes::Bytes) {
-        self.snapshots.remember_file(&file_hash.0, record, bytes);
+        let _ = self.hit(|s| s.remember_file(&file_hash.0, record, bytes));
     }
 
     /// Marks a NAR as stored (its file was just fsynced and renamed into place) with its exact size,

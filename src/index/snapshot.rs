@@ -14,11 +14,11 @@
 //! large the index, with no B-tree walk and no decoding. The memo is exactly as fresh as the snapshot
 //! it was read through: a thread forgets it when it first reads through a newer one.
 //!
-//! The same way, each thread remembers the bytes of small stored files it served while their rows said
-//! stored (at most [`FILE_MEMO_MAX`] bytes in all, files up to [`FILE_MEMO_MAX_FILE`]): a hot small NAR
-//! is then answered without opening, reading and closing its file. A file's bytes are those of its
-//! FileHash (content-addressed, verified when stored); eviction, healing and scrubbing all commit, so a
-//! thread forgets them as soon as the index says anything new.
+//! The same way, each thread remembers the bytes of small stored files it served, checked against its
+//! snapshot's list of stored files when remembered (at most [`FILE_MEMO_MAX`] bytes in all, files up to
+//! [`FILE_MEMO_MAX_FILE`]): a hot small NAR is then answered without opening, reading and closing its
+//! file. A file's bytes are those of its FileHash (content-addressed, verified when stored); eviction,
+//! healing and scrubbing all commit, so a thread forgets them as soon as the index says anything new.
 //!
 //! Nothing on the hit path is written by two threads, but the snapshot's reference count: each thread
 //! finds the current snapshot through its own weak reference (no lock) and keeps its own memo (no lock,
@@ -43,9 +43,9 @@ use crate::nix::store_path::StoreHash;
 /// with one memo per worker thread (one per core), 4 MiB per core at most.
 pub(super) const MEMO_MAX: usize = 4_096;
 /// Bytes of small stored files one thread remembers at most (4 MiB per core).
-pub const FILE_MEMO_MAX: usize = 4 << 20;
+pub(super) const FILE_MEMO_MAX: usize = 4 << 20;
 /// The largest stored file a thread remembers.
-pub const FILE_MEMO_MAX_FILE: usize = 64 << 10;
+pub(super) const FILE_MEMO_MAX_FILE: usize = 64 << 10;
 
 /// Tells apart the snapshots of every index of the process, for the threads' caches (0: none).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -118,9 +118,7 @@ impl Snapshot {
         });
         Ok(Some(row))
     }
-}
 
-impl Snapshot {
     /// The row and bytes of the stored file `file_hash` this thread remembers as of this snapshot.
     pub(super) fn file(&self, file_hash: &[u8; 32]) -> Option<(NarRecord, Bytes)> {
         with_local(|local| {
@@ -130,6 +128,29 @@ impl Snapshot {
                 .flatten()
         })
         .flatten()
+    }
+
+    /// Remembers, for this thread while it reads through this snapshot, the row and bytes of the file
+    /// `file_hash` — if this snapshot says it is stored, it is small, and the thread has room.
+    pub(super) fn remember_file(
+        &self,
+        file_hash: &[u8; 32],
+        record: &NarRecord,
+        bytes: Bytes,
+    ) -> Result<(), IndexError> {
+        if bytes.len() > FILE_MEMO_MAX_FILE || self.stored.get(*file_hash)?.is_none() {
+            return Ok(());
+        }
+        with_local(|local| {
+            if local.holds(self.owner, self.generation)
+                && local.file_bytes + bytes.len() <= FILE_MEMO_MAX
+                && !local.files.contains_key(file_hash)
+            {
+                local.file_bytes += bytes.len();
+                local.files.insert(*file_hash, (record.clone(), bytes));
+            }
+        });
+        Ok(())
     }
 }
 
@@ -215,23 +236,6 @@ impl Snapshots {
         Ok(snapshot)
     }
 
-    /// Remembers, for this thread, `bytes` of the stored file `file_hash`, read after a snapshot of this
-    /// thread's current generation said it is stored; forgotten with that generation.
-    pub(super) fn remember_file(&self, file_hash: &[u8; 32], record: &NarRecord, bytes: Bytes) {
-        if bytes.len() > FILE_MEMO_MAX_FILE {
-            return;
-        }
-        with_local(|local| {
-            if local.owner == self.id
-                && local.file_bytes + bytes.len() <= FILE_MEMO_MAX
-                && !local.files.contains_key(file_hash)
-            {
-                local.file_bytes += bytes.len();
-                local.files.insert(*file_hash, (record.clone(), bytes));
-            }
-        });
-    }
-
     /// Called after every commit returned (and before the database is closed for a reopen): later
     /// reads take a new snapshot.
     pub(super) fn committed(&self) {
@@ -271,12 +275,17 @@ mod tests {
 
     /// Records the narinfo of `hash` with `text` (pointing at `FILE`).
     fn put(index: &Index, hash: StoreHash, text: &str) {
+        put_file(index, hash, text, FILE);
+    }
+
+    /// Records the narinfo of `hash` with `text`, pointing at `file`.
+    fn put_file(index: &Index, hash: StoreHash, text: &str, file: Sha256Hash) {
         let row = NarinfoRow {
             recorded: 1,
             policy: 1,
             source: "http://up/".into(),
             signer: String::new(),
-            file_hash: FILE,
+            file_hash: file,
             text: text.into(),
         };
         index
@@ -314,6 +323,11 @@ mod tests {
     fn a_remembered_file_goes_with_its_snapshot() {
         let (_dir, index, hash) = open();
         put(&index, hash, "text 1");
+        index.remember_file(&FILE, &record(), bytes::Bytes::from_static(b"abc"));
+        assert!(
+            index.nar_with_file(&FILE).unwrap().unwrap().2.is_none(),
+            "not stored: not remembered"
+        );
         index.commit_nar(&FILE, &record(), 3, 2).unwrap();
         let (_, stored, none) = index.nar_with_file(&FILE).unwrap().unwrap();
         assert!(stored && none.is_none(), "nothing remembered yet");
@@ -340,18 +354,35 @@ mod tests {
     #[test]
     fn remembered_files_are_small_and_bounded() {
         let (_dir, index, hash) = open();
+        // Stored files: FILE, and as many more as fill a thread's budget with the largest files.
+        let fill = super::FILE_MEMO_MAX / super::FILE_MEMO_MAX_FILE;
         put(&index, hash, "text 1");
         index.commit_nar(&FILE, &record(), 3, 2).unwrap();
-        index.nar_with_file(&FILE).unwrap();
+        let others: Vec<Sha256Hash> = (0..fill)
+            .map(|i| {
+                let file = Sha256Hash([i as u8 + 100; 32]);
+                let store_hash = format!("{i:0>32}").parse().unwrap();
+                put_file(&index, store_hash, "other", file);
+                index.commit_nar(&file, &record(), 3, 2).unwrap();
+                file
+            })
+            .collect();
         let big = bytes::Bytes::from(vec![0u8; super::FILE_MEMO_MAX_FILE + 1]);
         index.remember_file(&FILE, &record(), big);
         assert!(index.nar_with_file(&FILE).unwrap().unwrap().2.is_none());
-        let fill = super::FILE_MEMO_MAX / super::FILE_MEMO_MAX_FILE;
-        for i in 0..fill {
-            let other = Sha256Hash([i as u8 + 100; 32]);
+        for other in &others {
             let full = bytes::Bytes::from(vec![0u8; super::FILE_MEMO_MAX_FILE]);
-            index.remember_file(&other, &record(), full);
+            index.remember_file(other, &record(), full);
         }
+        assert!(
+            index
+                .nar_with_file(&others[fill - 1])
+                .unwrap()
+                .unwrap()
+                .2
+                .is_some(),
+            "the budget holds exactly this many"
+        );
         index.remember_file(&FILE, &record(), bytes::Bytes::from_static(b"abc"));
         assert!(
             index.nar_with_file(&FILE).unwrap().unwrap().2.is_none(),

@@ -84,16 +84,12 @@ pub async fn answer(
         return Err(ApiError::NotFound("unknown NAR"));
     }
     let range = parse_range(headers.get(header::RANGE));
-    if let Some(bytes) = remembered
-        && range.is_none()
-    {
-        if *method != Method::HEAD {
-            app.metrics.nar(NarResult::Hit, &record.source);
-        }
-        return Ok(serve_remembered(app, &name, bytes, method));
-    }
-    if stored && let Some(response) = serve_file(app, &name, &record, range, method, Remember::Yes)?
-    {
+    let hit = match remembered {
+        Some(bytes) if range.is_none() => Some(serve_remembered(app, &name, bytes, method)),
+        _ if stored => serve_file(app, &name, &record, range, method)?,
+        _ => None,
+    };
+    if let Some(response) = hit {
         if *method != Method::HEAD {
             app.metrics.nar(NarResult::Hit, &record.source);
         }
@@ -143,7 +139,7 @@ async fn not_on_disk(
     let source = record.source.clone();
     // Issue 16: a transcoded NAR whose file went is made again from its original, never fetched.
     if crate::transcode::regenerate(&app, &name).await?
-        && let Some(response) = serve_file(&app, &name, &record, range, method, Remember::No)?
+        && let Some(response) = serve_file(&app, &name, &record, range, method)?
     {
         app.metrics.nar(NarResult::Hit, &source);
         return Ok(response);
@@ -159,9 +155,7 @@ async fn not_on_disk(
         };
         match joined {
             Joined::Stored => {
-                if let Some(response) =
-                    serve_file(&app, &name, &record, range, method, Remember::No)?
-                {
+                if let Some(response) = serve_file(&app, &name, &record, range, method)? {
                     app.metrics.nar(NarResult::Hit, &source);
                     return Ok(response);
                 }
@@ -227,7 +221,6 @@ fn serve_file(
     record: &NarRecord,
     range: Option<ByteRange>,
     method: &Method,
-    remember: Remember,
 ) -> Result<Option<Response>, ApiError> {
     let expected = record.file_size;
     let path = app.store.path(name);
@@ -267,22 +260,19 @@ fn serve_file(
     if *method == Method::HEAD {
         return Ok(Some(response));
     }
-    let served = app.metrics.served_bytes(None);
     let body = if len <= INLINE_MAX {
         let mut buf = vec![0; len as usize];
         file.read_exact_at(&mut buf, start)
             .map_err(|e| ApiError::Internal(format!("read {}: {e}", path.display())))?;
         let bytes = Bytes::from(buf);
-        if remember == Remember::Yes && len == size {
+        if len == size {
             app.index
                 .remember_file(&name.file_hash, record, bytes.clone());
         }
-        Body::from_stream(count_sent(
-            futures_util::stream::once(std::future::ready(Ok(bytes))),
-            served,
-        ))
+        in_memory_body(app, bytes)
     } else {
         // Sent with `sendfile` by the connection; the body reads the file where nothing takes the offer.
+        let served = app.metrics.served_bytes(None);
         let file = Arc::new(file);
         response.extensions_mut().insert(SendFile {
             file: file.clone(),
@@ -335,14 +325,6 @@ fn read_chunks(
     })
 }
 
-/// Whether [`serve_file`] may leave a small file's bytes with this thread (only right after the index,
-/// read through this thread's snapshot, said it is stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Remember {
-    Yes,
-    No,
-}
-
 /// Serves a small stored file from the bytes this thread remembers of it (see `index/snapshot.rs`): the
 /// same answer as [`serve_file`] without a range, with no file opened.
 fn serve_remembered(app: &Arc<App>, name: &NarName, bytes: Bytes, method: &Method) -> Response {
@@ -353,13 +335,17 @@ fn serve_remembered(app: &Arc<App>, name: &NarName, bytes: Bytes, method: &Metho
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     if *method != Method::HEAD {
-        let served = app.metrics.served_bytes(None);
-        *response.body_mut() = Body::from_stream(count_sent(
-            futures_util::stream::once(std::future::ready(Ok(bytes))),
-            served,
-        ));
+        *response.body_mut() = in_memory_body(app, bytes);
     }
     response
+}
+
+/// A body of `bytes` already in memory, counted as served when handed to the connection.
+fn in_memory_body(app: &App, bytes: Bytes) -> Body {
+    Body::from_stream(count_sent(
+        futures_util::stream::once(std::future::ready(Ok(bytes))),
+        app.metrics.served_bytes(None),
+    ))
 }
 
 /// Counts the bytes of a body as they are handed to the connection (a HEAD never polls its body).
