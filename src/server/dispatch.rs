@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -70,7 +71,8 @@ impl Routes {
     ) -> impl Future<Output = Response> + Send + use<> {
         let method = request.method();
         let path = request.uri().path();
-        let fast = fast_route(method, path);
+        // A request with a body (a GET should have none) takes the router, which sees it read.
+        let fast = fast_route(method, path).filter(|_| request.body().is_end_stream());
         // A narinfo the index already has is answered here and now: no future to build and poll.
         if let Some((Fast::Narinfo, name)) = fast {
             let known = self.observe.now(NARINFO_ROUTE, method_index(method), || {
@@ -98,7 +100,17 @@ impl Routes {
                 None => {
                     // Only routed handlers read the peer (admin endpoints).
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    let Ok(response) = routes.router.clone().oneshot(request).await;
+                    let read = Arc::new(AtomicBool::new(request.body().is_end_stream()));
+                    let request = request.map(|body| ReadToEnd {
+                        inner: body,
+                        read: read.clone(),
+                    });
+                    let Ok(mut response) = routes.router.clone().oneshot(request).await;
+                    if !read.load(Ordering::Relaxed) {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
                     response
                 }
             }
@@ -140,6 +152,44 @@ fn finish(mut response: Response, method: &Method) -> Response {
         *response.body_mut() = Body::empty();
     }
     response
+}
+
+/// A request body that notes when it has been read to its end.
+///
+/// A handler may answer without reading the body (a refused upload, a NAR upload already stored or
+/// waiting): that answer closes the connection (`Connection: close`), as RFC 9110 §10.1.1 leaves a
+/// server two choices, reading the rest or closing, and reading can go wrong. Nix sends every upload
+/// with `Expect: 100-continue`; told 200 before any `100 Continue`, curl sends no body and reuses the
+/// connection for its next request, and hyper, which cannot know that, takes the first bytes of that
+/// next request for the body it waits for and answers the rest 400 (`tests/push.rs`,
+/// `an_upload_answered_before_its_body_closes_the_connection`).
+struct ReadToEnd {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The fast route of a request and the name its handler takes (`<hash>.narinfo`, or the NAR file's
