@@ -289,17 +289,22 @@ cpu_per() {
 # narinfo1: the same hits with wrk on CPU 0 and the server on CPU 1, as a LAN runs them (the clients are
 # other machines): what the server does per request, without wrk's threads preempting it at each
 # answer on the same cores (see docs/benchmarks.md, "Narinfo hits").
+# smallnar1: the small NAR on one connection the same way: every request and every answer waits for a
+# wake-up on the other core, as each waits for the wire on a LAN (the unpinned row's rate depends on
+# whether the scheduler puts the server's thread on wrk's core; see docs/benchmarks.md).
 # narinfo0, smallnar0: one connection with wrk and the server both on CPU 0, so no answer waits for a
 # wake-up on another core (on a VM these cost tens of µs each; see docs/benchmarks.md, "One connection:
 # wake-ups across cores"): the request rate then measures what both sides spend per request.
-MEASURES=(narinfo narinfo1 smallnar nar1 nar16 narinfo0 smallnar0)
-declare -A ARGS=([narinfo]="2 32" [narinfo1]="1 32" [smallnar]="1 1" [nar1]="1 1" [nar16]="2 16"
-  [narinfo0]="1 1" [smallnar0]="1 1")
+MEASURES=(narinfo narinfo1 smallnar smallnar1 nar1 nar16 narinfo0 smallnar0)
+declare -A ARGS=([narinfo]="2 32" [narinfo1]="1 32" [smallnar]="1 1" [smallnar1]="1 1" [nar1]="1 1"
+  [nar16]="2 16" [narinfo0]="1 1" [smallnar0]="1 1")
 declare -A URL_NGINX=([narinfo]="$NGINX/$SMALL_HASH.narinfo" [narinfo1]="$NGINX/$SMALL_HASH.narinfo"
-  [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL" [nar1]="$NGINX/$NGINX_NAR_URL" [nar16]="$NGINX/$NGINX_NAR_URL"
+  [smallnar]="$NGINX/$NGINX_SMALL_NAR_URL" [smallnar1]="$NGINX/$NGINX_SMALL_NAR_URL"
+  [nar1]="$NGINX/$NGINX_NAR_URL" [nar16]="$NGINX/$NGINX_NAR_URL"
   [narinfo0]="$NGINX/$SMALL_HASH.narinfo" [smallnar0]="$NGINX/$NGINX_SMALL_NAR_URL")
 declare -A URL_NIXCACHE=([narinfo]="$NIXCACHE/$SMALL_HASH.narinfo" [narinfo1]="$NIXCACHE/$SMALL_HASH.narinfo"
-  [smallnar]="$NIXCACHE/$SMALL_NAR_URL" [nar1]="$NIXCACHE/$NIXCACHE_NAR_URL" [nar16]="$NIXCACHE/$NIXCACHE_NAR_URL"
+  [smallnar]="$NIXCACHE/$SMALL_NAR_URL" [smallnar1]="$NIXCACHE/$SMALL_NAR_URL"
+  [nar1]="$NIXCACHE/$NIXCACHE_NAR_URL" [nar16]="$NIXCACHE/$NIXCACHE_NAR_URL"
   [narinfo0]="$NIXCACHE/$SMALL_HASH.narinfo" [smallnar0]="$NIXCACHE/$SMALL_NAR_URL")
 # pin_server SERVER CPUS: every thread of nginx's workers or of nixcache onto CPUS.
 pin_server() {
@@ -314,7 +319,7 @@ want hits && for r in $(seq 1 "$ROUNDS"); do
       if [ "$server" = nginx ]; then url=${URL_NGINX[$m]}; else url=${URL_NIXCACHE[$m]}; fi
       wrap=()
       case $m in
-        narinfo1) pin_server "$server" 1; wrap=(taskset -c 0) ;;
+        narinfo1 | smallnar1) pin_server "$server" 1; wrap=(taskset -c 0) ;;
         narinfo0 | smallnar0) pin_server "$server" 0; wrap=(taskset -c 0) ;;
       esac
       c0=$(cpu_ticks "$server")
@@ -646,6 +651,7 @@ if want hits; then
   row narinfo rps "narinfo hits, \`-t2 -c32\` (requests/s)"
   row narinfo1 rps "narinfo hits, \`-t1 -c32\` on CPU 0, the server on CPU 1 (requests/s)"
   row smallnar rps "small NAR ($(wc -c < "$W/cache/$NGINX_SMALL_NAR_URL") B) hits, 1 connection \`-t1 -c1\` (requests/s)"
+  row smallnar1 rps "small NAR hits, 1 connection \`-t1 -c1\` on CPU 0, the server on CPU 1 (requests/s)"
   row nar1 mbps "$NAR_MIB MiB NAR, 1 connection \`-t1 -c1\` (MB/s)"
   row nar16 mbps "$NAR_MIB MiB NAR, 16 connections \`-t2 -c16\` (MB/s)"
   row narinfo0 rps "narinfo hits, 1 connection \`-t1 -c1\`, wrk and the server both on CPU 0 (requests/s)"

@@ -269,7 +269,7 @@ fn serve_file(
             app.index
                 .remember_file(&name.file_hash, record, bytes.clone());
         }
-        in_memory_body(app, bytes)
+        in_memory_body(bytes, app.metrics.served_bytes(None))
     } else {
         // Sent with `sendfile` by the connection; the body reads the file where nothing takes the offer.
         let served = app.metrics.served_bytes(None);
@@ -335,17 +335,52 @@ fn serve_remembered(app: &Arc<App>, name: &NarName, bytes: Bytes, method: &Metho
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     if *method != Method::HEAD {
-        *response.body_mut() = in_memory_body(app, bytes);
+        *response.body_mut() = in_memory_body(bytes, app.metrics.served_bytes(None));
     }
     response
 }
 
 /// A body of `bytes` already in memory, counted as served when handed to the connection.
-fn in_memory_body(app: &App, bytes: Bytes) -> Body {
-    Body::from_stream(count_sent(
-        futures_util::stream::once(std::future::ready(Ok(bytes))),
-        app.metrics.served_bytes(None),
-    ))
+fn in_memory_body(bytes: Bytes, served: prometheus::IntCounter) -> Body {
+    Body::new(InMemory {
+        bytes: Some(bytes),
+        served,
+    })
+}
+
+/// The body of [`in_memory_body`]: whole, of exact size, and at its end once its one frame is taken, as
+/// axum's own body of bytes is. So hyper sees the end together with the last bytes, and the answer ends
+/// with the write that sends them (`BusyGuard` in `connection.rs`). A stream of one chunk looked
+/// unfinished until polled once more, so the end of every small NAR woke the connection's task again,
+/// and that woke tokio's other worker to look for work: one `write` to its eventfd and one futex per
+/// small NAR (issue 14, measured with `strace -c`; narinfo hits, whose bodies were whole, made neither).
+struct InMemory {
+    bytes: Option<Bytes>,
+    served: prometheus::IntCounter,
+}
+
+impl http_body::Body for InMemory {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.bytes.take().map(|bytes| {
+            this.served.inc_by(bytes.len() as u64);
+            Ok(http_body::Frame::data(bytes))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
 }
 
 /// Counts the bytes of a body as they are handed to the connection (a HEAD never polls its body).
@@ -420,6 +455,35 @@ mod tests {
         assert_eq!(got.concat(), content[100..]);
         let short: Result<Vec<Bytes>, _> = read_chunks(file, 100, len + 1).try_collect().await;
         assert!(short.is_err());
+    }
+
+    /// A small NAR's body is whole: hyper learns its size up front and its end with its one frame, so
+    /// the answer ends without waking the connection again (see [`InMemory`]); the bytes are counted
+    /// once, when handed over.
+    #[test]
+    fn an_in_memory_body_ends_with_its_bytes() {
+        use http_body::Body as _;
+        let served = prometheus::IntCounter::new("served", "served").unwrap();
+        let mut body = in_memory_body(Bytes::from_static(b"a small NAR"), served.clone());
+        assert_eq!(body.size_hint().exact(), Some(11));
+        assert!(!body.is_end_stream());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(Some(Ok(frame))) =
+            std::pin::Pin::new(&mut body).poll_frame(&mut cx)
+        else {
+            panic!("the bytes come in the first frame");
+        };
+        assert_eq!(
+            frame.into_data().unwrap(),
+            Bytes::from_static(b"a small NAR")
+        );
+        assert!(body.is_end_stream(), "the end is known with the last bytes");
+        assert_eq!(served.get(), 11);
+        assert!(matches!(
+            std::pin::Pin::new(&mut body).poll_frame(&mut cx),
+            std::task::Poll::Ready(None)
+        ));
+        assert_eq!(served.get(), 11);
     }
 
     #[test]
