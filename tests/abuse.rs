@@ -461,6 +461,49 @@ async fn idle_after_streamed_answers_is_closed_at_the_keepalive_time_out() {
     );
 }
 
+/// A stored file goes out with `sendfile` under `TCP_CORK` (full segments only, as nginx's `tcp_nopush`):
+/// the cork must come off at the end of every answer, or the last partial segment of each waits for
+/// the kernel's 200 ms cork timer. Ten answers in a row on one kept-alive connection: their median
+/// would be at least 200 ms then (it is a few ms), and every body must be the whole file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_sent_with_sendfile_ends_without_waiting() {
+    let _one_at_a_time = serial().await;
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let daemon = Daemon::start(&config_with(&up.url, ""), &[], None);
+    let (nar, size) = big_nar(&daemon).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}{nar}", daemon.url);
+    let first = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(first.len(), size);
+    // Its fill ends (the file is stored) before the answers that count.
+    for _ in 0..200 {
+        let status = http
+            .get(format!("{}/_status", daemon.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        if status["fills_in_flight"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut took = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let body = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+        took.push(started.elapsed());
+        assert_eq!(body, first, "the whole file, every time");
+    }
+    took.sort();
+    eprintln!("10 answers of {size} bytes from disk: {took:?}");
+    assert!(took[5] < Duration::from_millis(150), "median {:?}", took[5]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_connection_cap_holds_under_a_low_descriptor_limit() {
     let _one_at_a_time = serial().await;

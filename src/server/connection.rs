@@ -347,6 +347,8 @@ struct TimedIo {
     queued_at_arm: Option<u64>,
     /// The file chunk being sent in place of its stand-in (see `sendfile`).
     splice: Option<Splice>,
+    /// `TCP_CORK` is set: from a `sendfile` to the next flush (see [`TimedIo::poll_sendfile`]).
+    corked: bool,
 }
 
 impl TimedIo {
@@ -368,6 +370,7 @@ impl TimedIo {
             write_deadline: None,
             queued_at_arm: None,
             splice: None,
+            corked: false,
         }
     }
 
@@ -395,6 +398,9 @@ impl TimedIo {
                 "a response body stands for a file that was never queued",
             )));
         };
+        if !self.corked {
+            self.corked = sendfile::cork(&self.inner, true);
+        }
         loop {
             std::task::ready!(self.inner.poll_write_ready(cx))?;
             match self.inner.try_io(tokio::io::Interest::WRITABLE, || {
@@ -585,6 +591,11 @@ impl AsyncWrite for TimedIo {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.corked {
+            // hyper flushes once what it queued went out: the end of a file chunk, or of an answer.
+            sendfile::cork(&this.inner, false);
+            this.corked = false;
+        }
         let result = Pin::new(&mut this.inner).poll_flush(cx);
         this.written(result, cx)
     }

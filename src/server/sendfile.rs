@@ -88,6 +88,23 @@ impl SendFile {
     }
 }
 
+/// Sets or clears `TCP_CORK` on `socket`: while set, the kernel sends only full segments, as nginx does
+/// around `sendfile` (`tcp_nopush`); clearing it sends what is left. Whether it is now set.
+pub fn cork(socket: &impl AsRawFd, on: bool) -> bool {
+    let value = libc::c_int::from(on);
+    // SAFETY: an int option set from a valid pointer for its size; the descriptor is open.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    on && r == 0
+}
+
 /// One chunk of a file to send in place of its stand-in.
 #[derive(Debug)]
 pub struct Splice {
