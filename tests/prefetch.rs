@@ -284,3 +284,41 @@ async fn a_cold_nix_copy_gets_the_closure_with_each_path_fetched_once() {
     );
     cache.stop().await;
 }
+
+/// The narinfo queue holds at most `QUEUE_MAX` (100,000) hashes: one narinfo whose references would take
+/// it past that has the rest dropped and counted, and nothing else changes (the queue is filled under one
+/// lock, so no worker takes from it meanwhile). An upstream that has none of them answers each lookup 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_narinfo_queue_is_capped_and_what_does_not_fit_is_counted() {
+    use nixcache::nix::store_path::StoreHash;
+    let fx = fixture();
+    let up = TestUpstream::start(&fx.caches["xz"]).await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = Nixcache::start(prefetching(data.path(), &up.url)).await;
+    const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let hash = |i: usize| -> StoreHash {
+        (0..32)
+            .map(|k| ALPHABET[if k < 4 { (i >> (5 * k)) % 32 } else { 7 }] as char)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let cap = nixcache::prefetch::QUEUE_MAX;
+    let references: Vec<StoreHash> = (1..=cap + 3).map(hash).collect();
+    cache.app.prefetch.fetched(
+        &cache.app,
+        hash(0),
+        references.into_iter(),
+        nixcache::lookup::Asker::Probe,
+    );
+    let page = cache.metrics().await;
+    assert_eq!(
+        sample(
+            &page,
+            r#"nixcache_prefetch_total{kind="narinfo",result="dropped"}"#
+        ),
+        3.0,
+        "{cap} queued, 3 dropped"
+    );
+    cache.stop().await;
+}
