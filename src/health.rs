@@ -34,6 +34,12 @@ pub fn alive(app: &App) -> Result<(), String> {
         .store
         .free_bytes()
         .is_ok_and(|free| free >= app.config.min_free.max(1 << 20));
+    stuck(&why, broken_for, room)
+}
+
+/// The rule of [`alive`] for an index that cannot be written (`why`) since `broken_for`: a restart is
+/// the cure only once it stayed so for [`STUCK_AFTER`] while the disk has `room`.
+fn stuck(why: &str, broken_for: Duration, room: bool) -> Result<(), String> {
     if broken_for >= STUCK_AFTER && room {
         return Err(format!(
             "{why} for {} s although the disk has room",
@@ -41,4 +47,23 @@ pub fn alive(app: &App) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk never starves the watchdog (a restart would only stop the hits still served); an
+    /// index that stays unwritable with room on the disk does, after `STUCK_AFTER` and not before.
+    #[test]
+    fn only_an_index_stuck_with_room_on_the_disk_asks_for_a_restart() {
+        let why = "index cannot be written (disk full)";
+        let long = STUCK_AFTER + Duration::from_secs(3600);
+        assert!(stuck(why, long, false).is_ok(), "a full disk, however long");
+        assert!(stuck(why, Duration::ZERO, true).is_ok());
+        assert!(stuck(why, STUCK_AFTER - Duration::from_secs(1), true).is_ok());
+        let err = stuck(why, STUCK_AFTER, true).unwrap_err();
+        assert!(err.starts_with(why) && err.contains("600 s"), "{err}");
+        assert!(stuck(why, long, true).is_err());
+    }
 }
