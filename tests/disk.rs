@@ -202,8 +202,15 @@ async fn a_full_disk_keeps_hits_served_refuses_fills_and_heals_without_a_restart
         let r = get(&format!("{}/{path}.narinfo", cache.url)).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
-    let body = get(&big_nar).await.bytes().await.unwrap();
-    assert_eq!(nix_sha256(&body), field(&big, "FileHash").unwrap());
+    let r = get(&big_nar).await;
+    let status = r.status();
+    let body = r.bytes().await.unwrap();
+    assert_eq!(
+        (status, nix_sha256(&body)),
+        (StatusCode::OK, field(&big, "FileHash").unwrap().to_string()),
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
     wait_for(
         "the big NAR to be stored",
         Duration::from_secs(10),
