@@ -334,3 +334,63 @@ fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
     assert!(index.narinfo(&hash('a')).unwrap().is_some());
     assert!(index.narinfo(&hash('c')).unwrap().is_some());
 }
+
+/// Rows committed non-durably while the disk was fine, then a commit that fails: the reopen that heals
+/// the index loses what was not durable, so the heal records those rows again (`Index::unsynced`); the
+/// row made durable before stays. (The full-disk test in `tests/disk.rs` still loses such rows about one
+/// run in twenty, with a real ENOSPC; this backend fails before writing anything.)
+#[test]
+fn rows_committed_before_a_failed_commit_are_recorded_again_by_the_heal() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let failing = std::sync::Arc::new(AtomicBool::new(false));
+    let (file, flag) = (path.clone(), failing.clone());
+    let opener: Opener = Box::new(move || {
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&file)
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        let inner = redb::backends::FileBackend::new(handle)?;
+        redb::Database::builder().create_with_backend(FailingDisk {
+            inner,
+            failing: flag.clone(),
+        })
+    });
+    let still_failing = failing.clone();
+    let probe: Probe = Box::new(move || match still_failing.load(Ordering::SeqCst) {
+        true => Err(std::io::Error::from_raw_os_error(5)),
+        false => Ok(()),
+    });
+    let index = Index::open_with(&path, opener, probe).unwrap();
+    record(&index, hash('a'), &row(1, "a\n"), &nar(1));
+    index.flush().unwrap();
+    let later = ['b', 'd', 'f', 'g', 'h', 'i'];
+    for (i, c) in later.iter().enumerate() {
+        record(
+            &index,
+            hash(*c),
+            &row(10 + i as u8, "x\n"),
+            &nar(10 + i as u8),
+        );
+    }
+    failing.store(true, Ordering::SeqCst);
+    assert!(index.flush().unwrap_err().is_io());
+    failing.store(false, Ordering::SeqCst);
+    assert!(index.heal());
+    for c in std::iter::once('a').chain(later) {
+        assert!(index.narinfo(&hash(c)).unwrap().is_some(), "{c} lost");
+    }
+    // And durable now: a plain reopen still has them.
+    drop(index);
+    let index = Index::open(&path, None).unwrap();
+    for c in std::iter::once('a').chain(later) {
+        assert!(
+            index.narinfo(&hash(c)).unwrap().is_some(),
+            "{c} lost on reopen"
+        );
+    }
+}
