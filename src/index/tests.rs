@@ -283,13 +283,12 @@ impl redb::StorageBackend for FailingDisk {
     }
 }
 
-#[test]
-fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
+/// An index at `path` on a [`FailingDisk`] (reopened on it by the heal too), and the switch that makes
+/// the disk fail; the probe next to the index fails while it does.
+fn failing_index(path: &std::path::Path) -> (Index, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("index.redb");
     let failing = std::sync::Arc::new(AtomicBool::new(false));
-    let (file, flag) = (path.clone(), failing.clone());
+    let (file, flag) = (path.to_path_buf(), failing.clone());
     let opener: Opener = Box::new(move || {
         let handle = std::fs::OpenOptions::new()
             .read(true)
@@ -309,7 +308,15 @@ fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
         true => Err(std::io::Error::from_raw_os_error(5)),
         false => Ok(()),
     });
-    let index = Index::open_with(&path, opener, probe).unwrap();
+    (Index::open_with(path, opener, probe).unwrap(), failing)
+}
+
+#[test]
+fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let (index, failing) = failing_index(&path);
     record(&index, hash('a'), &row(1, "a\n"), &nar(1));
     index.flush().unwrap();
 
@@ -341,31 +348,10 @@ fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
 /// run in twenty, with a real ENOSPC; this backend fails before writing anything.)
 #[test]
 fn rows_committed_before_a_failed_commit_are_recorded_again_by_the_heal() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
-    let failing = std::sync::Arc::new(AtomicBool::new(false));
-    let (file, flag) = (path.clone(), failing.clone());
-    let opener: Opener = Box::new(move || {
-        let handle = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&file)
-            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-        let inner = redb::backends::FileBackend::new(handle)?;
-        redb::Database::builder().create_with_backend(FailingDisk {
-            inner,
-            failing: flag.clone(),
-        })
-    });
-    let still_failing = failing.clone();
-    let probe: Probe = Box::new(move || match still_failing.load(Ordering::SeqCst) {
-        true => Err(std::io::Error::from_raw_os_error(5)),
-        false => Ok(()),
-    });
-    let index = Index::open_with(&path, opener, probe).unwrap();
+    let (index, failing) = failing_index(&path);
     record(&index, hash('a'), &row(1, "a\n"), &nar(1));
     index.flush().unwrap();
     let later = ['b', 'd', 'f', 'g', 'h', 'i'];

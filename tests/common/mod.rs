@@ -565,14 +565,19 @@ impl Nixcache {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        let body = reqwest::get(format!("{}/_status", self.url))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        serde_json::from_slice(&body).expect("status is JSON")
+        status_at(&self.url).await
     }
+}
+
+/// The `/_status` JSON of the appliance at `url`.
+pub async fn status_at(url: &str) -> serde_json::Value {
+    let body = reqwest::get(format!("{url}/_status"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).expect("status is JSON")
 }
 
 /// sha256 of bytes as `sha256:<nix32>`.
