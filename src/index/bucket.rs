@@ -19,33 +19,32 @@ impl Index {
         new: &NewNarinfo<'_>,
         bucket: &str,
     ) -> Result<(Recorded, bool), IndexError> {
-        self.write(false, |tx| {
-            let in_bucket = match tx.open_table(NAR)?.get(new.row.file_hash.0)? {
-                Some(raw) => {
-                    let known = NarRecord::decode(raw.value())?;
-                    (known.source == bucket && known.same_content(new.nar)).then_some(known)
+        self.write_keeping(
+            false,
+            |tx| {
+                let in_bucket = match tx.open_table(NAR)?.get(new.row.file_hash.0)? {
+                    Some(raw) => {
+                        let known = NarRecord::decode(raw.value())?;
+                        (known.source == bucket && known.same_content(new.nar)).then_some(known)
+                    }
+                    None => None,
+                };
+                let recorded = put_narinfo(tx, new)?;
+                if recorded == Recorded::Yes {
+                    if let Some(known) = &in_bucket {
+                        // put_narinfo points an unstored NAR at the newest narinfo's source; this one
+                        // is in the bucket already.
+                        tx.open_table(NAR)?
+                            .insert(new.row.file_hash.0, known.encode()?.as_slice())?;
+                    }
+                    tx.open_table(NEGATIVE)?.remove(new.hash.as_str())?;
+                    tx.open_multimap_table(BUCKET_PENDING)?
+                        .insert(new.row.file_hash.0, new.hash.as_str())?;
                 }
-                None => None,
-            };
-            let recorded = put_narinfo(tx, new)?;
-            if recorded == Recorded::Yes {
-                if let Some(known) = &in_bucket {
-                    // put_narinfo points an unstored NAR at the newest narinfo's source; this one
-                    // is in the bucket already.
-                    tx.open_table(NAR)?
-                        .insert(new.row.file_hash.0, known.encode()?.as_slice())?;
-                }
-                tx.open_table(NEGATIVE)?.remove(new.hash.as_str())?;
-                tx.open_multimap_table(BUCKET_PENDING)?
-                    .insert(new.row.file_hash.0, new.hash.as_str())?;
-            }
-            Ok((recorded, in_bucket.is_some()))
-        })
-        .inspect(|(recorded, _)| {
-            if *recorded == Recorded::Yes {
-                self.recorded_unsynced(super::Unsynced::narinfo(new));
-            }
-        })
+                Ok((recorded, in_bucket.is_some()))
+            },
+            |(recorded, _)| (*recorded == Recorded::Yes).then(|| super::Unsynced::narinfo(new)),
+        )
     }
 
     /// The store hashes whose narinfo waits for the NAR `file_hash`.

@@ -141,10 +141,14 @@ pub struct Index {
     /// The sequence number up to which commits are durable.
     durable: AtomicU64,
     access: nars::PendingAccess,
-    /// Narinfos recorded since the last durable commit, each with a sequence number at or after its
-    /// own commit's. A reopen after a disk error loses what was not durable, while a client may already
-    /// hold such a narinfo and ask for its NAR: [`Index::heal`] records them again.
+    /// Narinfos recorded and NARs marked stored since the last durable commit, each with its own
+    /// commit's sequence number. A reopen after a disk error loses what was not durable, while a
+    /// client may already hold such a narinfo and ask for its NAR: [`Index::heal`] records them again.
     unsynced: Mutex<Vec<(u64, Unsynced)>>,
+    /// Tests: runs once between the next commit and its bookkeeping (another thread's commit landing
+    /// in that gap).
+    #[cfg(test)]
+    between_commit_and_bookkeeping: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// What a reopen would lose: a narinfo recorded, or a NAR marked stored, non-durably.
@@ -216,6 +220,8 @@ impl Index {
             durable: AtomicU64::new(0),
             access: nars::PendingAccess::default(),
             unsynced: Mutex::default(),
+            #[cfg(test)]
+            between_commit_and_bookkeeping: Mutex::default(),
         })
     }
 
@@ -403,6 +409,21 @@ impl Index {
         durable: bool,
         f: impl FnOnce(&WriteTransaction) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
+        self.write_keeping(durable, f, |_| None)
+    }
+
+    /// As [`Index::write`]; `lost` says what of the commit a reopen would lose while it is not yet
+    /// durable, kept in `unsynced` until a durable commit covers it.
+    ///
+    /// Each commit takes its number inside its write transaction (redb lets one writer in at a time),
+    /// so numbers follow the order of the commits: a durable commit forgets exactly the rows committed
+    /// before it, never one committed after it whose thread was slower to take its number.
+    fn write_keeping<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, IndexError>,
+        lost: impl FnOnce(&T) -> Option<Unsynced>,
+    ) -> Result<T, IndexError> {
         let db = self.handle()?;
         let result = (|| {
             let mut tx = db.begin_write()?;
@@ -412,17 +433,29 @@ impl Index {
                 tx.set_durability(Durability::None)?;
             }
             let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })();
-        if result.is_ok() {
-            self.snapshots.committed();
             let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+            tx.commit()?;
+            Ok((value, seq))
+        })();
+        #[cfg(test)]
+        if result.is_ok() {
+            let gap = self.between_commit_and_bookkeeping.lock().unwrap().take();
+            if let Some(gap) = gap {
+                gap();
+            }
+        }
+        let result = result.map(|(value, seq)| {
+            self.snapshots.committed();
             if durable {
                 self.durable.fetch_max(seq, Ordering::AcqRel);
                 self.unsynced().retain(|(at, _)| *at > seq);
+            } else if let Some(what) = lost(&value) {
+                // Still holding the database: a heal cannot reopen it before this is kept.
+                self.keep_unsynced(seq, what);
             }
-        }
+            value
+        });
+        drop(db);
         self.check(result)
     }
 
@@ -432,15 +465,13 @@ impl Index {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps `what`, just committed non-durably, until a durable commit covers it (see `unsynced`).
-    fn recorded_unsynced(&self, what: Unsynced) {
-        // Read after the commit returned: at or after its own sequence number.
-        let at = self.committed.load(Ordering::Acquire);
+    /// Keeps `what`, committed non-durably as commit `seq`, until a durable commit covers it.
+    fn keep_unsynced(&self, seq: u64, what: Unsynced) {
         let mut unsynced = self.unsynced();
         if unsynced.len() >= MAX_UNSYNCED {
             unsynced.remove(0);
         }
-        unsynced.push((at, what));
+        unsynced.push((seq, what));
     }
 
     /// Counts for `/_status`.

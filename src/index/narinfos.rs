@@ -85,17 +85,17 @@ impl Index {
 
     /// Records a narinfo as served and the NAR it points to (non-durably: see the module notes).
     pub fn record_narinfo(&self, new: &NewNarinfo<'_>) -> Result<Recorded, IndexError> {
-        let recorded = self.write(false, |tx| {
-            let recorded = put_narinfo(tx, new)?;
-            if recorded == Recorded::Yes {
-                tx.open_table(NEGATIVE)?.remove(new.hash.as_str())?;
-            }
-            Ok(recorded)
-        })?;
-        if recorded == Recorded::Yes {
-            self.recorded_unsynced(super::Unsynced::narinfo(new));
-        }
-        Ok(recorded)
+        self.write_keeping(
+            false,
+            |tx| {
+                let recorded = put_narinfo(tx, new)?;
+                if recorded == Recorded::Yes {
+                    tx.open_table(NEGATIVE)?.remove(new.hash.as_str())?;
+                }
+                Ok(recorded)
+            },
+            |recorded| (*recorded == Recorded::Yes).then(|| super::Unsynced::narinfo(new)),
+        )
     }
 
     /// Remembers that `hash` is absent everywhere until `until`.

@@ -91,18 +91,18 @@ impl Index {
         size: u64,
         now: u64,
     ) -> Result<Option<u64>, IndexError> {
-        let total = self.write(false, |tx| {
-            commit_nar_in(tx, file_hash, expected, size, now)
-        })?;
-        if total.is_some() {
-            self.recorded_unsynced(super::Unsynced::Stored {
-                file_hash: *file_hash,
-                record: expected.clone(),
-                size,
-                now,
-            });
-        }
-        Ok(total)
+        self.write_keeping(
+            false,
+            |tx| commit_nar_in(tx, file_hash, expected, size, now),
+            |total| {
+                total.is_some().then(|| super::Unsynced::Stored {
+                    file_hash: *file_hash,
+                    record: expected.clone(),
+                    size,
+                    now,
+                })
+            },
+        )
     }
 
     /// Forgets that a NAR is stored (its file vanished or failed a check). Returns its record.

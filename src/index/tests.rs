@@ -380,3 +380,35 @@ fn rows_committed_before_a_failed_commit_are_recorded_again_by_the_heal() {
         );
     }
 }
+
+#[test]
+fn a_row_committed_while_a_durable_commit_finishes_is_still_recorded_again_by_the_heal() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let (index, failing) = failing_index(&path);
+    let index = std::sync::Arc::new(index);
+    record(&index, hash('a'), &row(1, "a\n"), &nar(1));
+    // The group commit's durable commit returns; before it does its bookkeeping, another thread
+    // records 'b' (non-durably, so after that durable commit). Numbering a commit after it returned
+    // gave 'b' the lower number, and the durable commit then forgot it as covered.
+    let other = index.clone();
+    *index.between_commit_and_bookkeeping.lock().unwrap() = Some(Box::new(move || {
+        std::thread::spawn(move || record(&other, hash('b'), &row(2, "b\n"), &nar(2)))
+            .join()
+            .unwrap();
+    }));
+    index.flush().unwrap();
+    record(&index, hash('c'), &row(3, "c\n"), &nar(3));
+    failing.store(true, Ordering::SeqCst);
+    assert!(index.flush().unwrap_err().is_io());
+    failing.store(false, Ordering::SeqCst);
+    assert!(index.heal());
+    for c in ['a', 'c'] {
+        assert!(index.narinfo(&hash(c)).unwrap().is_some(), "{c} lost");
+    }
+    assert!(
+        index.narinfo(&hash('b')).unwrap().is_some(),
+        "b, committed after the durable commit, was not recorded again"
+    );
+}
