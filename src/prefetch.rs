@@ -353,4 +353,57 @@ mod tests {
         filter.clear();
         assert!(!filter.may_hold(&held[0]));
     }
+
+    /// An appliance with fetching ahead on whose workers never run: what is queued stays queued.
+    fn app_without_workers(dir: &std::path::Path) -> Arc<App> {
+        let overrides = crate::config::Overrides {
+            data_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        let mut config = crate::config::Config::resolve(&overrides, &|_| None).unwrap();
+        config.upstreams.clear();
+        let app = App::open(config).unwrap();
+        assert!(app.prefetch.enabled, "fetching ahead is on by default");
+        app
+    }
+
+    #[tokio::test]
+    async fn the_nar_queue_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_without_workers(dir.path());
+        for i in 0..QUEUE_MAX + 3 {
+            app.prefetch
+                .fetched(&app, hash(i), std::iter::empty(), Asker::Client);
+        }
+        let s = app.prefetch.state.lock().unwrap();
+        assert_eq!(s.nars.len(), QUEUE_MAX, "3 dropped");
+        assert_eq!(
+            s.nars[QUEUE_MAX - 1],
+            hash(QUEUE_MAX - 1),
+            "the last that fit"
+        );
+    }
+
+    #[tokio::test]
+    async fn narinfos_fetched_ahead_that_nobody_asks_for_are_forgotten_together_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_without_workers(dir.path());
+        for i in 0..QUEUE_MAX {
+            app.prefetch
+                .fetched(&app, hash(i), std::iter::empty(), Asker::Probe);
+        }
+        assert_eq!(app.prefetch.state.lock().unwrap().ahead.len(), QUEUE_MAX);
+        assert!(app.prefetch.ahead_filter.may_hold(&hash(0)));
+        // One more: the set was full, so all of them go (and the filter with them), then it is kept.
+        app.prefetch
+            .fetched(&app, hash(QUEUE_MAX), std::iter::empty(), Asker::Probe);
+        let s = app.prefetch.state.lock().unwrap();
+        assert_eq!(s.ahead.len(), 1);
+        assert!(s.ahead.contains(&hash(QUEUE_MAX)));
+        drop(s);
+        assert!(app.prefetch.ahead_filter.may_hold(&hash(QUEUE_MAX)));
+        // A client's later GET of a forgotten one fetches no NAR for it.
+        app.prefetch.asked(&app, &hash(0));
+        assert!(app.prefetch.state.lock().unwrap().nars.is_empty());
+    }
 }
