@@ -108,6 +108,19 @@ pub struct App {
 }
 
 impl App {
+    /// Tests: an appliance on the embedded defaults in `dir`, with no upstream and none of its
+    /// background tasks running (nothing drains its queues or writes behind the test's back).
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &Path) -> Arc<App> {
+        let overrides = crate::config::Overrides {
+            data_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        let mut config = Config::resolve(&overrides, &|_| None).unwrap();
+        config.upstreams.clear();
+        App::open(config).unwrap()
+    }
+
     /// Opens the data folder (index, then store: the index lock keeps a second daemon out before any file
     /// is touched) and sets up the sources. No network access and no store scan.
     pub fn open(config: Config) -> Result<Arc<App>, StartError> {

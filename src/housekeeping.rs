@@ -272,13 +272,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_panics_is_counted_and_started_again() {
         let dir = tempfile::tempdir().unwrap();
-        let overrides = crate::config::Overrides {
-            data_dir: Some(dir.path().to_path_buf()),
-            ..Default::default()
-        };
-        let mut config = crate::config::Config::resolve(&overrides, &|_| None).unwrap();
-        config.upstreams.clear();
-        let app = App::open(config).unwrap();
+        let app = App::for_tests(dir.path());
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = runs.clone();
         let task = supervise(&app, "flaky", move |_| {

@@ -356,13 +356,7 @@ mod tests {
 
     /// An appliance with fetching ahead on whose workers never run: what is queued stays queued.
     fn app_without_workers(dir: &std::path::Path) -> Arc<App> {
-        let overrides = crate::config::Overrides {
-            data_dir: Some(dir.to_path_buf()),
-            ..Default::default()
-        };
-        let mut config = crate::config::Config::resolve(&overrides, &|_| None).unwrap();
-        config.upstreams.clear();
-        let app = App::open(config).unwrap();
+        let app = App::for_tests(dir);
         assert!(app.prefetch.enabled, "fetching ahead is on by default");
         app
     }
