@@ -11,7 +11,8 @@
 //! IO is asked to write a slice that lies inside [`STAND_IN`], it is the head of the queue's chunk: the IO
 //! `sendfile`s that instead and reports the same number of bytes written. Anything out of step (a
 //! stand-in with nothing queued, a length that does not match, a file shorter than announced) fails the
-//! connection: a client never gets zeros, nor a short body that looks complete.
+//! connection: a client never gets zeros, nor a short body that looks complete. A file whose filesystem
+//! cannot `sendfile` (`EINVAL`) is copied through user space instead.
 //!
 //! Where no connection IO of ours serves the response (the router called in-process), the response's
 //! ordinary body reads the file through user space: [`SendFile`] is only an offer, in the response's
@@ -21,6 +22,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -33,6 +35,8 @@ use http_body::{Frame, SizeHint};
 /// holds up a worker for one chunk's read at most (see [`SpliceBody`]), large enough that the per-chunk
 /// work is nothing.
 const CHUNK: usize = 2 << 20;
+/// Bytes read and written at once where the file cannot be sent with `sendfile`.
+const COPY: usize = 256 << 10;
 
 /// What a body's file chunks stand in for: never read, never sent. A read-only anonymous mapping, made
 /// once and never touched, so no memory backs it (a `static` array would be 2 MiB of the binary).
@@ -134,7 +138,16 @@ impl Splice {
                 self.left,
             )
         };
-        let sent = usize::try_from(sent).map_err(|_| io::Error::last_os_error())?;
+        let sent = match usize::try_from(sent) {
+            Ok(sent) => sent,
+            Err(_) => {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(error);
+                }
+                self.copy(socket)?
+            }
+        };
         if sent == 0 {
             // The file is shorter than announced (changed under us): never a short body that looks whole.
             return Err(io::Error::new(
@@ -145,6 +158,25 @@ impl Splice {
         self.offset += sent as u64;
         self.left -= sent;
         Ok(sent)
+    }
+
+    /// Sends the next bytes of the chunk through user space: for a store on a filesystem that cannot
+    /// `sendfile` (no splice support: `EINVAL`), which would otherwise fail every large NAR.
+    fn copy(&self, socket: &impl AsRawFd) -> io::Result<usize> {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "the store's filesystem cannot sendfile; large NARs are copied through user space"
+            );
+        });
+        let mut buf = vec![0; self.left.min(COPY)];
+        let read = self.file.read_at(&mut buf, self.offset)?;
+        if read == 0 {
+            return Ok(0);
+        }
+        // SAFETY: `socket` is open for the call, and `buf` holds `read` initialized bytes.
+        let sent = unsafe { libc::write(socket.as_raw_fd(), buf.as_ptr().cast(), read) };
+        usize::try_from(sent).map_err(|_| io::Error::last_os_error())
     }
 
     /// Whether the whole chunk went.
@@ -285,5 +317,34 @@ mod tests {
         assert_eq!(part.send(&tx, 20).unwrap(), 10);
         let err = part.send(&tx, 10).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A real file whose filesystem cannot `sendfile` (procfs: `EINVAL` on this kernel) still goes
+    /// out whole, through user space.
+    #[test]
+    fn a_file_that_cannot_be_sent_with_sendfile_is_copied() {
+        use std::io::Read;
+        let path = "/proc/self/limits";
+        let mut content = Vec::new();
+        File::open(path).unwrap().read_to_end(&mut content).unwrap();
+        let file = Arc::new(File::open(path).unwrap());
+        let (tx, mut rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut offset = 0;
+        // SAFETY: both descriptors are open; `offset` is valid for the call.
+        let direct = unsafe { libc::sendfile(tx.as_raw_fd(), file.as_raw_fd(), &mut offset, 8) };
+        assert_eq!(
+            (direct, io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EINVAL)),
+            "{path} was meant to be a file sendfile refuses; pick another for this kernel"
+        );
+        let want = &content[10..];
+        let mut part = splice(&file, 10, want.len());
+        let mut sent = 0;
+        while !part.done() {
+            sent += part.send(&tx, want.len() - sent).unwrap();
+        }
+        let mut got = vec![0; want.len()];
+        rx.read_exact(&mut got).unwrap();
+        assert_eq!(got, want);
     }
 }
