@@ -361,16 +361,30 @@ mod tests {
         app
     }
 
+    /// One narinfo whose references would take the narinfo queue past `QUEUE_MAX`: the rest are
+    /// dropped and counted.
     #[tokio::test]
-    async fn the_nar_queue_is_capped() {
+    async fn the_narinfo_queue_is_capped_and_what_does_not_fit_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_without_workers(dir.path());
+        let references = (1..=QUEUE_MAX + 3).map(hash);
+        app.prefetch
+            .fetched(&app, hash(0), references, Asker::Probe);
+        assert_eq!(app.prefetch.state.lock().unwrap().narinfos.len(), QUEUE_MAX);
+        assert_eq!(app.metrics.prefetch_count("narinfo", "dropped"), 3);
+    }
+
+    #[tokio::test]
+    async fn the_nar_queue_is_capped_and_what_does_not_fit_is_counted() {
         let dir = tempfile::tempdir().unwrap();
         let app = app_without_workers(dir.path());
         for i in 0..QUEUE_MAX + 3 {
             app.prefetch
                 .fetched(&app, hash(i), std::iter::empty(), Asker::Client);
         }
+        assert_eq!(app.metrics.prefetch_count("nar", "dropped"), 3);
         let s = app.prefetch.state.lock().unwrap();
-        assert_eq!(s.nars.len(), QUEUE_MAX, "3 dropped");
+        assert_eq!(s.nars.len(), QUEUE_MAX);
         assert_eq!(
             s.nars[QUEUE_MAX - 1],
             hash(QUEUE_MAX - 1),

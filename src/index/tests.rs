@@ -283,12 +283,19 @@ impl redb::StorageBackend for FailingDisk {
     }
 }
 
-/// An index at `path` on a [`FailingDisk`] (reopened on it by the heal too), and the switch that makes
-/// the disk fail; the probe next to the index fails while it does.
-fn failing_index(path: &std::path::Path) -> (Index, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// An index in a new folder on a [`FailingDisk`] (reopened on it by the heal too), and the switch that
+/// makes the disk fail; the probe next to the index fails while it does. The index file is the folder's
+/// `index.redb`.
+fn failing_index() -> (
+    tempfile::TempDir,
+    Index,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
     let failing = std::sync::Arc::new(AtomicBool::new(false));
-    let (file, flag) = (path.to_path_buf(), failing.clone());
+    let (file, flag) = (path.clone(), failing.clone());
     let opener: Opener = Box::new(move || {
         let handle = std::fs::OpenOptions::new()
             .read(true)
@@ -308,15 +315,14 @@ fn failing_index(path: &std::path::Path) -> (Index, std::sync::Arc<std::sync::at
         true => Err(std::io::Error::from_raw_os_error(5)),
         false => Ok(()),
     });
-    (Index::open_with(path, opener, probe).unwrap(), failing)
+    let index = Index::open_with(&path, opener, probe).unwrap();
+    (dir, index, failing)
 }
 
 #[test]
 fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("index.redb");
-    let (index, failing) = failing_index(&path);
+    let (_dir, index, failing) = failing_index();
     record(&index, hash('a'), &row(1, "a\n"), &nar(1));
     index.flush().unwrap();
 
@@ -349,9 +355,7 @@ fn an_eio_breaks_writes_keeps_reads_and_heals_by_reopening() {
 #[test]
 fn rows_committed_before_a_failed_commit_are_recorded_again_by_the_heal() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("index.redb");
-    let (index, failing) = failing_index(&path);
+    let (dir, index, failing) = failing_index();
     record(&index, hash('a'), &row(1, "a\n"), &nar(1));
     index.flush().unwrap();
     let later = ['b', 'd', 'f', 'g', 'h', 'i'];
@@ -372,7 +376,7 @@ fn rows_committed_before_a_failed_commit_are_recorded_again_by_the_heal() {
     }
     // And durable now: a plain reopen still has them.
     drop(index);
-    let index = Index::open(&path, None).unwrap();
+    let index = Index::open(&dir.path().join("index.redb"), None).unwrap();
     for c in std::iter::once('a').chain(later) {
         assert!(
             index.narinfo(&hash(c)).unwrap().is_some(),
@@ -384,9 +388,7 @@ fn rows_committed_before_a_failed_commit_are_recorded_again_by_the_heal() {
 #[test]
 fn a_row_committed_while_a_durable_commit_finishes_is_still_recorded_again_by_the_heal() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("index.redb");
-    let (index, failing) = failing_index(&path);
+    let (_dir, index, failing) = failing_index();
     let index = std::sync::Arc::new(index);
     record(&index, hash('a'), &row(1, "a\n"), &nar(1));
     // The group commit's durable commit returns; before it does its bookkeeping, another thread

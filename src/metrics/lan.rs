@@ -144,6 +144,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Tests: how many [`Metrics::prefetch`] counted under `kind` and `result`.
+    #[cfg(test)]
+    pub(crate) fn prefetch_count(&self, kind: &str, result: &str) -> u64 {
+        self.inner
+            .lan
+            .prefetch
+            .with_label_values(&[kind, result])
+            .get()
+    }
+
     /// Counts a NAR transcoded: file sizes before and after.
     pub fn transcoded(&self, nar: &str, before: u64, after: u64) {
         let l = &self.inner.lan;
