@@ -38,7 +38,7 @@
 
   # Transcoding, warm, pins (issue 16).
   transcode = "zstd";
-  transcode_level = 6;
+  transcode_level = 3;
   transcode_workers = 1;
   transcode_keep_original = 3600;
   warm_concurrency = 4;

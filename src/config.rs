@@ -111,7 +111,7 @@ pub const DEFAULT_PREFETCH_MAX_SIZE: &str = "256MiB";
 /// Issue 16: `transcode` unless told otherwise.
 pub const DEFAULT_TRANSCODE: &str = "zstd";
 /// Issue 16: zstd level of transcoded NARs.
-pub const DEFAULT_TRANSCODE_LEVEL: i32 = 6;
+pub const DEFAULT_TRANSCODE_LEVEL: i32 = 3;
 /// Issue 16: transcoding threads.
 pub const DEFAULT_TRANSCODE_WORKERS: usize = 1;
 /// Issue 16: seconds a transcoded NAR's original stays on disk after the switch.

@@ -35,6 +35,7 @@ use crate::metrics::{FillOutcome, NarResult};
 use crate::nix::nar_name::NarName;
 use crate::sources::SourceError;
 use crate::store::{StoreError, TempGuard};
+use crate::transcode::alongside::{Alongside, TwinCheck, TwinProgress};
 use crate::verify::{Expected, NarVerifier, VerifyError};
 
 /// Bytes gathered from the network before one write (and one hand-off to the blocking pool).
@@ -195,6 +196,8 @@ pub struct FillLimits {
 pub struct Fill {
     file: OnceLock<Arc<File>>,
     progress: watch::Receiver<Progress>,
+    /// The zstd twin made beside an xz or bzip2 NAR (`transcode/alongside.rs`), when there is one.
+    twin: Option<TwinOutput>,
     /// FileSize, when the narinfo gave it.
     pub size: Option<u64>,
     /// Subscriptions of any kind (clients reading it, warm jobs, fetching ahead).
@@ -208,11 +211,47 @@ pub struct Fill {
     idle_since: AtomicU64,
 }
 
+/// The twin's temp file and how far it got, read like the NAR's.
+struct TwinOutput {
+    file: OnceLock<Arc<File>>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// Which of a fill's files a client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The NAR file as the source has it.
+    Nar,
+    /// The zstd twin made beside it.
+    Twin,
+}
+
 impl Fill {
+    /// Whether this fill makes a zstd twin beside the NAR.
+    pub fn makes_twin(&self) -> bool {
+        self.twin.is_some()
+    }
+
+    /// The file and progress of `part` (the twin's may not exist: see [`Fill::makes_twin`]).
+    fn part(&self, part: Part) -> Option<(&OnceLock<Arc<File>>, &watch::Receiver<Progress>)> {
+        match part {
+            Part::Nar => Some((&self.file, &self.progress)),
+            Part::Twin => self.twin.as_ref().map(|t| (&t.file, &t.progress)),
+        }
+    }
+
     /// Waits until the download started: `Err` when the fill failed before sending anything, so the
     /// client can get a proper 502/503/504 instead of a 200 that breaks off.
     pub async fn started(&self) -> Result<(), Failure> {
-        let mut progress = self.progress.clone();
+        self.part_started(Part::Nar).await
+    }
+
+    /// As [`Fill::started`], for `part`.
+    pub async fn part_started(&self, part: Part) -> Result<(), Failure> {
+        let Some((_, progress)) = self.part(part) else {
+            return Err(Failure::Internal);
+        };
+        let mut progress = progress.clone();
         let result = progress
             .wait_for(|p| !matches!(p, Progress::Queued | Progress::Connecting))
             .await
@@ -325,6 +364,11 @@ impl Fills {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
 
+    /// Whether a fill of `file_hash` is running or waiting.
+    pub fn is_running(&self, file_hash: &crate::nix::hash::Sha256Hash) -> bool {
+        self.running.lock().is_ok_and(|r| r.contains_key(file_hash))
+    }
+
     /// Whether a download could start now without waiting for a slot.
     pub fn has_free_slot(&self) -> bool {
         self.in_flight() < self.limits.max_running
@@ -389,9 +433,21 @@ impl Fills {
             return Err(FillError::Busy);
         }
         let (tx, rx) = watch::channel(Progress::Queued);
+        // Issue 14: an xz or bzip2 NAR's check also makes its zstd twin.
+        let (twin_tx, twin) = if crate::transcode::alongside::wanted(app, &record, bound) {
+            let (tx, rx) = watch::channel(Progress::Queued);
+            let output = TwinOutput {
+                file: OnceLock::new(),
+                progress: rx,
+            };
+            (Some(Arc::new(tx)), Some(output))
+        } else {
+            (None, None)
+        };
         let fill = Arc::new(Fill {
             file: OnceLock::new(),
             progress: rx,
+            twin,
             size: record.file_size,
             clients: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
@@ -408,7 +464,7 @@ impl Fills {
         let app = app.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                r = run_fill(&app, &fill, &name, &record, bound, &tx) => r,
+                r = run_fill(&app, &fill, &name, &record, bound, &tx, twin_tx.clone()) => r,
                 () = app.stopped.cancelled() => Err(FillError::ShuttingDown),
             };
             let nar = name.to_string();
@@ -424,13 +480,17 @@ impl Fills {
                         .fill_finished(&record.source, &nar, &e.outcome());
                     // After `Verified` the clients have what they need; a later failure (committing)
                     // only means the file was not kept.
-                    tx.send_if_modified(|p| {
-                        if matches!(p, Progress::Verified { .. }) {
+                    let failed = |p: &mut Progress| {
+                        if matches!(p, Progress::Verified { .. } | Progress::Failed(_)) {
                             return false;
                         }
                         *p = Progress::Failed(e.failure());
                         true
-                    });
+                    };
+                    tx.send_if_modified(failed);
+                    if let Some(t) = &twin_tx {
+                        t.send_if_modified(failed);
+                    }
                 }
             }
             if let Ok(mut running) = app.fills.running.lock() {
@@ -469,6 +529,7 @@ async fn run_fill(
     record: &NarRecord,
     bound: u64,
     tx: &watch::Sender<Progress>,
+    twin_tx: Option<TwinProgress>,
 ) -> Result<u64, FillError> {
     let limits = app.fills.limits;
     let started = Instant::now();
@@ -507,17 +568,26 @@ async fn run_fill(
     tx.send_replace(Progress::Connecting);
     // The temp file is made on the blocking pool while the source is asked: creating a file took a
     // few hundred microseconds here while other fills were being made durable (more than asking a LAN
-    // upstream), and on an async worker it would hold up every other request meanwhile.
+    // upstream), and on an async worker it would hold up every other request meanwhile. So are the
+    // twin's room (making room may evict) and temp file.
     let create = {
-        let (a, name) = (app.clone(), *name);
-        tokio::task::spawn_blocking(move || a.store.temp_file(&name))
+        let (a, name, record) = (app.clone(), *name, record.clone());
+        tokio::task::spawn_blocking(move || {
+            let created = a.store.temp_file(&name)?;
+            let twin = twin_tx.and_then(|t| Alongside::start(&a, &name, &record, t));
+            Ok::<_, StoreError>((created, twin))
+        })
     };
     let (created, response) =
         tokio::join!(create, app.sources.get_nar(&record.source, &record.url));
-    let (guard, file) = created.map_err(io::Error::other)??;
+    let ((guard, file), twin) = created.map_err(io::Error::other)??;
     let response = response?;
     let file = Arc::new(file);
     let _ = fill.file.set(file.clone());
+    let (alongside, twin_check) = twin.unzip();
+    if let (Some(a), Some(output)) = (&alongside, &fill.twin) {
+        let _ = output.file.set(a.file().clone());
+    }
     let answered = started.elapsed();
     if let Some(got) = response.content_length()
         && (record.file_size.is_some_and(|want| want != got) || got > bound)
@@ -528,7 +598,18 @@ async fn run_fill(
         });
     }
     tx.send_replace(Progress::Running { written: 0 });
-    let written = download(app, fill, name, record, response, &file, &reservation, tx).await?;
+    let written = download(
+        app,
+        fill,
+        name,
+        record,
+        response,
+        &file,
+        twin_check,
+        &reservation,
+        tx,
+    )
+    .await?;
     // The last byte goes out now; durability follows.
     tx.send_replace(Progress::Verified { size: written });
     tracing::debug!(
@@ -545,11 +626,25 @@ async fn run_fill(
         return Ok(written);
     }
     let a = app.clone();
-    let (name, record) = (*name, record.clone());
-    tokio::task::spawn_blocking(move || commit(&a, guard, &file, &name, &record, written))
+    let (n, r, queue) = (*name, record.clone(), alongside.is_none());
+    tokio::task::spawn_blocking(move || commit(&a, guard, &file, &n, &r, written, queue))
         .await
         .map_err(io::Error::other)??;
     drop(reservation);
+    if let Some(alongside) = alongside {
+        let nar = name.file_hash.to_nix32();
+        match alongside.commit(app, name, record).await {
+            Ok((size, rows)) => {
+                tracing::debug!(nar = %nar, size, rows, "zstd twin made beside the fill");
+                app.metrics.transcoded(&nar, written, size, true);
+            }
+            Err(e) => {
+                // The transcoder tries again from the stored original.
+                tracing::info!(nar = %nar, error = %e, "no zstd twin beside the fill; queued for transcoding");
+                app.transcoder.enqueue(app, name);
+            }
+        }
+    }
     Ok(written)
 }
 
@@ -562,6 +657,7 @@ async fn download(
     record: &NarRecord,
     response: reqwest::Response,
     file: &Arc<File>,
+    twin: Option<TwinCheck>,
     reservation: &Reservation,
     tx: &watch::Sender<Progress>,
 ) -> Result<u64, FillError> {
@@ -572,11 +668,15 @@ async fn download(
     // written and offered to the clients at once, and checked meanwhile, so the appliance decompresses
     // while its clients do instead of before them. Only the last byte waits for the verdict. At most
     // VERIFY_QUEUE batches wait for the verifier, so a slow verifier holds up the download, never memory.
-    let verifier = NarVerifier::new(Expected::from_record(name, record))?;
+    let mut verifier = NarVerifier::new(Expected::from_record(name, record))?;
+    if let Some(twin) = &twin {
+        verifier = verifier.copying_to(twin.copy());
+    }
     let (to_verify, batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(VERIFY_QUEUE);
     let (verdict_tx, verdict) = tokio::sync::oneshot::channel();
     let check = Check {
         verifier,
+        twin,
         batches,
         verdict: verdict_tx,
         fill: fill.clone(),
@@ -676,6 +776,8 @@ async fn download(
 /// A fill's verification, fed batch by batch, on a thread of its own.
 struct Check {
     verifier: NarVerifier,
+    /// The zstd twin, finished once the verdict passed.
+    twin: Option<TwinCheck>,
     batches: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
     verdict: tokio::sync::oneshot::Sender<Result<u64, VerifyError>>,
     fill: Arc<Fill>,
@@ -699,7 +801,13 @@ impl Check {
                 return;
             }
         }
-        let _ = self.verdict.send(self.verifier.finish());
+        let verdict = self.verifier.finish();
+        let passed = verdict.is_ok();
+        let _ = self.verdict.send(verdict);
+        // The NAR's last byte is out; the twin's follows once it is finished and checked.
+        if let Some(twin) = self.twin.take().filter(|_| passed) {
+            twin.finish();
+        }
     }
 }
 
@@ -711,6 +819,7 @@ fn commit(
     name: &NarName,
     record: &NarRecord,
     size: u64,
+    queue_transcode: bool,
 ) -> Result<(), FillError> {
     app.store.commit(guard, file, name)?;
     let recorded = app
@@ -720,8 +829,11 @@ fn commit(
     app.store
         .keep_if_recorded(name, recorded)?
         .ok_or(FillError::RecordChanged)?;
-    // Issue 16: queued for transcoding to zstd (cheap; the work happens on its own threads).
-    app.transcoder.enqueue(app, name);
+    // Issue 16: queued for transcoding to zstd (cheap; the work happens on its own threads), unless
+    // its twin was made beside the fill.
+    if queue_transcode {
+        app.transcoder.enqueue(app, name);
+    }
     Ok(())
 }
 
@@ -729,54 +841,62 @@ fn commit(
 /// keeps the fill wanted until the stream is dropped.
 pub fn reader(
     subscription: Subscription,
+    part: Part,
     start: u64,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    let progress = subscription.fill.progress.clone();
-    futures_util::stream::unfold(Some((subscription, start, progress)), |state| async move {
-        let (sub, pos, mut progress) = state?;
-        loop {
-            let (limit, done) = match *progress.borrow_and_update() {
-                Progress::Queued | Progress::Connecting => (0, false),
-                // The last byte waits for the verdict: a client must not hold a complete body
-                // before the hash said it is the right one.
-                Progress::Running { written } => (written.saturating_sub(1), false),
-                Progress::Verified { size } => (size, true),
-                Progress::Failed(_) => {
-                    return Some((Err(io::Error::other("NAR download failed")), None));
+    let progress = match subscription.fill.part(part) {
+        Some((_, p)) => p.clone(),
+        // No twin: a channel whose sender is gone ends the stream with an error at once.
+        None => watch::channel(Progress::Failed(Failure::Internal)).1,
+    };
+    futures_util::stream::unfold(
+        Some((subscription, start, progress)),
+        move |state| async move {
+            let (sub, pos, mut progress) = state?;
+            loop {
+                let (limit, done) = match *progress.borrow_and_update() {
+                    Progress::Queued | Progress::Connecting => (0, false),
+                    // The last byte waits for the verdict: a client must not hold a complete body
+                    // before the hash said it is the right one.
+                    Progress::Running { written } => (written.saturating_sub(1), false),
+                    Progress::Verified { size } => (size, true),
+                    Progress::Failed(_) => {
+                        return Some((Err(io::Error::other("NAR download failed")), None));
+                    }
+                };
+                if pos < limit {
+                    let Some(file) = sub.fill.part(part).and_then(|(f, _)| f.get().cloned()) else {
+                        return Some((Err(io::Error::other("NAR temp file missing")), None));
+                    };
+                    let len = (limit - pos).min(READ_CHUNK) as usize;
+                    let read_at = move || {
+                        let mut buf = vec![0u8; len];
+                        file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                    };
+                    // What was just written is in the page cache: a small piece is copied here, faster
+                    // than a hop to the blocking pool; a large one there.
+                    let read = if len <= INLINE_READ {
+                        read_at()
+                    } else {
+                        tokio::task::spawn_blocking(read_at)
+                            .await
+                            .map_err(io::Error::other)
+                            .and_then(|r| r)
+                    };
+                    return match read {
+                        Ok(bytes) => Some((Ok(bytes), Some((sub, pos + len as u64, progress)))),
+                        Err(e) => Some((Err(e), None)),
+                    };
                 }
-            };
-            if pos < limit {
-                let Some(file) = sub.fill.file.get().cloned() else {
-                    return Some((Err(io::Error::other("NAR temp file missing")), None));
-                };
-                let len = (limit - pos).min(READ_CHUNK) as usize;
-                let read_at = move || {
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-                };
-                // What was just written is in the page cache: a small piece is copied here, faster
-                // than a hop to the blocking pool; a large one there.
-                let read = if len <= INLINE_READ {
-                    read_at()
-                } else {
-                    tokio::task::spawn_blocking(read_at)
-                        .await
-                        .map_err(io::Error::other)
-                        .and_then(|r| r)
-                };
-                return match read {
-                    Ok(bytes) => Some((Ok(bytes), Some((sub, pos + len as u64, progress)))),
-                    Err(e) => Some((Err(e), None)),
-                };
+                if done {
+                    return None;
+                }
+                if progress.changed().await.is_err() {
+                    return Some((Err(io::Error::other("NAR download ended")), None));
+                }
             }
-            if done {
-                return None;
-            }
-            if progress.changed().await.is_err() {
-                return Some((Err(io::Error::other("NAR download ended")), None));
-            }
-        }
-    })
+        },
+    )
 }
 
 /// Streams a NAR that is never stored (larger than the cap) straight from its source to one client,

@@ -8,7 +8,7 @@ use crate::clock::unix_now;
 use crate::index::{IndexError, NarRecord, NarinfoRow, NewNarinfo, Recorded};
 use crate::metrics::NarinfoResult;
 use crate::nix::nar_name::NarName;
-use crate::nix::narinfo::NarInfo;
+use crate::nix::narinfo::{Compression, NarInfo};
 use crate::nix::store_path::StoreHash;
 use crate::sources::{Lookup, Rejection, SourceError};
 use crate::trust::Verdict;
@@ -201,7 +201,6 @@ fn record(
     if let Some(key) = &app.signing_key {
         narinfo.sign_with(key);
     }
-    let text = narinfo.to_text();
     let nar = NarRecord {
         compression: narinfo.compression,
         file_size,
@@ -209,6 +208,22 @@ fn record(
         nar_size: narinfo.nar_size,
         source: source.clone(),
         url: nar_url,
+    };
+    let text = if zstd_from_first_ask(app, &name, &nar) {
+        // Issue 14: the zstd twin, by the original's name (`server/nar.rs`), before it exists. Its
+        // FileHash and FileSize are not known yet, and Nix does without them (it checks NarHash).
+        let mut served = narinfo.clone();
+        served.url = NarName {
+            file_hash,
+            compression: Compression::Zstd,
+        }
+        .url_path();
+        served.compression = Compression::Zstd;
+        served.file_hash = None;
+        served.file_size = None;
+        served.to_text()
+    } else {
+        narinfo.to_text()
     };
     let row = NarinfoRow {
         recorded: unix_now(),
@@ -226,6 +241,14 @@ fn record(
     };
     let recorded = crate::bucket::publish::record(app, &new, &row.source)?;
     Ok((recorded == Recorded::Yes).then_some(row.text))
+}
+
+/// Whether a narinfo fetched now names its NAR's zstd twin by the original's name (issue 14): when
+/// transcoding is on, the NAR is xz or bzip2, and its fill can make the twin beside it. Not with a
+/// shared bucket, where the recorded text is published for other appliances, which know no such URL.
+fn zstd_from_first_ask(app: &App, name: &NarName, nar: &NarRecord) -> bool {
+    let bound = crate::verify::Expected::from_record(name, nar).max_file_size();
+    app.bucket.is_none() && crate::transcode::alongside::wanted(app, nar, bound)
 }
 
 /// The recorded text, re-signed when the appliance's key changed since it was recorded: the old key's

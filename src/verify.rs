@@ -115,11 +115,13 @@ pub fn supported(compression: Compression) -> bool {
     )
 }
 
-/// Hashes and counts the decompressed NAR, refusing to grow past NarSize.
+/// Hashes and counts the decompressed NAR, refusing to grow past NarSize; and hands it to the copy,
+/// when there is one.
 struct NarSink {
     sha: Sha256,
     size: u64,
     limit: u64,
+    copy: Option<Box<dyn Write + Send>>,
 }
 
 impl NarSink {
@@ -131,6 +133,12 @@ impl NarSink {
             });
         }
         self.sha.update(buf);
+        // A copy that fails is dropped: its owner knows why; the verification goes on.
+        if let Some(copy) = &mut self.copy
+            && copy.write_all(buf).is_err()
+        {
+            self.copy = None;
+        }
         Ok(())
     }
 }
@@ -191,6 +199,7 @@ impl NarVerifier {
             sha: Sha256::new(),
             size: 0,
             limit: expected.nar_size,
+            copy: None,
         };
         let decoder = match expected.compression {
             Compression::None => Decoder::None,
@@ -223,6 +232,18 @@ impl NarVerifier {
             ended: false,
             out: vec![0; OUT_CHUNK],
         })
+    }
+
+    /// Hands every decompressed byte also to `copy`, as it is checked (the fill's zstd twin, made from
+    /// the one decompression: `transcode/alongside.rs`). The copy sees bytes not yet verified; its owner
+    /// keeps nothing unless [`NarVerifier::finish`] passes. Not for brotli, whose decoder owns its sink.
+    pub fn copying_to(mut self, copy: Box<dyn Write + Send>) -> NarVerifier {
+        debug_assert!(
+            !matches!(self.decoder, Decoder::Br(_)),
+            "brotli is never copied"
+        );
+        self.sink.copy = Some(copy);
+        self
     }
 
     /// Feeds the next piece of the file. Fails early on corrupt data, a file growing past its bound,
@@ -364,6 +385,7 @@ impl NarVerifier {
                         sha: Sha256::new(),
                         size: 0,
                         limit: 0,
+                        copy: None,
                     },
                 )
             }

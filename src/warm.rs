@@ -328,7 +328,10 @@ async fn resolve(
                 Err(e) => return Err(format!("looking up {path} failed: {e}")),
             };
             let info = NarInfo::parse(&text).map_err(|e| format!("narinfo of {path}: {e}"))?;
+            // A narinfo naming a zstd twin by its original's name has no FileHash (issue 14): its URL
+            // names the original.
             let name = NarName::for_narinfo(&info)
+                .or_else(|| info.url.strip_prefix("nar/")?.parse().ok())
                 .ok_or_else(|| format!("narinfo of {path} names no NAR file"))?;
             if members_seen.insert(name.file_hash) {
                 members.push(Member {
@@ -401,6 +404,11 @@ pub async fn ensure_stored(app: &Arc<App>, name: NarName) -> Result<bool, String
         if stored {
             return Ok(true);
         }
+        // A zstd twin named by its original (issue 14): the original is fetched, the twin made beside.
+        let name = NarName {
+            compression: record.compression,
+            ..name
+        };
         if crate::transcode::regenerate(app, &name)
             .await
             .map_err(|e| e.to_string())?

@@ -33,10 +33,12 @@ const ATTACK: Duration = Duration::from_secs(12);
 const HEADER_TIMEOUT: u64 = 5;
 
 /// Trusting the fixture's key; fetching ahead off, so that a NAR is filled when a test asks for it (a
-/// test that streams a fill must not find the NAR already fetched because its narinfo was asked for).
+/// test that streams a fill must not find the NAR already fetched because its narinfo was asked for);
+/// transcoding off, so that narinfos name the NAR file itself with its FileSize (these tests are about
+/// connections; tests/lan.rs covers the zstd twins).
 fn config_with(upstream: &str, extra: &str) -> String {
     format!(
-        "upstreams = [\"{upstream}\"]\ntrusted_keys = [\"{}\"]\nprefetch = false\n{extra}",
+        "upstreams = [\"{upstream}\"]\ntrusted_keys = [\"{}\"]\nprefetch = false\ntranscode = \"off\"\n{extra}",
         fixture().public_key
     )
 }

@@ -70,10 +70,19 @@ async fn padded_concatenated_or_oversized_files_for_a_small_nar_are_never_stored
         // Without FileSize, the file may only be as large as a NAR of NarSize can compress to.
         ("huge", [file.clone(), vec![0; 32 << 20]].concat()),
     ];
-    for (label, bytes) in hostile {
+    // Transcoding on too (issue 14): the narinfo names the zstd twin made beside the fill, whose
+    // stream a client may read while the hostile file arrives; it must break off as well, and neither
+    // file may stay.
+    for ((label, bytes), transcode) in hostile
+        .into_iter()
+        .flat_map(|h| [(h.clone(), None), (h, Some(3))])
+    {
         let data = tempfile::tempdir().unwrap();
-        let cache = Nixcache::start(test_config(data.path(), &[&up.url])).await;
-        let url = format!("nar/{label}.nar.xz");
+        let mut config = test_config(data.path(), &[&up.url]);
+        config.transcode_level = transcode;
+        let cache = Nixcache::start(config).await;
+        let label = format!("{label}, transcode {transcode:?}");
+        let url = format!("nar/{}.nar.xz", label.split(',').next().unwrap());
         up.set_override(&url, bytes.clone());
         let lie = retarget(&text, &Sha256Hash::digest(&bytes), None, &url);
         up.set_override(&format!("{}.narinfo", hash_of(&fx.top)), lie.into_bytes());
@@ -84,6 +93,12 @@ async fn padded_concatenated_or_oversized_files_for_a_small_nar_are_never_stored
             "{label}: the narinfo itself is validly signed"
         );
         let served = r.text().await.unwrap();
+        let twin = transcode.is_some();
+        assert_eq!(
+            field(&served, "Compression"),
+            Some(if twin { "zstd" } else { "xz" }),
+            "{label}"
+        );
         // The download fails during the body, or — when it fails before the first chunk was written —
         // the connection closes before the response head: either way no complete body.
         let complete =

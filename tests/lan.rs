@@ -33,12 +33,13 @@ async fn narinfo_text(cache: &Nixcache, path: &str) -> String {
     r.text().await.unwrap()
 }
 
-/// Waits until the narinfo of `path` points at a zstd file; returns it. Generous: the transcoding
-/// thread runs at nice 19, and a loaded machine gives it little CPU.
+/// Waits until the narinfo of `path` names a zstd twin with its FileHash (not the original's name
+/// before the twin exists, issue 14); returns it. Generous: the transcoding thread runs at nice 19,
+/// and a loaded machine gives it little CPU.
 async fn wait_transcoded(cache: &Nixcache, path: &str) -> String {
     for _ in 0..1800 {
         let text = narinfo_text(cache, path).await;
-        if field(&text, "Compression") == Some("zstd") {
+        if field(&text, "Compression") == Some("zstd") && field(&text, "FileHash").is_some() {
             return text;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -105,9 +106,24 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
     let cache = Nixcache::start(config).await;
 
     // A client looks the path up before anything is stored or transcoded, and keeps the narinfo
-    // (a persistent narinfo cache, as a nix-daemon has).
+    // (a persistent narinfo cache, as a nix-daemon has). Issue 14: it already names zstd, by the
+    // upstream's xz FileHash, without FileHash or FileSize (the twin does not exist yet).
     let old = narinfo_text(&cache, &fx.big).await;
-    assert_eq!(field(&old, "Compression"), Some("xz"));
+    let upstream_text = String::from_utf8(
+        upstream.file(&fx.caches["xz"], &format!("{}.narinfo", hash_of(&fx.big))),
+    )
+    .unwrap();
+    let xz_hash = field(&upstream_text, "FileHash").unwrap();
+    let xz_name: NarName = format!("{}.nar.xz", &xz_hash["sha256:".len()..])
+        .parse()
+        .unwrap();
+    assert_eq!(field(&old, "Compression"), Some("zstd"));
+    assert_eq!(
+        field(&old, "URL"),
+        Some(format!("nar/{}.nar.zst", xz_name.file_hash.to_nix32()).as_str())
+    );
+    assert_eq!(field(&old, "FileHash"), None);
+    assert_eq!(field(&old, "FileSize"), None);
     let old_xdg = work.path().join("old-client-xdg");
     let old_client = |store: &Path, op: &[&str]| {
         let mut c = fx.nix.cmd("nix");
@@ -125,7 +141,8 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
     let (ok, err) = old_client(Path::new(&cache.url), &["path-info", "--json", &fx.big]);
     assert!(ok, "the old client's lookup failed: {err}");
 
-    // Another client substitutes the closures: the fills commit, then transcoding switches them.
+    // Another client substitutes the closures, cold: each fill makes the zstd twin beside the NAR
+    // and the client gets zstd already; then the rows name the twin with its FileHash and FileSize.
     let (ok, err) = fx.realise(&work.path().join("s1"), &cache.url, &fx.big, &fx.public_key);
     assert!(ok, "first substitution failed: {err}");
     let (ok, err) = fx.realise(&work.path().join("s2"), &cache.url, &fx.top, &fx.public_key);
@@ -134,6 +151,8 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
     for path in &fx.closure {
         wait_transcoded(&cache, path).await;
     }
+    // Each NAR was fetched once (its twin came from the fill's own check, never from a second fetch).
+    assert_eq!(upstream.nars(), fx.closure.len() + 1);
     // Only URL, Compression, FileHash and FileSize changed; every signature is still there.
     let strip = |t: &str| -> Vec<String> {
         t.lines()
@@ -167,7 +186,7 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
         assert!(ok, "substituting transcoded big (key {key}) failed: {err}");
     }
 
-    // The client holding the narinfo from before the switch still gets its (xz) URL.
+    // The client holding the narinfo from before the switch still gets its URL: the twin's bytes.
     let (ok, err) = old_client(
         &work.path().join("s5"),
         &["copy", "--from", &cache.url, &fx.big],
@@ -175,7 +194,12 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
     assert!(ok, "the client with the old narinfo failed: {err}");
     let (status, body) = get_bytes(&format!("{}/{}", cache.url, field(&old, "URL").unwrap())).await;
     assert_eq!(status, 200);
-    assert_eq!(nix_sha256(&body), field(&old, "FileHash").unwrap());
+    assert!(body == twin_body, "the first-ask URL is not the twin");
+    // And the xz file itself, for clients holding a narinfo that names it (recorded while transcoding
+    // was off), during the original's grace.
+    let (status, body) = get_bytes(&format!("{}/{}", cache.url, xz_name.url_path())).await;
+    assert_eq!(status, 200);
+    assert_eq!(nix_sha256(&body), xz_hash);
 
     // The twin's file goes (evicted, damaged): it is made again, byte for byte, from the original.
     cache.app.index.unstore_nar(&name.file_hash).unwrap();
@@ -194,10 +218,119 @@ async fn transcoded_nars_substitute_for_old_and_new_narinfos_and_either_key() {
     let status = cache.status().await;
     let t = &status["transcode"];
     assert!(t["transcoded"].as_u64().unwrap() >= 4, "{t}");
+    // Every twin was made beside its fill (issue 14), none by the background transcoder.
+    assert_eq!(t["beside_fill"].as_u64(), Some(4), "{t}");
     assert!(t["input_bytes"].as_u64().unwrap() > 0 && t["output_bytes"].as_u64().unwrap() > 0);
     assert!(t["cpu_seconds"].as_f64().unwrap() > 0.0, "{t}");
     let metrics = cache.metrics().await;
     assert!(metrics.contains("nixcache_transcode_cpu_seconds_total"));
+    cache.stop().await;
+}
+
+/// Issue 14: clients of the first-ask URL during the download read the twin as it is made, and get
+/// the twin file byte for byte; a NAR that fails its check gives them no complete body, and neither
+/// file stays. The faults (a slow, a corrupt, a truncated body) are the test upstream's own: no real
+/// server produces them on demand.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_clients_read_the_twin_while_it_is_made_and_never_a_bad_one() {
+    let fx = fixture();
+    let upstream = TestUpstream::start(&fx.caches["xz"]).await;
+    for fault in [Fault::SlowNar, Fault::CorruptNar, Fault::TruncateNar] {
+        let work = tempfile::tempdir().unwrap();
+        let (config, _) = lan_config(work.path(), &[&upstream.url]);
+        let cache = Nixcache::start(config).await;
+        upstream.set_fault(fault);
+        let before = upstream.nars();
+        let text = narinfo_text(&cache, &fx.big).await;
+        let url = format!("{}/{}", cache.url, field(&text, "URL").unwrap());
+        assert!(url.ends_with(".nar.zst") && field(&text, "FileHash").is_none());
+        // Three clients at once, then one more while the (slow) download runs.
+        let get = |url: String| async move {
+            let r = reqwest::get(&url).await.ok()?;
+            (r.status() == 200).then_some(())?;
+            r.bytes().await.ok().map(|b| b.to_vec())
+        };
+        let first =
+            futures_util::future::join3(get(url.clone()), get(url.clone()), get(url.clone()));
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            get(url.clone()).await
+        };
+        let ((a, b, c), d) = tokio::join!(first, late);
+        if fault != Fault::SlowNar {
+            // (The late client may start a fill of its own after the first one failed.)
+            for body in [a, b, c, d] {
+                assert!(body.is_none(), "{fault:?}: a client got a complete body");
+            }
+            assert_eq!(
+                cache.status().await["store"]["nars"],
+                0,
+                "{fault:?}: stored"
+            );
+            assert_eq!(
+                std::fs::read_dir(work.path().join("data/tmp"))
+                    .unwrap()
+                    .count(),
+                0,
+                "{fault:?}: a temp file stayed"
+            );
+            cache.stop().await;
+            continue;
+        }
+        assert_eq!(upstream.nars() - before, 1, "fetched once for four clients");
+        let body = a.expect("the first client got the twin");
+        for other in [b, c, d] {
+            assert!(
+                other.as_ref() == Some(&body),
+                "clients got different bodies"
+            );
+        }
+        let nar = zstd::decode_all(&body[..]).unwrap();
+        assert_eq!(nix_sha256(&nar), field(&text, "NarHash").unwrap());
+        // What they read is the twin the rows name now, byte for byte.
+        let new = wait_transcoded(&cache, &fx.big).await;
+        assert_eq!(nix_sha256(&body), field(&new, "FileHash").unwrap());
+        assert_eq!(cache.status().await["transcode"]["beside_fill"], 1);
+        cache.stop().await;
+    }
+    upstream.set_fault(Fault::None);
+}
+
+/// Issue 14: the first-ask URL of a NAR stored without a twin (fetched while transcoding was off, or
+/// when there was no room for a twin beside its fill) is answered by making the twin from the stored
+/// file at once, never by fetching again; also with transcoding off, for clients that kept a narinfo
+/// from while it was on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_ask_url_of_a_nar_stored_without_a_twin_is_made_from_the_stored_file() {
+    let fx = fixture();
+    let upstream = TestUpstream::start(&fx.caches["xz"]).await;
+    let work = tempfile::tempdir().unwrap();
+    let (mut config, _) = lan_config(work.path(), &[&upstream.url]);
+    config.transcode_level = None;
+    let cache = Nixcache::start(config).await;
+    let text = narinfo_text(&cache, &fx.big).await;
+    assert_eq!(field(&text, "Compression"), Some("xz"));
+    let (status, xz) = get_bytes(&format!("{}/{}", cache.url, field(&text, "URL").unwrap())).await;
+    assert_eq!(status, 200);
+    let name = nar_name(&text);
+    // Made durable just after the client's last byte.
+    nixcache::transcode::wait_stored(&cache.app, &name.file_hash)
+        .await
+        .unwrap();
+    let first_ask = NarName {
+        compression: nixcache::nix::narinfo::Compression::Zstd,
+        ..name
+    };
+    let (status, body) = get_bytes(&format!("{}/{}", cache.url, first_ask.url_path())).await;
+    assert_eq!(status, 200);
+    let nar = zstd::decode_all(&body[..]).unwrap();
+    assert_eq!(nix_sha256(&nar), field(&text, "NarHash").unwrap());
+    assert_eq!(upstream.nars(), 1, "fetched again");
+    // The twin is recorded: the rows name it, and the original's URL still answers its own bytes.
+    let new = narinfo_text(&cache, &fx.big).await;
+    assert_eq!(field(&new, "FileHash"), Some(nix_sha256(&body).as_str()));
+    let (status, again) = get_bytes(&format!("{}/{}", cache.url, name.url_path())).await;
+    assert_eq!((status, again == xz), (200, true));
     cache.stop().await;
 }
 

@@ -9,7 +9,7 @@ use super::Metrics;
 use crate::activity::EventKind;
 
 /// Outcomes of a transcode.
-pub const TRANSCODE_RESULTS: [&str; 3] = ["transcoded", "failed", "no_room"];
+pub const TRANSCODE_RESULTS: [&str; 4] = ["transcoded", "beside_fill", "failed", "no_room"];
 /// Outcomes of a warm job.
 pub const WARM_OUTCOMES: [&str; 2] = ["done", "failed"];
 /// What a warm job did with one NAR.
@@ -51,7 +51,7 @@ impl LanHandles {
         LanHandles {
             transcodes: counter_vec(
                 "nixcache_transcodes_total",
-                "Stored xz/bzip2 NARs re-encoded to zstd, by result (transcoded, failed, no_room).",
+                "xz/bzip2 NARs re-encoded to zstd, by result (transcoded, beside_fill, failed, no_room).",
                 "result",
                 &TRANSCODE_RESULTS,
             ),
@@ -119,8 +119,10 @@ impl LanHandles {
 /// The transcoding totals `/_status` shows.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct TranscodeTotals {
-    /// NARs transcoded since start.
+    /// NARs transcoded since start (in the background or beside their fill).
     pub transcoded: u64,
+    /// Of which made beside their fill, from its check's decompressed bytes (issue 14).
+    pub beside_fill: u64,
     /// Transcodes that failed.
     pub failed: u64,
     /// Transcodes skipped for lack of room.
@@ -154,10 +156,15 @@ impl Metrics {
             .get()
     }
 
-    /// Counts a NAR transcoded: file sizes before and after.
-    pub fn transcoded(&self, nar: &str, before: u64, after: u64) {
+    /// Counts a NAR transcoded (in the background, or `beside_fill`): file sizes before and after.
+    pub fn transcoded(&self, nar: &str, before: u64, after: u64, beside_fill: bool) {
         let l = &self.inner.lan;
-        l.transcodes.with_label_values(&["transcoded"]).inc();
+        let result = if beside_fill {
+            "beside_fill"
+        } else {
+            "transcoded"
+        };
+        l.transcodes.with_label_values(&[result]).inc();
         l.transcode_in.inc_by(before);
         l.transcode_out.inc_by(after);
         self.inner.activity.record(
@@ -199,7 +206,8 @@ impl Metrics {
         let l = &self.inner.lan;
         let n = |r: &str| l.transcodes.with_label_values(&[r]).get();
         TranscodeTotals {
-            transcoded: n("transcoded"),
+            transcoded: n("transcoded") + n("beside_fill"),
+            beside_fill: n("beside_fill"),
             failed: n("failed"),
             no_room: n("no_room"),
             input_bytes: l.transcode_in.get(),

@@ -18,10 +18,12 @@ use super::error::ApiError;
 use super::sendfile::SendFile;
 use crate::app::App;
 use crate::clock::unix_now;
-use crate::fill::{self, Fills, Joined, Subscription, Want};
+use crate::fill::{self, Fills, Joined, Part, Subscription, Want};
 use crate::index::NarRecord;
 use crate::metrics::NarResult;
 use crate::nix::nar_name::NarName;
+use crate::nix::narinfo::Compression;
+use crate::transcode::transcodable;
 
 /// Stored files up to this size are read on the async worker and sent in one piece: a copy from the
 /// page cache of at most a few tens of microseconds, cheaper than a hop to the blocking pool (most NARs
@@ -81,6 +83,17 @@ pub async fn answer(
         return Err(ApiError::NotFound("unknown NAR"));
     };
     if record.compression != name.compression {
+        // Issue 14: `<original>.nar.zst` is the zstd twin of an xz or bzip2 NAR.
+        if name.compression == Compression::Zstd && transcodable(record.compression) {
+            let original = NarName {
+                file_hash: name.file_hash,
+                compression: record.compression,
+            };
+            return Box::pin(twin_by_original(
+                app, original, record, stored, method, headers,
+            ))
+            .await;
+        }
         return Err(ApiError::NotFound("unknown NAR"));
     }
     let range = parse_range(headers.get(header::RANGE));
@@ -187,6 +200,74 @@ async fn not_on_disk(
     Err(ApiError::Unavailable(
         "the NAR was evicted while it was opened; try again",
     ))
+}
+
+/// `nar/<original FileHash>.nar.zst`: the zstd twin of an xz or bzip2 NAR, named by its original.
+/// Narinfos fetched while transcoding is on give this URL (`lookup.rs`) before any twin exists, so the
+/// first machine of the LAN gets zstd too; it is answered for as long as the original is known:
+/// - a twin is recorded: the twin's answer (made again if its file went);
+/// - the original is being fetched, or not on disk: its fill makes the twin beside it
+///   (`transcode/alongside.rs`), streamed as it grows, the last byte once both files were checked;
+/// - otherwise (stored before, or no twin could be made beside its fill): made from the stored
+///   original now, then served.
+async fn twin_by_original(
+    app: &Arc<App>,
+    original: NarName,
+    record: NarRecord,
+    stored: bool,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let twin = |t: crate::index::Twin| {
+        NarName {
+            file_hash: t.file_hash,
+            compression: Compression::Zstd,
+        }
+        .to_string()
+    };
+    if let Some(t) = app.index.twin_of(&original.file_hash)? {
+        return answer(app, &twin(t), method, headers).await;
+    }
+    if *method == Method::HEAD {
+        // Answer what a GET would, without starting a download: the size is not known yet.
+        let mut response = Response::new(Body::empty());
+        nar_headers(response.headers_mut(), false);
+        return Ok(response);
+    }
+    let source = record.source.clone();
+    if !stored || app.fills.is_running(&original.file_hash) {
+        let joined =
+            Fills::join_or_start(app, original, record, Want::Client).inspect_err(|_| {
+                app.metrics.nar(NarResult::Busy, &source);
+            })?;
+        match joined {
+            Joined::Fill(subscription) => {
+                let fill = subscription.fill().clone();
+                if fill.makes_twin() && fill.part_started(Part::Twin).await.is_ok() {
+                    let served = app.metrics.served_bytes(Some(&source));
+                    let mut response = Response::new(Body::empty());
+                    nar_headers(response.headers_mut(), false);
+                    let body = fill::reader(subscription, Part::Twin, 0);
+                    *response.body_mut() = Body::from_stream(count_sent(body, served));
+                    return Ok(response);
+                }
+                // No twin beside this fill (no room for it then): the original first, then its twin.
+                if let Err(failure) = fill.finished().await {
+                    app.metrics.nar(NarResult::Error, &source);
+                    return Err(failure.into());
+                }
+                crate::transcode::wait_stored(app, &original.file_hash).await?;
+            }
+            Joined::Stored => {}
+            Joined::PassThrough => {
+                return Err(ApiError::Unavailable(
+                    "this NAR is larger than the cache's store can hold, so it has no zstd form here",
+                ));
+            }
+        }
+    }
+    let made = crate::transcode::make_now(app, &original.file_hash).await?;
+    answer(app, &twin(made), method, headers).await
 }
 
 /// The index said stored but the file is gone (evicted meanwhile, or removed by hand) or not the size
@@ -426,7 +507,10 @@ fn serve_fill(
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size - start));
     }
-    *response.body_mut() = Body::from_stream(count_sent(fill::reader(subscription, start), served));
+    *response.body_mut() = Body::from_stream(count_sent(
+        fill::reader(subscription, fill::Part::Nar, start),
+        served,
+    ));
     response
 }
 

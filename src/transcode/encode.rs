@@ -97,9 +97,7 @@ pub(super) fn encode(
         size: 0,
         reservation: &reservation,
     };
-    let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
-    encoder.include_checksum(true)?;
-    encoder.set_pledged_src_size(Some(record.nar_size))?;
+    let mut encoder = encoder(sink, level, record.nar_size)?;
     let mut nar_sha = Sha256::new();
     let mut nar_size = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -146,8 +144,21 @@ pub(super) fn encode(
     })
 }
 
+/// The zstd encoder of every twin: `level`, a checksum, and the NAR's size in the frame header. A twin
+/// made beside a fill (`alongside.rs`) and one made here are the same bytes.
+pub(super) fn encoder<W: Write>(
+    sink: W,
+    level: i32,
+    nar_size: u64,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
+    encoder.include_checksum(true)?;
+    encoder.set_pledged_src_size(Some(nar_size))?;
+    Ok(encoder)
+}
+
 /// Reads the written file back through the verifier every fill uses.
-fn verify_written(
+pub(super) fn verify_written(
     file: &File,
     expected: Expected,
     stopped: &CancellationToken,

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::clock::unix_now;
-use crate::index::{IndexError, NarRecord, Transcoded};
+use crate::index::{IndexError, NarRecord, Transcoded, Twin};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::nar_name::NarName;
 use crate::nix::narinfo::Compression;
@@ -38,6 +38,7 @@ const DROP_EVERY: Duration = Duration::from_secs(60);
 /// Wait after start before walking the store for NARs stored before transcoding was on.
 const CATCH_UP_AFTER: Duration = Duration::from_secs(5);
 
+pub mod alongside;
 mod encode;
 mod regenerate;
 
@@ -198,14 +199,18 @@ fn worker(app: Arc<App>) {
     crate::priority::lower();
     while let Some(file_hash) = app.transcoder.next(&app) {
         let started = thread_cpu();
-        let result = transcode_stored(&app, &file_hash);
+        let level = app
+            .config
+            .transcode_level
+            .unwrap_or(crate::config::DEFAULT_TRANSCODE_LEVEL);
+        let result = transcode_stored(&app, &file_hash, level);
         app.metrics.transcode_cpu(thread_cpu() - started);
         app.transcoder.done(&file_hash);
         let nar = file_hash.to_nix32();
         match result {
             Ok(Some((before, after, rows))) => {
                 tracing::info!(nar = %nar, before, after, rows, "NAR transcoded to zstd");
-                app.metrics.transcoded(&nar, before, after);
+                app.metrics.transcoded(&nar, before, after, false);
             }
             Ok(None) | Err(TranscodeError::ShuttingDown) => {}
             Err(TranscodeError::NoRoom(why)) => {
@@ -225,10 +230,8 @@ fn worker(app: Arc<App>) {
 fn transcode_stored(
     app: &App,
     file_hash: &Sha256Hash,
+    level: i32,
 ) -> Result<Option<(u64, u64, usize)>, TranscodeError> {
-    let Some(level) = app.config.transcode_level else {
-        return Ok(None);
-    };
     let Some((record, true)) = app.index.nar(file_hash)? else {
         return Ok(None);
     };
@@ -252,36 +255,94 @@ fn transcode_stored(
         return Ok(Some((record.file_size.unwrap_or(0), size, 0)));
     }
     let encoded = encode(app, &original, &record, level)?;
+    let rows = record_twin(
+        app,
+        &original,
+        &record,
+        NewTwin {
+            guard: encoded.guard,
+            file: &encoded.file,
+            file_hash: encoded.file_hash,
+            size: encoded.size,
+            level,
+        },
+    )?;
+    // Recorded as stored: the index counts the twin from now on.
+    drop(encoded.reservation);
+    Ok(Some((record.file_size.unwrap_or(0), encoded.size, rows)))
+}
+
+/// A verified zstd file in the temp folder, made from an original.
+struct NewTwin<'a> {
+    guard: crate::store::TempGuard,
+    file: &'a std::fs::File,
+    file_hash: Sha256Hash,
+    size: u64,
+    level: i32,
+}
+
+/// Commits a verified twin of the stored `original` and switches the original's rows to it. Returns
+/// how many rows were switched.
+fn record_twin(
+    app: &App,
+    original: &NarName,
+    record: &NarRecord,
+    new: NewTwin<'_>,
+) -> Result<usize, TranscodeError> {
     let twin = NarName {
-        file_hash: encoded.file_hash,
+        file_hash: new.file_hash,
         compression: Compression::Zstd,
     };
     // The twin is fetched from nowhere: its record keeps the original's source (for metrics) and URL,
     // which a plain fill would refuse (xz bytes never pass zstd verification); it is made again instead.
     let twin_record = NarRecord {
         compression: Compression::Zstd,
-        file_size: Some(encoded.size),
+        file_size: Some(new.size),
         ..record.clone()
     };
-    app.store.commit(encoded.guard, &encoded.file, &twin)?;
+    app.store.commit(new.guard, new.file, &twin)?;
     let now = unix_now();
     let committed = app.index.commit_transcoded(&Transcoded {
-        original: *file_hash,
-        original_record: &record,
+        original: original.file_hash,
+        original_record: record,
         twin: twin.file_hash,
         twin_record: &twin_record,
-        level: level as u8,
-        size: encoded.size,
+        level: new.level as u8,
+        size: new.size,
         now,
         keep_original_until: now + app.config.transcode_keep_original.as_secs(),
     });
-    let rows = app
-        .store
+    app.store
         .keep_if_recorded(&twin, committed.map_err(TranscodeError::from))?
-        .ok_or(TranscodeError::Changed)?;
-    // Recorded as stored: the index counts the twin from now on.
-    drop(encoded.reservation);
-    Ok(Some((record.file_size.unwrap_or(0), encoded.size, rows)))
+        .ok_or(TranscodeError::Changed)
+}
+
+/// Makes the twin of the stored `original` now, for a client of its first-ask URL (`server/nar.rs`)
+/// when no fill made one beside it (transcoding was off, or there was no room then): at the configured
+/// level, or the default one when transcoding is off (the URL was given out while it was on). Returns
+/// the twin.
+pub async fn make_now(app: &Arc<App>, original: &Sha256Hash) -> Result<Twin, RegenerateError> {
+    let _turn = app.transcoder.regenerating.turn(*original).await;
+    if let Some(twin) = app.index.twin_of(original)? {
+        return Ok(twin);
+    }
+    let level = app
+        .config
+        .transcode_level
+        .unwrap_or(crate::config::DEFAULT_TRANSCODE_LEVEL);
+    let (a, h) = (app.clone(), *original);
+    let made = tokio::task::spawn_blocking(move || {
+        let started = thread_cpu();
+        let made = transcode_stored(&a, &h, level);
+        a.metrics.transcode_cpu(thread_cpu() - started);
+        made
+    })
+    .await??;
+    if let Some((before, after, _)) = made {
+        app.metrics
+            .transcoded(&original.to_nix32(), before, after, false);
+    }
+    app.index.twin_of(original)?.ok_or(RegenerateError::Gone)
 }
 
 /// Makes twin `expected` again from the stored original, at `level`, and records it stored. Returns
