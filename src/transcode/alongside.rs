@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::TranscodeError;
 use super::encode::thread_cpu;
 use crate::app::App;
-use crate::budget::{NoSpace, Reservation, compressed_bound};
+use crate::budget::{Reservation, compressed_bound};
 use crate::fill::{Failure, Progress};
 use crate::index::NarRecord;
 use crate::nix::hash::Sha256Hash;
@@ -149,14 +149,7 @@ impl Alongside {
                 .config
                 .transcode_level
                 .ok_or_else(|| TranscodeError::NoRoom("transcoding is off".into()))?;
-            let reservation = app
-                .budget
-                .reserve(app, compressed_bound(Compression::Zstd, record.nar_size))
-                .map_err(|e| match e {
-                    NoSpace::LargerThanCap => TranscodeError::NoRoom("larger than the cap".into()),
-                    NoSpace::Full(why) => TranscodeError::NoRoom(why),
-                })?;
-            let reservation = Arc::new(reservation);
+            let reservation = Arc::new(super::encode::reserve_twin(app, record.nar_size)?);
             let (guard, file) = app.store.temp_file(&NarName {
                 file_hash: original.file_hash,
                 compression: Compression::Zstd,

@@ -73,13 +73,7 @@ pub(super) fn encode(
     level: i32,
 ) -> Result<Encoded, TranscodeError> {
     let stopped = &app.stopped;
-    let reservation = app
-        .budget
-        .reserve(app, compressed_bound(Compression::Zstd, record.nar_size))
-        .map_err(|e| match e {
-            NoSpace::LargerThanCap => TranscodeError::NoRoom("larger than the store's cap".into()),
-            NoSpace::Full(why) => TranscodeError::NoRoom(why),
-        })?;
+    let reservation = reserve_twin(app, record.nar_size)?;
     let source = BufReader::with_capacity(CHUNK, File::open(app.store.path(original))?);
     let mut decoder: Box<dyn Read> = match original.compression {
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new(source)),
@@ -142,6 +136,16 @@ pub(super) fn encode(
         file_hash,
         size,
     })
+}
+
+/// Room in the budget for the zstd twin of a NAR of `nar_size` bytes (blocking: may evict).
+pub(super) fn reserve_twin(app: &App, nar_size: u64) -> Result<Reservation, TranscodeError> {
+    app.budget
+        .reserve(app, compressed_bound(Compression::Zstd, nar_size))
+        .map_err(|e| match e {
+            NoSpace::LargerThanCap => TranscodeError::NoRoom("larger than the store's cap".into()),
+            NoSpace::Full(why) => TranscodeError::NoRoom(why),
+        })
 }
 
 /// The zstd encoder of every twin: `level`, a checksum, and the NAR's size in the frame header. A twin
