@@ -202,8 +202,8 @@ impl Alongside {
         &self.file
     }
 
-    /// Waits for the check's result, then commits and records the twin (blocking). Returns the twin's
-    /// size and how many rows now name it; the CPU time it took is counted.
+    /// Waits for the check's result, then commits and records the twin (on the blocking pool). Returns
+    /// the twin's size and how many rows now name it; the CPU time it took is counted.
     pub async fn commit(
         self,
         app: &Arc<App>,
