@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Shared, Stop, Timeouts};
+use super::cores::Cores;
 use super::dispatch::Routes;
 use crate::config::Limits;
 use crate::metrics::LimitMetrics;
@@ -34,10 +35,11 @@ const FDS_PER_CONNECTION: u64 = 2;
 /// Pause after an `accept()` failure that is not about one connection (EMFILE, ENFILE, ENOMEM...).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `listener` until `shutdown` is cancelled, then lets running requests finish for at most
-/// `drain` before closing what is left.
+/// Serves `listener` until `shutdown` is cancelled, each connection on one of `cores`, then lets
+/// running requests finish for at most `drain` before closing what is left.
 pub async fn serve(
     listener: TcpListener,
+    cores: &Cores,
     routes: Arc<Routes>,
     limits: &Limits,
     metrics: LimitMetrics,
@@ -95,13 +97,18 @@ pub async fn serve(
         }
         let shared = shared.clone();
         let open = metrics.connections_open.clone();
-        open.inc();
-        tracker.spawn(async move {
+        let tracked = tracker.token();
+        let served = cores.serve(tcp, move |tcp| async move {
+            open.inc();
             connection::serve(tcp, peer, shared).await;
             open.dec();
             drop(client);
             drop(permit);
+            drop(tracked);
         });
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "cannot hand a connection to its thread; closed");
+        }
     }
     // Closing the socket makes the kernel refuse new connections while the running ones drain.
     drop(listener);

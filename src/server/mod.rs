@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bucket;
 pub mod connection;
+pub mod cores;
 pub mod dispatch;
 pub mod error;
 pub mod listener;
@@ -67,8 +68,10 @@ fn router_with(app: Arc<App>, observe: observe::Observe) -> Router {
 /// are limited as `app.config.limits` says (see [`listener`] and [`connection`]).
 pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let background = app.start_background();
+    let cores = cores::Cores::for_this_machine()?;
     let result = listener::serve(
         listener,
+        &cores,
         Arc::new(dispatch::Routes::new(app.clone())),
         &app.config.limits,
         app.metrics.limits().clone(),
@@ -79,6 +82,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     app.shutdown.cancel();
     app.stopped.cancel();
     background.join(&app).await;
+    // Last: fills and jobs that connections started run on their threads.
+    if tokio::task::spawn_blocking(move || cores.stop())
+        .await
+        .is_err()
+    {
+        tracing::error!("stopping the connection threads panicked");
+    }
     result
 }
 
