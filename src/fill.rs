@@ -364,11 +364,6 @@ impl Fills {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
 
-    /// Whether a fill of `file_hash` is running or waiting.
-    pub fn is_running(&self, file_hash: &crate::nix::hash::Sha256Hash) -> bool {
-        self.running.lock().is_ok_and(|r| r.contains_key(file_hash))
-    }
-
     /// Whether a download could start now without waiting for a slot.
     pub fn has_free_slot(&self) -> bool {
         self.in_flight() < self.limits.max_running
@@ -434,7 +429,7 @@ impl Fills {
         }
         let (tx, rx) = watch::channel(Progress::Queued);
         // Issue 14: an xz or bzip2 NAR's check also makes its zstd twin.
-        let (twin_tx, twin) = if crate::transcode::alongside::wanted(app, &record, bound) {
+        let (twin_tx, twin) = if crate::transcode::alongside::wanted(app, &name, &record) {
             let (tx, rx) = watch::channel(Progress::Queued);
             let output = TwinOutput {
                 file: OnceLock::new(),

@@ -247,8 +247,7 @@ fn record(
 /// transcoding is on, the NAR is xz or bzip2, and its fill can make the twin beside it. Not with a
 /// shared bucket, where the recorded text is published for other appliances, which know no such URL.
 fn zstd_from_first_ask(app: &App, name: &NarName, nar: &NarRecord) -> bool {
-    let bound = crate::verify::Expected::from_record(name, nar).max_file_size();
-    app.bucket.is_none() && crate::transcode::alongside::wanted(app, nar, bound)
+    app.bucket.is_none() && crate::transcode::alongside::wanted(app, name, nar)
 }
 
 /// The recorded text, re-signed when the appliance's key changed since it was recorded: the old key's

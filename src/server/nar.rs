@@ -89,10 +89,7 @@ pub async fn answer(
                 file_hash: name.file_hash,
                 compression: record.compression,
             };
-            return Box::pin(twin_by_original(
-                app, original, record, stored, method, headers,
-            ))
-            .await;
+            return Box::pin(twin_by_original(app, original, record, method, headers)).await;
         }
         return Err(ApiError::NotFound("unknown NAR"));
     }
@@ -180,7 +177,7 @@ async fn not_on_disk(
                     return Err(failure.into());
                 }
                 let served = app.metrics.served_bytes(Some(&source));
-                return Ok(serve_fill(subscription, range, served));
+                return Ok(serve_fill(subscription, Part::Nar, range, served));
             }
             Joined::PassThrough => {
                 let body = fill::pass_through(&app, &name, &record).await?;
@@ -214,7 +211,6 @@ async fn twin_by_original(
     app: &Arc<App>,
     original: NarName,
     record: NarRecord,
-    stored: bool,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -235,35 +231,30 @@ async fn twin_by_original(
         return Ok(response);
     }
     let source = record.source.clone();
-    if !stored || app.fills.is_running(&original.file_hash) {
-        let joined =
-            Fills::join_or_start(app, original, record, Want::Client).inspect_err(|_| {
-                app.metrics.nar(NarResult::Busy, &source);
-            })?;
-        match joined {
-            Joined::Fill(subscription) => {
-                let fill = subscription.fill().clone();
-                if fill.makes_twin() && fill.part_started(Part::Twin).await.is_ok() {
-                    let served = app.metrics.served_bytes(Some(&source));
-                    let mut response = Response::new(Body::empty());
-                    nar_headers(response.headers_mut(), false);
-                    let body = fill::reader(subscription, Part::Twin, 0);
-                    *response.body_mut() = Body::from_stream(count_sent(body, served));
-                    return Ok(response);
-                }
-                // No twin beside this fill (no room for it then): the original first, then its twin.
-                if let Err(failure) = fill.finished().await {
-                    app.metrics.nar(NarResult::Error, &source);
-                    return Err(failure.into());
-                }
-                crate::transcode::wait_stored(app, &original.file_hash).await?;
+    // Joins the running fill (also one that has just committed the original and is recording the
+    // twin), starts one, or finds the original stored.
+    let joined = Fills::join_or_start(app, original, record, Want::Client).inspect_err(|_| {
+        app.metrics.nar(NarResult::Busy, &source);
+    })?;
+    match joined {
+        Joined::Fill(subscription) => {
+            let fill = subscription.fill().clone();
+            if fill.makes_twin() && fill.part_started(Part::Twin).await.is_ok() {
+                let served = app.metrics.served_bytes(Some(&source));
+                return Ok(serve_fill(subscription, Part::Twin, None, served));
             }
-            Joined::Stored => {}
-            Joined::PassThrough => {
-                return Err(ApiError::Unavailable(
-                    "this NAR is larger than the cache's store can hold, so it has no zstd form here",
-                ));
+            // No twin beside this fill (no room for it then): the original first, then its twin.
+            if let Err(failure) = fill.finished().await {
+                app.metrics.nar(NarResult::Error, &source);
+                return Err(failure.into());
             }
+            crate::transcode::wait_stored(app, &original.file_hash).await?;
+        }
+        Joined::Stored => {}
+        Joined::PassThrough => {
+            return Err(ApiError::Unavailable(
+                "this NAR is larger than the cache's store can hold, so it has no zstd form here",
+            ));
         }
     }
     let made = crate::transcode::make_now(app, &original.file_hash).await?;
@@ -479,17 +470,22 @@ where
     })
 }
 
-/// Streams a running fill. With a known size, `bytes=N-` is honoured (Nix resumes that way).
+/// Streams `part` of a running fill. With a known size (the NAR's FileSize; a twin's is known only
+/// once it is made), `bytes=N-` is honoured (Nix resumes that way).
 fn serve_fill(
     subscription: Subscription,
+    part: Part,
     range: Option<ByteRange>,
     served: prometheus::IntCounter,
 ) -> Response {
-    let fill = subscription.fill().clone();
+    let size = match part {
+        Part::Nar => subscription.fill().size,
+        Part::Twin => None,
+    };
     let mut response = Response::new(Body::empty());
-    nar_headers(response.headers_mut(), fill.size.is_some());
+    nar_headers(response.headers_mut(), size.is_some());
     let mut start = 0;
-    if let Some(size) = fill.size {
+    if let Some(size) = size {
         match range {
             Some(ByteRange {
                 start: s,
@@ -507,10 +503,8 @@ fn serve_fill(
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size - start));
     }
-    *response.body_mut() = Body::from_stream(count_sent(
-        fill::reader(subscription, fill::Part::Nar, start),
-        served,
-    ));
+    *response.body_mut() =
+        Body::from_stream(count_sent(fill::reader(subscription, part, start), served));
     response
 }
 

@@ -42,7 +42,7 @@ pub type TwinProgress = Arc<watch::Sender<Progress>>;
 
 /// A finished, verified twin file: its FileHash, its size, and the CPU seconds its encoding and check
 /// took.
-pub type Made = Result<(Sha256Hash, u64, f64), TranscodeError>;
+type Made = Result<(Sha256Hash, u64, f64), TranscodeError>;
 
 /// What the fill keeps to commit the twin once it is made.
 pub struct Alongside {
@@ -124,9 +124,10 @@ impl Write for Copy {
     }
 }
 
-/// Whether a fill of a NAR with this record makes a twin beside it: transcoding is on, the NAR is xz
-/// or bzip2, and the store can hold both files.
-pub fn wanted(app: &App, record: &NarRecord, bound: u64) -> bool {
+/// Whether a fill of the NAR `name` with this record makes a twin beside it: transcoding is on, the
+/// NAR is xz or bzip2, and the store's cap can hold both files at their largest.
+pub fn wanted(app: &App, name: &NarName, record: &NarRecord) -> bool {
+    let bound = Expected::from_record(name, record).max_file_size();
     app.config.transcode_level.is_some()
         && super::transcodable(record.compression)
         && !app.budget.larger_than_cap(

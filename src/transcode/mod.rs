@@ -150,17 +150,16 @@ impl Transcoder {
 /// Starts the transcoding threads (none when transcoding is off), the walk over NARs stored before,
 /// and the dropping of originals whose grace ended. The handle ends after the threads did, at shutdown.
 pub fn start(app: &Arc<App>) -> JoinHandle<()> {
-    let workers = if app.config.transcode_level.is_some() {
-        app.config.transcode_workers
-    } else {
-        0
+    let (level, workers) = match app.config.transcode_level {
+        Some(level) => (level, app.config.transcode_workers),
+        None => (0, 0),
     };
     let threads: Vec<std::thread::JoinHandle<()>> = (0..workers)
         .filter_map(|i| {
             let app = app.clone();
             std::thread::Builder::new()
                 .name(format!("transcode-{i}"))
-                .spawn(move || worker(app))
+                .spawn(move || worker(app, level))
                 .map_err(|e| tracing::error!(error = %e, "cannot start a transcoding thread"))
                 .ok()
         })
@@ -193,16 +192,12 @@ pub fn start(app: &Arc<App>) -> JoinHandle<()> {
     })
 }
 
-/// One transcoding thread: lowest priority, one NAR at a time, until shutdown.
-fn worker(app: Arc<App>) {
+/// One transcoding thread at zstd `level`: lowest priority, one NAR at a time, until shutdown.
+fn worker(app: Arc<App>, level: i32) {
     // Transcoding never competes with fills and hits for the CPU or the disk.
     crate::priority::lower();
     while let Some(file_hash) = app.transcoder.next(&app) {
         let started = thread_cpu();
-        let level = app
-            .config
-            .transcode_level
-            .unwrap_or(crate::config::DEFAULT_TRANSCODE_LEVEL);
         let result = transcode_stored(&app, &file_hash, level);
         app.metrics.transcode_cpu(thread_cpu() - started);
         app.transcoder.done(&file_hash);
