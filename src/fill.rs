@@ -413,7 +413,9 @@ impl Fills {
             .bucket
             .as_ref()
             .is_some_and(|b| !b.local_cache() && b.id() == record.source);
-        if unstored || app.budget.larger_than_cap(bound, app.index.file_bytes()) {
+        // One stat of the index file, for both cap checks (this one and the twin's below).
+        let index_bytes = app.index.file_bytes();
+        if unstored || app.budget.larger_than_cap(bound, index_bytes) {
             return match want {
                 Want::Client => Ok(Joined::PassThrough),
                 Want::Keep => Err(FillError::NoSpace("larger than the store's cap".into())),
@@ -429,16 +431,17 @@ impl Fills {
         }
         let (tx, rx) = watch::channel(Progress::Queued);
         // Issue 14: an xz or bzip2 NAR's check also makes its zstd twin.
-        let (twin_tx, twin) = if crate::transcode::alongside::wanted(app, &name, &record) {
-            let (tx, rx) = watch::channel(Progress::Queued);
-            let output = TwinOutput {
-                file: OnceLock::new(),
-                progress: rx,
+        let (twin_tx, twin) =
+            if crate::transcode::alongside::wanted(app, &name, &record, index_bytes) {
+                let (tx, rx) = watch::channel(Progress::Queued);
+                let output = TwinOutput {
+                    file: OnceLock::new(),
+                    progress: rx,
+                };
+                (Some(Arc::new(tx)), Some(output))
+            } else {
+                (None, None)
             };
-            (Some(Arc::new(tx)), Some(output))
-        } else {
-            (None, None)
-        };
         let fill = Arc::new(Fill {
             file: OnceLock::new(),
             progress: rx,

@@ -247,7 +247,8 @@ fn record(
 /// transcoding is on, the NAR is xz or bzip2, and its fill can make the twin beside it. Not with a
 /// shared bucket, where the recorded text is published for other appliances, which know no such URL.
 fn zstd_from_first_ask(app: &App, name: &NarName, nar: &NarRecord) -> bool {
-    app.bucket.is_none() && crate::transcode::alongside::wanted(app, name, nar)
+    app.bucket.is_none()
+        && crate::transcode::alongside::wanted(app, name, nar, app.index.file_bytes())
 }
 
 /// The recorded text, re-signed when the appliance's key changed since it was recorded: the old key's

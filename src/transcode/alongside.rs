@@ -125,14 +125,15 @@ impl Write for Copy {
 }
 
 /// Whether a fill of the NAR `name` with this record makes a twin beside it: transcoding is on, the
-/// NAR is xz or bzip2, and the store's cap can hold both files at their largest.
-pub fn wanted(app: &App, name: &NarName, record: &NarRecord) -> bool {
+/// NAR is xz or bzip2, and the store's cap (less the index's `index_bytes`) can hold both files at
+/// their largest.
+pub fn wanted(app: &App, name: &NarName, record: &NarRecord, index_bytes: u64) -> bool {
     let bound = Expected::from_record(name, record).max_file_size();
     app.config.transcode_level.is_some()
         && super::transcodable(record.compression)
         && !app.budget.larger_than_cap(
             bound.saturating_add(compressed_bound(Compression::Zstd, record.nar_size)),
-            app.index.file_bytes(),
+            index_bytes,
         )
 }
 
