@@ -35,7 +35,7 @@ use bytes::Bytes;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
 use super::IndexError;
-use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED};
+use super::tables::{COUNTERS, NAR, NARINFO, NEGATIVE, NarinfoValue, STORED, TRANSCODED};
 use super::{NarRecord, NarinfoRow};
 use crate::nix::store_path::StoreHash;
 
@@ -92,6 +92,8 @@ pub(super) struct Snapshot {
     pub(super) nar: ReadOnlyTable<[u8; 32], &'static [u8]>,
     pub(super) stored: ReadOnlyTable<[u8; 32], (u64, u64)>,
     pub(super) counters: ReadOnlyTable<&'static str, u64>,
+    /// Originals → zstd twins: read with the NAR records, so a twin found here has its record here too.
+    pub(super) transcoded: ReadOnlyTable<[u8; 32], ([u8; 32], u8)>,
 }
 
 impl Snapshot {
@@ -225,6 +227,7 @@ impl Snapshots {
             nar: tx.open_table(NAR)?,
             stored: tx.open_table(STORED)?,
             counters: tx.open_table(COUNTERS)?,
+            transcoded: tx.open_table(TRANSCODED)?,
         });
         // Kept only if no commit finished meanwhile: one that did bumped the generation first, so a
         // snapshot that may predate it is never kept under the new generation.

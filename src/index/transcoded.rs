@@ -53,10 +53,14 @@ pub struct Transcoded<'a> {
 }
 
 impl Index {
-    /// The twin `original` was transcoded into, if any.
+    /// The twin `original` was transcoded into, if any. Read through the hit path's snapshot, as the
+    /// NAR records are ([`Index::nar`]): a twin found here has its record there. A fresh read
+    /// transaction could see a twin committed a moment ago while the snapshot, until the commit's
+    /// bookkeeping ends, does not yet hold its record: its first-ask URL answered 404 (seen once in
+    /// `tests/discovery.rs`).
     pub fn twin_of(&self, original: &Sha256Hash) -> Result<Option<Twin>, IndexError> {
-        self.read(|tx| {
-            Ok(tx.open_table(TRANSCODED)?.get(original.0)?.map(|v| {
+        self.hit(|s| {
+            Ok(s.transcoded.get(original.0)?.map(|v| {
                 let (h, level) = v.value();
                 Twin {
                     file_hash: Sha256Hash(h),
