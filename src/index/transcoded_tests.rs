@@ -121,3 +121,50 @@ fn rows_follow_a_transcoded_nar_and_the_twin_goes_with_its_last_row() {
     assert!(index.nar(&a).unwrap().is_none());
     assert!(map_matches_rows(&index));
 }
+
+/// A reader in the moment between a transcode's commit and its bookkeeping (the first-ask URL's
+/// handler on another thread) sees the twin's link and its record together, or neither: otherwise the
+/// URL answers 404 for a twin that exists (seen once in `tests/discovery.rs` while `twin_of` read a
+/// fresh transaction and the record came from the hit path's snapshot).
+#[test]
+fn a_twin_and_its_record_are_seen_together_by_a_reader_during_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = std::sync::Arc::new(Index::open(&dir.path().join("i.redb"), None).unwrap());
+    let (a, b) = (Sha256Hash([1; 32]), Sha256Hash([2; 32]));
+    record(&index, 'a', a);
+    let original = nar(Compression::Xz, 100);
+    index.commit_nar(&a, &original, 100, 5).unwrap().unwrap();
+    // A read before the commit: the hit path's snapshot this thread then holds.
+    assert!(index.nar(&b).unwrap().is_none());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (i, s) = (index.clone(), seen.clone());
+    *index.between_commit_and_bookkeeping.lock().unwrap() = Some(Box::new(move || {
+        let twin = i.twin_of(&a).unwrap().map(|t| t.file_hash);
+        let record = twin.map(|t| i.nar(&t).unwrap().is_some());
+        *s.lock().unwrap() = Some((twin, record));
+    }));
+    let twin = nar(Compression::Zstd, 80);
+    let t = Transcoded {
+        original: a,
+        original_record: &original,
+        twin: b,
+        twin_record: &twin,
+        level: 3,
+        size: 80,
+        now: 10,
+        keep_original_until: 20,
+    };
+    assert_eq!(index.commit_transcoded(&t).unwrap(), Some(1));
+    let seen = seen
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the reader ran in the gap");
+    assert!(
+        matches!(seen, (None, None) | (Some(_), Some(true))),
+        "a twin without its record: {seen:?}"
+    );
+    // After the bookkeeping both are there.
+    assert_eq!(index.twin_of(&a).unwrap().map(|t| t.file_hash), Some(b));
+    assert!(index.nar(&b).unwrap().is_some());
+}
